@@ -1,0 +1,339 @@
+"""Record batch (magic v2) header glue.
+
+The broker treats batches as opaque blobs: it parses only the 61-byte header,
+checks the CRC and rewrites the two fields that sit outside the CRC (base offset
+and partition leader epoch). Records are decoded only for internal topics and
+tests (`decode_records`), never on the produce/fetch hot path.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import crc32c
+
+__all__ = [
+    "CORRUPT_MESSAGE",
+    "HEADER_SIZE",
+    "INVALID_RECORD",
+    "UNSUPPORTED_FOR_MESSAGE_FORMAT",
+    "BatchHeader",
+    "InvalidBatchError",
+    "Record",
+    "build_batch",
+    "decode_records",
+    "iter_batches",
+    "parse_header",
+    "rewrite_base_offset_and_epoch",
+    "set_log_append_time",
+    "validate_batches",
+]
+
+HEADER_SIZE = 61
+# Bytes before the CRC-covered region: baseOffset, batchLength, leaderEpoch, magic, crc.
+CRC_START = 21
+# batchLength counts from the leader epoch onwards, so a whole batch is batchLength + 12.
+LENGTH_OVERHEAD = 12
+MAGIC_V2 = 2
+
+CORRUPT_MESSAGE = 2
+UNSUPPORTED_FOR_MESSAGE_FORMAT = 43
+INVALID_RECORD = 87
+
+ATTR_COMPRESSION_MASK = 0x07
+ATTR_LOG_APPEND_TIME = 0x08
+ATTR_TRANSACTIONAL = 0x10
+ATTR_CONTROL = 0x20
+
+_HEADER = struct.Struct(">qiibIhiqqqhii")
+_BASE_AND_LENGTH = struct.Struct(">qi")
+_BASE_OFFSET = struct.Struct(">q")
+_LEADER_EPOCH = struct.Struct(">i")
+_CRC = struct.Struct(">I")
+_ATTRIBUTES = struct.Struct(">h")
+_TIMESTAMP = struct.Struct(">q")
+_SEQ_MOD = 1 << 31
+
+
+class BatchHeader(NamedTuple):
+    base_offset: int
+    batch_length: int
+    partition_leader_epoch: int
+    magic: int
+    crc: int
+    attributes: int
+    last_offset_delta: int
+    base_timestamp: int
+    max_timestamp: int
+    producer_id: int
+    producer_epoch: int
+    base_sequence: int
+    records_count: int
+
+    @property
+    def size(self) -> int:
+        return self.batch_length + LENGTH_OVERHEAD
+
+    @property
+    def last_offset(self) -> int:
+        return self.base_offset + self.last_offset_delta
+
+    @property
+    def compression(self) -> int:
+        return self.attributes & ATTR_COMPRESSION_MASK
+
+    @property
+    def is_transactional(self) -> bool:
+        return bool(self.attributes & ATTR_TRANSACTIONAL)
+
+    @property
+    def is_control(self) -> bool:
+        return bool(self.attributes & ATTR_CONTROL)
+
+    @property
+    def log_append_time(self) -> bool:
+        return bool(self.attributes & ATTR_LOG_APPEND_TIME)
+
+    @property
+    def last_sequence(self) -> int:
+        if self.base_sequence < 0:
+            return -1
+        return (self.base_sequence + self.last_offset_delta) % _SEQ_MOD
+
+
+class Record(NamedTuple):
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]]
+
+
+class InvalidBatchError(Exception):
+    """A produce blob that must be rejected; carries the Kafka error code to return."""
+
+    def __init__(self, error_code: int, message: str) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+        self.message = message
+
+
+def parse_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeader:
+    return BatchHeader._make(_HEADER.unpack_from(buf, pos))
+
+
+def iter_batches(
+    buf: bytes | bytearray | memoryview, pos: int = 0, end: int | None = None
+) -> Iterator[tuple[int, BatchHeader]]:
+    """Walk batch headers without CRC checks; stops quietly at a partial trailing batch.
+
+    Fetch responses and segment tails may legitimately end mid-batch, so a short
+    tail is not an error here.
+    """
+    if end is None:
+        end = len(buf)
+    unpack = _HEADER.unpack_from
+    while pos + HEADER_SIZE <= end:
+        header = BatchHeader._make(unpack(buf, pos))
+        size = header.batch_length + LENGTH_OVERHEAD
+        if header.batch_length < HEADER_SIZE - LENGTH_OVERHEAD or pos + size > end:
+            return
+        yield pos, header
+        pos += size
+
+
+def check_batch(buf: bytes | bytearray | memoryview, pos: int, end: int) -> BatchHeader:
+    """Validate one batch at `pos` (length, magic, CRC and header sanity) and return its header."""
+    if pos + HEADER_SIZE > end:
+        # Pre-v2 message sets can be shorter than our header; sniff magic for a better error.
+        if pos + 17 <= end and buf[pos + 16] != MAGIC_V2:
+            raise InvalidBatchError(
+                UNSUPPORTED_FOR_MESSAGE_FORMAT, f"unsupported magic {buf[pos + 16]}"
+            )
+        raise InvalidBatchError(CORRUPT_MESSAGE, f"truncated batch header at {pos}")
+    header = BatchHeader._make(_HEADER.unpack_from(buf, pos))
+    if header.magic != MAGIC_V2:
+        raise InvalidBatchError(UNSUPPORTED_FOR_MESSAGE_FORMAT, f"unsupported magic {header.magic}")
+    size = header.batch_length + LENGTH_OVERHEAD
+    if header.batch_length < HEADER_SIZE - LENGTH_OVERHEAD:
+        raise InvalidBatchError(CORRUPT_MESSAGE, f"batch length {header.batch_length} too small")
+    if pos + size > end:
+        raise InvalidBatchError(CORRUPT_MESSAGE, f"batch at {pos} truncated ({size} bytes)")
+    mv = buf if isinstance(buf, memoryview) else memoryview(buf)
+    if crc32c.crc32c(mv[pos + CRC_START : pos + size]) != header.crc:
+        raise InvalidBatchError(CORRUPT_MESSAGE, f"CRC mismatch in batch at {pos}")
+    if header.records_count <= 0:
+        raise InvalidBatchError(INVALID_RECORD, "batch has no records")
+    if header.last_offset_delta < 0:
+        raise InvalidBatchError(INVALID_RECORD, "negative last offset delta")
+    if header.compression == 0 and header.last_offset_delta != header.records_count - 1:
+        raise InvalidBatchError(
+            INVALID_RECORD,
+            f"last offset delta {header.last_offset_delta} != records count - 1",
+        )
+    return header
+
+
+def validate_batches(buf: bytes | bytearray | memoryview) -> list[tuple[int, BatchHeader]]:
+    """Check every batch of a produce `records` blob; returns (position, header) pairs."""
+    end = len(buf)
+    if end == 0:
+        raise InvalidBatchError(CORRUPT_MESSAGE, "empty record set")
+    mv = buf if isinstance(buf, memoryview) else memoryview(buf)
+    out: list[tuple[int, BatchHeader]] = []
+    pos = 0
+    while pos < end:
+        header = check_batch(mv, pos, end)
+        out.append((pos, header))
+        pos += header.batch_length + LENGTH_OVERHEAD
+    return out
+
+
+def rewrite_base_offset_and_epoch(
+    buf: bytearray | memoryview, pos: int, base_offset: int, leader_epoch: int
+) -> None:
+    # Both fields precede the CRC-covered range, so the CRC stays valid.
+    _BASE_OFFSET.pack_into(buf, pos, base_offset)
+    _LEADER_EPOCH.pack_into(buf, pos + 12, leader_epoch)
+
+
+def set_log_append_time(buf: bytearray | memoryview, pos: int, size: int, now_ms: int) -> None:
+    """Stamp LogAppendTime (attribute bit 3 + max timestamp) and recompute the CRC."""
+    (attrs,) = _ATTRIBUTES.unpack_from(buf, pos + 21)
+    _ATTRIBUTES.pack_into(buf, pos + 21, attrs | ATTR_LOG_APPEND_TIME)
+    _TIMESTAMP.pack_into(buf, pos + 35, now_ms)
+    mv = buf if isinstance(buf, memoryview) else memoryview(buf)
+    _CRC.pack_into(buf, pos + 17, crc32c.crc32c(mv[pos + CRC_START : pos + size]))
+
+
+# --- varint helpers (only for building/decoding records off the hot path) ---
+
+
+def _write_varint(out: bytearray, value: int) -> None:
+    v = (value << 1) ^ (value >> 63)  # zigzag
+    v &= 0xFFFFFFFFFFFFFFFF
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+
+
+def _read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
+    shift = 0
+    raw = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        raw |= (b & 0x7F) << shift
+        if not b & 0x80:
+            break
+        shift += 7
+        if shift > 63:
+            raise InvalidBatchError(CORRUPT_MESSAGE, "varint too long")
+    return (raw >> 1) ^ -(raw & 1), pos
+
+
+def _write_bytes(out: bytearray, data: bytes | None) -> None:
+    if data is None:
+        _write_varint(out, -1)
+    else:
+        _write_varint(out, len(data))
+        out += data
+
+
+def _read_bytes(buf: bytes | memoryview, pos: int) -> tuple[bytes | None, int]:
+    n, pos = _read_varint(buf, pos)
+    if n < 0:
+        return None, pos
+    if pos + n > len(buf):
+        raise InvalidBatchError(CORRUPT_MESSAGE, "record field overruns batch")
+    return bytes(buf[pos : pos + n]), pos + n
+
+
+def build_batch(
+    records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]],
+    base_offset: int = 0,
+    timestamp_ms: int | None = None,
+    producer_id: int = -1,
+    producer_epoch: int = -1,
+    base_sequence: int = -1,
+    leader_epoch: int = -1,
+    *,
+    attributes: int = 0,
+) -> bytes:
+    """Build a valid uncompressed v2 batch; every record gets the same timestamp."""
+    if not records:
+        raise ValueError("a batch needs at least one record")
+    if timestamp_ms is None:
+        timestamp_ms = int(time.time() * 1000)
+    body = bytearray()
+    for delta, (key, value, headers) in enumerate(records):
+        rec = bytearray()
+        rec.append(0)  # record attributes (unused)
+        _write_varint(rec, 0)  # timestamp delta
+        _write_varint(rec, delta)
+        _write_bytes(rec, key)
+        _write_bytes(rec, value)
+        _write_varint(rec, len(headers))
+        for hkey, hval in headers:
+            _write_bytes(rec, hkey.encode())
+            _write_bytes(rec, hval)
+        _write_varint(body, len(rec))
+        body += rec
+    batch = bytearray(HEADER_SIZE)
+    batch += body
+    _HEADER.pack_into(
+        batch,
+        0,
+        base_offset,
+        len(batch) - LENGTH_OVERHEAD,
+        leader_epoch,
+        MAGIC_V2,
+        0,
+        attributes & ~ATTR_COMPRESSION_MASK,
+        len(records) - 1,
+        timestamp_ms,
+        timestamp_ms,
+        producer_id,
+        producer_epoch,
+        base_sequence,
+        len(records),
+    )
+    _CRC.pack_into(batch, 17, crc32c.crc32c(memoryview(batch)[CRC_START:]))
+    return bytes(batch)
+
+
+def decode_records(batch: bytes | bytearray | memoryview) -> list[Record]:
+    """Decode the records of one uncompressed batch (internal topics and tests only)."""
+    header = parse_header(batch)
+    if header.compression != 0:
+        raise InvalidBatchError(
+            UNSUPPORTED_FOR_MESSAGE_FORMAT, "decode_records does not support compression"
+        )
+    mv = memoryview(batch)[: header.size]
+    pos = HEADER_SIZE
+    out: list[Record] = []
+    for _ in range(header.records_count):
+        length, pos = _read_varint(mv, pos)
+        end = pos + length
+        if end > len(mv):
+            raise InvalidBatchError(CORRUPT_MESSAGE, "record overruns batch")
+        pos += 1  # record attributes
+        ts_delta, pos = _read_varint(mv, pos)
+        off_delta, pos = _read_varint(mv, pos)
+        key, pos = _read_bytes(mv, pos)
+        value, pos = _read_bytes(mv, pos)
+        n_headers, pos = _read_varint(mv, pos)
+        headers: list[tuple[str, bytes | None]] = []
+        for _ in range(n_headers):
+            hkey, pos = _read_bytes(mv, pos)
+            hval, pos = _read_bytes(mv, pos)
+            headers.append(((hkey or b"").decode(), hval))
+        # LogAppendTime batches carry the broker time in max_timestamp for every record.
+        ts = header.max_timestamp if header.log_append_time else header.base_timestamp + ts_delta
+        out.append(Record(header.base_offset + off_delta, ts, key, value, headers))
+        pos = end
+    return out
