@@ -1,0 +1,303 @@
+"""Committed offsets and group administration, as a mixin of GroupCoordinator.
+
+Offsets follow Kafka's rules (`GroupCoordinator.handleCommitOffsets`):
+
+- a group unknown to the coordinator accepts commits only with generation -1
+  (an assign()-style "simple" consumer storing offsets); any other generation
+  is a stale one;
+- an Empty group accepts generation -1 commits from anyone;
+- otherwise the member must be known, not a fenced static instance, and in
+  the current generation; during CompletingRebalance commits get
+  REBALANCE_IN_PROGRESS (the member has not received its assignment yet),
+  during PreparingRebalance they are still accepted (the member learns about
+  the rebalance from its next heartbeat).
+
+An offset is visible to OffsetFetch only once its record is in
+`__consumer_offsets`, so a reply never reports an offset a restart would lose.
+Offsets of groups that stay Empty for `offsets.retention.minutes` expire, and
+a group with no members and no offsets left is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from kio.schema.errors import ErrorCode
+
+from kops.broker.groups.group import Group, GroupState, Member, OffsetEntry, now_ms
+from kops.broker.groups.storage import group_key, offset_key, offset_value
+
+if TYPE_CHECKING:
+    from kops.broker.broker import Broker
+    from kops.broker.groups.storage import OffsetsTopic
+
+log = logging.getLogger("kops.broker.groups")
+
+S = GroupState
+
+# (topic, partition, offset, leader_epoch, metadata)
+CommitOffset = tuple[str, int, int, int, str | None]
+
+
+@dataclass(slots=True)
+class FetchedOffset:
+    topic: str
+    partition: int
+    entry: OffsetEntry | None
+    error: int = ErrorCode.none
+
+
+@dataclass(slots=True)
+class GroupSummary:
+    error: int
+    group_id: str
+    state: str
+    protocol_type: str
+    protocol_name: str
+    members: list[Member]
+    # Stable groups report each member's subscription and assignment; others
+    # do not, since a rebalance is replacing them (as Kafka does).
+    with_metadata: bool
+
+
+class OffsetsMixin:
+    # Provided by GroupCoordinator.
+    broker: Broker
+    groups: dict[str, Group]
+    store: OffsetsTopic
+    metadata_max_bytes: int
+    retention_ms: int
+    retention_check_ms: int
+
+    def precheck(self, group_id: str | None) -> int: ...
+    def _schedule_expiry(
+        self, group: Group, member: Member, timeout_ms: int | None = None
+    ) -> None: ...
+
+    # ---- OffsetCommit -----------------------------------------------------------
+    def commit_offsets(
+        self,
+        group_id: str,
+        generation: int,
+        member_id: str,
+        instance_id: str | None,
+        offsets: list[CommitOffset],
+    ) -> list[int]:
+        """Store offsets; returns one error code per offset, in request order."""
+        error = self.precheck(group_id)
+        group = self.groups.get(group_id)
+        created = False
+        if not error and group is None:
+            if generation < 0:
+                group = self.groups[group_id] = Group(group_id)
+                created = True
+            else:
+                error = ErrorCode.illegal_generation
+        if not error:
+            assert group is not None
+            error = self._commit_allowed(group, generation, member_id, instance_id)
+        if error:
+            return [error] * len(offsets)
+        assert group is not None
+        errors: list[int] = []
+        accepted: dict[tuple[str, int], OffsetEntry] = {}
+        now = now_ms()
+        for topic, partition, offset, epoch, metadata in offsets:
+            if metadata is not None and len(metadata.encode()) > self.metadata_max_bytes:
+                errors.append(ErrorCode.offset_metadata_too_large)
+            elif self.broker.partition(topic, partition) is None:
+                errors.append(ErrorCode.unknown_topic_or_partition)
+            else:
+                errors.append(ErrorCode.none)
+                accepted[(topic, partition)] = OffsetEntry(offset, epoch, metadata or "", now)
+        if accepted:
+            records = [
+                (offset_key(group_id, t, p), offset_value(e)) for (t, p), e in accepted.items()
+            ]
+            try:
+                self.store.write(group_id, records)
+            except Exception:
+                log.exception("could not store offsets of group %s", group_id)
+                if created and not group.offsets:
+                    del self.groups[group_id]
+                return [
+                    ErrorCode.coordinator_not_available if e == ErrorCode.none else e
+                    for e in errors
+                ]
+            group.offsets.update(accepted)
+        elif created:
+            del self.groups[group_id]
+        return errors
+
+    def _commit_allowed(
+        self, group: Group, generation: int, member_id: str, instance_id: str | None
+    ) -> int:
+        if group.is_(S.DEAD):
+            return ErrorCode.coordinator_not_available
+        if group.is_static_member_fenced(member_id, instance_id):
+            return ErrorCode.fenced_instance_id
+        if generation < 0 and group.is_(S.EMPTY):
+            return ErrorCode.none
+        member = group.members.get(member_id)
+        if member is None:
+            return ErrorCode.unknown_member_id
+        if generation != group.generation:
+            return ErrorCode.illegal_generation
+        if group.is_(S.COMPLETING_REBALANCE):
+            return ErrorCode.rebalance_in_progress
+        # A commit proves the member alive, like a heartbeat.
+        self._schedule_expiry(group, member)
+        return ErrorCode.none
+
+    # ---- OffsetFetch --------------------------------------------------------------
+    def fetch_offsets(
+        self, group_id: str, topics: list[tuple[str, list[int]]] | None
+    ) -> tuple[int, list[FetchedOffset]]:
+        """Committed offsets of the given partitions, or of all (topics None)."""
+        error = self.precheck(group_id)
+        if error:
+            return error, []
+        group = self.groups.get(group_id)
+        offsets = group.offsets if group is not None else {}
+        if topics is None:
+            return ErrorCode.none, [FetchedOffset(t, p, e) for (t, p), e in sorted(offsets.items())]
+        return ErrorCode.none, [
+            FetchedOffset(topic, partition, offsets.get((topic, partition)))
+            for topic, partitions in topics
+            for partition in partitions
+        ]
+
+    # ---- OffsetDelete ---------------------------------------------------------------
+    def delete_offsets(
+        self, group_id: str, topics: list[tuple[str, list[int]]]
+    ) -> tuple[int, list[tuple[str, int, int]]]:
+        error = self.precheck(group_id)
+        if error:
+            return error, []
+        group = self.groups.get(group_id)
+        if group is None or group.is_(S.DEAD):
+            return ErrorCode.group_id_not_found, []
+        subscribed: set[str] = set()
+        if not group.is_(S.EMPTY):
+            found = group.subscribed_topics()
+            if found is None:
+                # Without readable subscriptions no topic can be proven unused.
+                return ErrorCode.non_empty_group, []
+            subscribed = found
+        results: list[tuple[str, int, int]] = []
+        doomed: list[tuple[str, int]] = []
+        for topic, partitions in topics:
+            for partition in partitions:
+                if topic in subscribed:
+                    results.append((topic, partition, ErrorCode.group_subscribed_to_topic))
+                elif self.broker.partition(topic, partition) is None:
+                    results.append((topic, partition, ErrorCode.unknown_topic_or_partition))
+                else:
+                    results.append((topic, partition, ErrorCode.none))
+                    if (topic, partition) in group.offsets:
+                        doomed.append((topic, partition))
+        if doomed:
+            try:
+                self.store.write(group_id, [(offset_key(group_id, t, p), None) for t, p in doomed])
+            except Exception:
+                log.exception("could not delete offsets of group %s", group_id)
+                return ErrorCode.coordinator_not_available, []
+            for tp in doomed:
+                group.offsets.pop(tp, None)
+        return ErrorCode.none, results
+
+    # ---- ListGroups / DescribeGroups / DeleteGroups -----------------------------------
+    def list_groups(self, states: set[str] | None = None) -> tuple[int, list[tuple[str, str, str]]]:
+        """(group id, protocol type, state); `states` are lower-case names to keep."""
+        if self.precheck("-"):
+            return self.precheck("-"), []
+        listed = []
+        for group in self.groups.values():
+            if group.is_(S.DEAD):
+                continue
+            if states and group.state.value.lower() not in states:
+                continue
+            listed.append((group.group_id, group.protocol_type or "", group.state.value))
+        return ErrorCode.none, listed
+
+    def describe_group(self, group_id: str) -> GroupSummary:
+        error = self.precheck(group_id)
+        group = self.groups.get(group_id)
+        if error or group is None:
+            return GroupSummary(error, group_id, S.DEAD.value, "", "", [], False)
+        stable = group.is_(S.STABLE)
+        return GroupSummary(
+            ErrorCode.none,
+            group_id,
+            group.state.value,
+            group.protocol_type or "",
+            (group.protocol_name or "") if stable else "",
+            list(group.members.values()),
+            stable,
+        )
+
+    def delete_groups(self, group_ids: list[str]) -> list[tuple[str, int]]:
+        return [(group_id, self._delete_group(group_id)) for group_id in group_ids]
+
+    def _delete_group(self, group_id: str) -> int:
+        error = self.precheck(group_id)
+        if error:
+            return error
+        group = self.groups.get(group_id)
+        if group is None or group.is_(S.DEAD):
+            return ErrorCode.group_id_not_found
+        if not group.is_(S.EMPTY):
+            return ErrorCode.non_empty_group
+        return self._remove_group(group)
+
+    def _remove_group(self, group: Group) -> int:
+        """Tombstone an Empty group's offsets and metadata and forget it."""
+        gid = group.group_id
+        records = [(offset_key(gid, t, p), None) for t, p in group.offsets]
+        records.append((group_key(gid), None))
+        try:
+            self.store.write(gid, records)
+        except Exception:
+            log.exception("could not delete group %s", gid)
+            return ErrorCode.coordinator_not_available
+        group.cancel_timers()
+        group.pending.clear()
+        group.transition(S.DEAD)
+        del self.groups[gid]
+        log.info("deleted group %s", gid)
+        return ErrorCode.none
+
+    # ---- retention ------------------------------------------------------------------
+    async def _expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.retention_check_ms / 1000)
+            try:
+                self.expire_offsets(now_ms())
+            except Exception:
+                log.exception("offset expiration failed")
+
+    def expire_offsets(self, now: int) -> None:
+        """KIP-211: offsets of a group expire once it has been Empty for the retention period."""
+        for group in list(self.groups.values()):
+            if not group.is_(S.EMPTY) or group.pending:
+                continue
+            expired = [
+                tp
+                for tp, entry in group.offsets.items()
+                if max(entry.commit_timestamp, group.state_timestamp) + self.retention_ms <= now
+            ]
+            if expired and len(expired) < len(group.offsets):
+                gid = group.group_id
+                try:
+                    self.store.write(gid, [(offset_key(gid, t, p), None) for t, p in expired])
+                except Exception:
+                    log.exception("could not expire offsets of group %s", gid)
+                    continue
+                for tp in expired:
+                    del group.offsets[tp]
+            elif len(expired) == len(group.offsets):
+                # Nothing left worth keeping: drop the group with its offsets.
+                self._remove_group(group)

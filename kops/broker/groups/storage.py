@@ -1,0 +1,263 @@
+"""Committed offsets and group metadata in the internal topic `__consumer_offsets`.
+
+Placement is Kafka's: a group lives in partition
+`abs(javaStringHashCode(group_id)) % partitions` of the topic, so the same
+group maps to the same partition number as on a Kafka cluster.
+
+Record encoding (kops's own; both keys and values are compact UTF-8 JSON):
+
+    offset key    ["o", group_id, topic, partition]
+    offset value  {"v": 1, "o": offset, "e": leader_epoch, "m": metadata, "t": commit_ms}
+    group key     ["g", group_id]
+    group value   {"v": 1, "type": protocol_type, "gen": generation, "proto": protocol_name,
+                   "leader": leader, "t": state_ms,
+                   "members": [{"id", "iid", "cid", "host", "st", "rt", "meta", "asg"}]}
+
+`meta` (the member's subscription for the chosen protocol) and `asg` (its
+assignment) are base64. A null value is a tombstone: the offset or group was
+deleted. Keys are serialised deterministically (JSON arrays, no whitespace) so
+compaction sees equal keys as equal bytes. The topic is `cleanup.policy=compact`,
+so only the latest value of each key has to survive; loading replays the
+partitions in offset order and the last record per key wins.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kops.broker.groups.group import Group, OffsetEntry
+from kops.protocol.batch import build_batch, decode_records, parse_header
+
+if TYPE_CHECKING:
+    from kops.broker.broker import Broker
+
+log = logging.getLogger("kops.broker.groups")
+
+OFFSETS_TOPIC = "__consumer_offsets"
+FORMAT_VERSION = 1
+# Kafka's offsets.topic.segment.bytes: small segments so compaction has closed
+# segments to work on long before the 1 GiB default would roll.
+OFFSETS_SEGMENT_BYTES = 100 * 1024 * 1024
+# Large groups write big assignments in one record; allow more than the 1 MB default.
+OFFSETS_MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+
+Record = tuple[bytes, bytes | None]
+
+
+def java_string_hash(text: str) -> int:
+    """Java's String.hashCode: h = 31*h + c over UTF-16 code units, as a signed int32."""
+    data = text.encode("utf-16-be", "surrogatepass")
+    h = 0
+    for i in range(0, len(data), 2):
+        h = (31 * h + ((data[i] << 8) | data[i + 1])) & 0xFFFFFFFF
+    return h - (1 << 32) if h >= 1 << 31 else h
+
+
+def partition_for(group_id: str, partitions: int) -> int:
+    h = java_string_hash(group_id)
+    # Kafka's Utils.abs maps Integer.MIN_VALUE to 0 instead of overflowing.
+    return (0 if h == -(1 << 31) else abs(h)) % partitions
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def offset_key(group_id: str, topic: str, partition: int) -> bytes:
+    return _json(["o", group_id, topic, partition])
+
+
+def group_key(group_id: str) -> bytes:
+    return _json(["g", group_id])
+
+
+def offset_value(entry: OffsetEntry) -> bytes:
+    return _json(
+        {
+            "v": FORMAT_VERSION,
+            "o": entry.offset,
+            "e": entry.leader_epoch,
+            "m": entry.metadata,
+            "t": entry.commit_timestamp,
+        }
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def group_value(group: Group) -> bytes:
+    members = [
+        {
+            "id": m.member_id,
+            "iid": m.instance_id,
+            "cid": m.client_id,
+            "host": m.client_host,
+            "st": m.session_timeout_ms,
+            "rt": m.rebalance_timeout_ms,
+            "meta": _b64(m.metadata(group.protocol_name)),
+            "asg": _b64(m.assignment),
+        }
+        for m in group.members.values()
+    ]
+    return _json(
+        {
+            "v": FORMAT_VERSION,
+            "type": group.protocol_type,
+            "gen": group.generation,
+            "proto": group.protocol_name,
+            "leader": group.leader,
+            "t": group.state_timestamp,
+            "members": members,
+        }
+    )
+
+
+@dataclass(slots=True)
+class StoredMember:
+    member_id: str
+    instance_id: str | None
+    client_id: str
+    client_host: str
+    session_timeout_ms: int
+    rebalance_timeout_ms: int
+    metadata: bytes
+    assignment: bytes
+
+
+@dataclass(slots=True)
+class StoredGroup:
+    protocol_type: str | None
+    generation: int
+    protocol_name: str | None
+    leader: str | None
+    state_timestamp: int
+    members: list[StoredMember]
+
+
+def decode_group_value(data: bytes) -> StoredGroup:
+    raw = json.loads(data)
+    members = [
+        StoredMember(
+            m["id"],
+            m.get("iid"),
+            m.get("cid", ""),
+            m.get("host", ""),
+            int(m["st"]),
+            int(m["rt"]),
+            base64.b64decode(m.get("meta", "")),
+            base64.b64decode(m.get("asg", "")),
+        )
+        for m in raw.get("members", [])
+    ]
+    return StoredGroup(
+        raw.get("type"),
+        int(raw["gen"]),
+        raw.get("proto"),
+        raw.get("leader"),
+        int(raw.get("t", 0)),
+        members,
+    )
+
+
+def decode_offset_value(data: bytes) -> OffsetEntry:
+    raw = json.loads(data)
+    return OffsetEntry(
+        int(raw["o"]), int(raw.get("e", -1)), raw.get("m") or "", int(raw.get("t", 0))
+    )
+
+
+@dataclass
+class LoadedState:
+    """The latest value of every key, after replaying the whole topic."""
+
+    offsets: dict[str, dict[tuple[str, int], OffsetEntry]]
+    groups: dict[str, StoredGroup]
+
+
+class OffsetsTopic:
+    """Writes and replays `__consumer_offsets` through the broker's partitions."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.partitions = 0
+
+    def ensure(self) -> None:
+        record = self.broker.topics.get(OFFSETS_TOPIC)
+        if record is None:
+            record = self.broker.create_topic(
+                OFFSETS_TOPIC,
+                self.broker.config.int("offsets.topic.num.partitions"),
+                1,
+                {
+                    "cleanup.policy": "compact",
+                    "segment.bytes": str(OFFSETS_SEGMENT_BYTES),
+                    "max.message.bytes": str(OFFSETS_MAX_MESSAGE_BYTES),
+                },
+                internal=True,
+            )
+        # An existing topic keeps its partition count even if the setting
+        # changed since: moving groups between partitions would lose them.
+        self.partitions = record.partitions
+
+    def partition_for(self, group_id: str) -> int:
+        return partition_for(group_id, self.partitions)
+
+    def write(self, group_id: str, records: Iterable[Record]) -> None:
+        """Append records in one batch to the group's partition; raises on failure."""
+        batch_records = [(key, value, []) for key, value in records]
+        if not batch_records:
+            return
+        partition = self.broker.partition(OFFSETS_TOPIC, self.partition_for(group_id))
+        if partition is None:
+            raise RuntimeError(f"{OFFSETS_TOPIC} partition for group {group_id!r} is missing")
+        partition.append(build_batch(batch_records))
+
+    def load(self) -> LoadedState:
+        state = LoadedState({}, {})
+        for index in range(self.partitions):
+            partition = self.broker.partition(OFFSETS_TOPIC, index)
+            if partition is None:
+                continue
+            for _base, raw in partition.log.batches(partition.log.log_start_offset):
+                header = parse_header(raw)
+                if header.is_control:
+                    continue
+                for record in decode_records(raw):
+                    try:
+                        _apply(state, record.key, record.value)
+                    except (ValueError, KeyError, TypeError) as exc:
+                        log.warning(
+                            "skipping unreadable %s record at %d: %s",
+                            OFFSETS_TOPIC,
+                            record.offset,
+                            exc,
+                        )
+        return state
+
+
+def _apply(state: LoadedState, key: bytes | None, value: bytes | None) -> None:
+    if key is None:
+        raise ValueError("record without a key")
+    parsed = json.loads(key)
+    if parsed[0] == "o":
+        _, group_id, topic, partition = parsed
+        offsets = state.offsets.setdefault(group_id, {})
+        if value is None:
+            offsets.pop((topic, int(partition)), None)
+        else:
+            offsets[(topic, int(partition))] = decode_offset_value(value)
+    elif parsed[0] == "g":
+        group_id = parsed[1]
+        if value is None:
+            state.groups.pop(group_id, None)
+        else:
+            state.groups[group_id] = decode_group_value(value)
+    else:
+        raise ValueError(f"unknown key type {parsed[0]!r}")

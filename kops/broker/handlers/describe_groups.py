@@ -1,0 +1,73 @@
+"""DescribeGroups (key 15): v0-4.
+
+- An unknown group is described as state "Dead" with no error (as Kafka does
+  before v6).
+- Stable groups report the chosen protocol and each member's subscription
+  metadata and assignment; during a rebalance both are empty.
+- v1+: throttle_time. v3+: authorized_operations when asked (kops has no
+  ACLs: READ, DELETE and DESCRIBE). v4+: group_instance_id.
+- librdkafka >= 2.10 tries ConsumerGroupDescribe (69) first; kops does not
+  advertise it, so it falls back to this API.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from kio.schema.errors import ErrorCode
+
+from kops.broker.groups import coordinator_of
+from kops.broker.groups.offsets import GroupSummary
+from kops.broker.handlers import RequestContext
+
+API_KEY = 15
+MIN_VERSION = 0
+MAX_VERSION = 4
+
+# AclOperation codes READ (3), DELETE (6), DESCRIBE (8) as a bit field.
+GROUP_OPERATIONS = (1 << 3) | (1 << 6) | (1 << 8)
+NOT_REQUESTED = -(1 << 31)
+
+
+async def handle(ctx: RequestContext, request: object) -> object:
+    coordinator = coordinator_of(ctx.broker)
+    operations = (
+        GROUP_OPERATIONS
+        if getattr(request, "include_authorized_operations", False)
+        else NOT_REQUESTED
+    )
+    described = []
+    for group_id in request.groups:
+        if coordinator is None:
+            summary = GroupSummary(
+                ErrorCode.coordinator_not_available, group_id, "", "", "", [], False
+            )
+        else:
+            summary = coordinator.describe_group(group_id)
+        members = tuple(
+            ctx.make(
+                "DescribedGroupMember",
+                member_id=m.member_id,
+                group_instance_id=m.instance_id,
+                client_id=m.client_id,
+                client_host=m.client_host,
+                member_metadata=m.metadata(summary.protocol_name) if summary.with_metadata else b"",
+                member_assignment=m.assignment if summary.with_metadata else b"",
+            )
+            for m in summary.members
+        )
+        described.append(
+            ctx.make(
+                "DescribedGroup",
+                error_code=summary.error,
+                group_id=group_id,
+                group_state=summary.state,
+                protocol_type=summary.protocol_type,
+                protocol_data=summary.protocol_name,
+                members=members,
+                authorized_operations=operations,
+            )
+        )
+    return ctx.make(
+        "DescribeGroupsResponse", throttle_time=datetime.timedelta(0), groups=tuple(described)
+    )

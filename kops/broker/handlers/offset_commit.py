@@ -1,0 +1,66 @@
+"""OffsetCommit (key 8): v2-7.
+
+- generation -1 with an empty member id is a "simple" commit (assign()-style
+  consumers, admin tools); it is accepted while the group has no members.
+- Otherwise the member and generation must be current: stale generations get
+  ILLEGAL_GENERATION, removed members UNKNOWN_MEMBER_ID, replaced static
+  members FENCED_INSTANCE_ID, and commits between JoinGroup and SyncGroup
+  REBALANCE_IN_PROGRESS.
+- Metadata strings are stored and returned by OffsetFetch unchanged (null as
+  ""); more than `offset.metadata.max.bytes` (4096) gets OFFSET_METADATA_TOO_LARGE.
+- v2-4 retention_time is ignored (KIP-211: the broker's retention applies).
+- v3+: throttle_time. v6+: committed_leader_epoch. v7+: group_instance_id.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from kio.schema.errors import ErrorCode
+
+from kops.broker.groups import coordinator_of
+from kops.broker.handlers import RequestContext
+
+API_KEY = 8
+MIN_VERSION = 2
+MAX_VERSION = 7
+
+
+async def handle(ctx: RequestContext, request: object) -> object:
+    offsets = [
+        (
+            topic.name,
+            p.partition_index,
+            p.committed_offset,
+            getattr(p, "committed_leader_epoch", -1),
+            p.committed_metadata,
+        )
+        for topic in request.topics
+        for p in topic.partitions
+    ]
+    coordinator = coordinator_of(ctx.broker)
+    if coordinator is None:
+        errors = [ErrorCode.coordinator_not_available] * len(offsets)
+    else:
+        errors = coordinator.commit_offsets(
+            request.group_id,
+            request.generation_id_or_member_epoch,
+            request.member_id,
+            getattr(request, "group_instance_id", None),
+            offsets,
+        )
+    codes = iter(errors)
+    topics = []
+    for topic in request.topics:
+        partitions = tuple(
+            ctx.make(
+                "OffsetCommitResponsePartition",
+                partition_index=p.partition_index,
+                error_code=next(codes),
+            )
+            for p in topic.partitions
+        )
+        topics.append(ctx.make("OffsetCommitResponseTopic", name=topic.name, partitions=partitions))
+    return ctx.make(
+        "OffsetCommitResponse", throttle_time=datetime.timedelta(0), topics=tuple(topics)
+    )
