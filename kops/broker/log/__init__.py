@@ -1,0 +1,43 @@
+"""Kafka-style partition storage: segments, indexes, recovery, retention.
+
+Storage knows nothing of sockets or request structs; it deals in raw record
+batches (see kops.protocol.batch) and offsets.
+"""
+
+from kops.broker.log.config import (
+    AppendResult,
+    CorruptRecordError,
+    DuplicateSequenceError,
+    InvalidProducerEpochError,
+    InvalidRecordError,
+    KafkaStorageError,
+    LogConfig,
+    LogError,
+    OffsetOutOfRangeError,
+    OutOfOrderSequenceError,
+    RecordBatchTooLargeError,
+    RecordTooLargeError,
+    UnexpectedAppendOffsetError,
+    UnsupportedForMessageFormatError,
+)
+from kops.broker.log.manager import LogManager
+from kops.broker.log.partition_log import PartitionLog
+
+__all__ = [
+    "AppendResult",
+    "CorruptRecordError",
+    "DuplicateSequenceError",
+    "InvalidProducerEpochError",
+    "InvalidRecordError",
+    "KafkaStorageError",
+    "LogConfig",
+    "LogError",
+    "LogManager",
+    "OffsetOutOfRangeError",
+    "OutOfOrderSequenceError",
+    "PartitionLog",
+    "RecordBatchTooLargeError",
+    "RecordTooLargeError",
+    "UnexpectedAppendOffsetError",
+    "UnsupportedForMessageFormatError",
+]

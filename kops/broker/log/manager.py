@@ -1,0 +1,160 @@
+"""LogManager: every partition log under one data directory, plus its checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+from kops.broker.log.checkpoint import (
+    fsync_dir,
+    read_offset_checkpoint,
+    write_offset_checkpoint,
+)
+from kops.broker.log.config import LogConfig
+from kops.broker.log.partition_log import PartitionLog
+
+__all__ = ["LogManager", "partition_dir_name"]
+
+log = logging.getLogger(__name__)
+
+CLEAN_SHUTDOWN_MARKER = ".kafka_cleanshutdown"
+RECOVERY_POINT_CHECKPOINT = "recovery-point-offset-checkpoint"
+LOG_START_CHECKPOINT = "log-start-offset-checkpoint"
+HIGH_WATERMARK_CHECKPOINT = "replication-offset-checkpoint"
+DELETE_SUFFIX = "-delete"
+# Topic names may contain '-' and '.', so the partition is whatever follows the last '-'.
+_PARTITION_DIR = re.compile(r"^(?P<topic>.+)-(?P<partition>\d+)$")
+
+TopicPartition = tuple[str, int]
+
+
+def partition_dir_name(topic: str, partition: int) -> str:
+    return f"{topic}-{partition}"
+
+
+class LogManager:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._logs: dict[TopicPartition, PartitionLog] = {}
+        marker = self.data_dir / CLEAN_SHUTDOWN_MARKER
+        # A fresh directory has nothing to recover, so it counts as clean.
+        self.clean_shutdown = marker.exists() or not self.existing_partitions()
+        if marker.exists():
+            marker.unlink()
+            fsync_dir(self.data_dir)
+        self._recovery_points = read_offset_checkpoint(self.data_dir / RECOVERY_POINT_CHECKPOINT)
+        self._log_starts = read_offset_checkpoint(self.data_dir / LOG_START_CHECKPOINT)
+        self._high_watermarks = read_offset_checkpoint(self.data_dir / HIGH_WATERMARK_CHECKPOINT)
+        self._purge_deleted_dirs()
+
+    def _purge_deleted_dirs(self) -> None:
+        """Finish deletions a crash interrupted (directories renamed to *-delete)."""
+        for path in self.data_dir.iterdir():
+            if path.is_dir() and path.name.endswith(DELETE_SUFFIX):
+                shutil.rmtree(path, ignore_errors=True)
+
+    # --- partitions ---------------------------------------------------------------------
+
+    def existing_partitions(self) -> list[TopicPartition]:
+        out = []
+        for path in self.data_dir.iterdir():
+            if not path.is_dir() or path.name.endswith(DELETE_SUFFIX):
+                continue
+            m = _PARTITION_DIR.match(path.name)
+            if m:
+                out.append((m["topic"], int(m["partition"])))
+        return sorted(out)
+
+    def open_partition(self, topic: str, partition: int, config: LogConfig) -> PartitionLog:
+        """Open (creating if needed) a partition log; returns the already-open one if any."""
+        key = (topic, partition)
+        existing = self._logs.get(key)
+        if existing is not None:
+            existing.update_config(config)
+            return existing
+        directory = self.data_dir / partition_dir_name(topic, partition)
+        plog = PartitionLog(
+            directory,
+            config,
+            recover=not self.clean_shutdown,
+            log_start_offset=self._log_starts.get(key),
+            recovery_point=self._recovery_points.get(key, 0),
+        )
+        hw = self._high_watermarks.get(key)
+        plog.checkpointed_high_watermark = hw
+        if hw is not None:
+            plog.high_watermark = hw  # clamped to [log start, LEO]
+        plog.on_log_start_offset_change = self._on_log_start_change
+        self._logs[key] = plog
+        return plog
+
+    def get(self, topic: str, partition: int) -> PartitionLog | None:
+        return self._logs.get((topic, partition))
+
+    def logs(self) -> dict[TopicPartition, PartitionLog]:
+        return dict(self._logs)
+
+    def delete_partition(self, topic: str, partition: int) -> None:
+        """Close the log and remove its directory (rename first so a crash can't resurrect it)."""
+        key = (topic, partition)
+        plog = self._logs.pop(key, None)
+        if plog is not None:
+            plog.close_handles()
+        directory = self.data_dir / partition_dir_name(topic, partition)
+        for checkpoint in (self._recovery_points, self._log_starts, self._high_watermarks):
+            checkpoint.pop(key, None)
+        if directory.exists():
+            doomed = directory.with_name(f"{directory.name}.{uuid.uuid4().hex}{DELETE_SUFFIX}")
+            directory.rename(doomed)
+            fsync_dir(self.data_dir)
+            shutil.rmtree(doomed, ignore_errors=True)
+        self._write_checkpoints(fsync=True)
+
+    # --- housekeeping -------------------------------------------------------------------
+
+    def apply_retention(self, now_ms: int) -> None:
+        for plog in list(self._logs.values()):
+            plog.apply_retention(now_ms)
+
+    def maybe_roll_all(self, now_ms: int) -> None:
+        for plog in self._logs.values():
+            plog.maybe_roll(now_ms)
+
+    def flush_all(self) -> None:
+        for plog in self._logs.values():
+            plog.flush()
+        self._write_checkpoints(fsync=True)
+
+    def _on_log_start_change(self, plog: PartitionLog) -> None:
+        # DeleteRecords must survive a crash, so checkpoint the log starts right away.
+        self._snapshot_offsets()
+        write_offset_checkpoint(self.data_dir / LOG_START_CHECKPOINT, self._log_starts, fsync=True)
+
+    def _snapshot_offsets(self) -> None:
+        for key, plog in self._logs.items():
+            self._recovery_points[key] = plog.recovery_point
+            self._log_starts[key] = plog.log_start_offset
+            self._high_watermarks[key] = plog.high_watermark
+
+    def _write_checkpoints(self, *, fsync: bool) -> None:
+        self._snapshot_offsets()
+        write_offset_checkpoint(
+            self.data_dir / RECOVERY_POINT_CHECKPOINT, self._recovery_points, fsync=fsync
+        )
+        write_offset_checkpoint(self.data_dir / LOG_START_CHECKPOINT, self._log_starts, fsync=fsync)
+        write_offset_checkpoint(
+            self.data_dir / HIGH_WATERMARK_CHECKPOINT, self._high_watermarks, fsync=fsync
+        )
+
+    def close(self) -> None:
+        """Close every log, write the checkpoints, then mark the shutdown clean."""
+        for plog in self._logs.values():
+            plog.close()
+        self._write_checkpoints(fsync=True)
+        self._logs.clear()
+        (self.data_dir / CLEAN_SHUTDOWN_MARKER).write_bytes(b"")
+        fsync_dir(self.data_dir)

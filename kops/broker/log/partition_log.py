@@ -1,0 +1,544 @@
+"""PartitionLog: the segmented on-disk log of one topic partition.
+
+Not thread-safe: the broker serialises calls per partition. The produce and fetch
+paths touch only batch headers and raw byte ranges, never individual records.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from bisect import bisect_right
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from kops.broker.log.checkpoint import fsync_dir
+from kops.broker.log.config import (
+    AppendResult,
+    CorruptRecordError,
+    DuplicateSequenceError,
+    InvalidRecordError,
+    LogConfig,
+    LogError,
+    OffsetOutOfRangeError,
+    RecordBatchTooLargeError,
+    RecordTooLargeError,
+    UnexpectedAppendOffsetError,
+    UnsupportedForMessageFormatError,
+)
+from kops.broker.log.epoch_cache import CHECKPOINT_NAME, LeaderEpochCache
+from kops.broker.log.producer_state import ProducerEntry, ProducerStateManager, tracks
+from kops.broker.log.recovery import (
+    load_segments,
+    rebuild_epoch_cache,
+    rebuild_producer_state,
+)
+from kops.broker.log.retention import deletable_segments
+from kops.broker.log.segment import BatchMeta, LogSegment, whole_batches
+from kops.protocol.batch import (
+    HEADER_SIZE,
+    BatchHeader,
+    InvalidBatchError,
+    rewrite_base_offset_and_epoch,
+    set_log_append_time,
+    validate_batches,
+)
+
+__all__ = ["PartitionLog"]
+
+log = logging.getLogger(__name__)
+
+_BATCH_ERRORS: dict[int, type[LogError]] = {
+    CorruptRecordError.error_code: CorruptRecordError,
+    UnsupportedForMessageFormatError.error_code: UnsupportedForMessageFormatError,
+    InvalidRecordError.error_code: InvalidRecordError,
+}
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _base(segment: LogSegment) -> int:
+    return segment.base_offset
+
+
+def _validate(records: bytes | bytearray | memoryview) -> list[tuple[int, BatchHeader]]:
+    try:
+        return validate_batches(records)
+    except InvalidBatchError as exc:
+        raise _BATCH_ERRORS.get(exc.error_code, CorruptRecordError)(exc.message) from exc
+
+
+class PartitionLog:
+    def __init__(
+        self,
+        directory: Path,
+        config: LogConfig,
+        *,
+        recover: bool,
+        log_start_offset: int | None = None,
+        recovery_point: int = 0,
+    ) -> None:
+        """Open or create the log in `directory`.
+
+        recover=True after an unclean shutdown: segments from the one holding
+        `recovery_point` on are validated and cut at the first bad batch.
+        `log_start_offset` comes from the log manager's checkpoint (DeleteRecords
+        may have moved it inside the first segment).
+        """
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._config = config
+        self._epochs = LeaderEpochCache(self.directory / CHECKPOINT_NAME)
+        self._epochs_synced = True
+        self._producers = ProducerStateManager(self.directory)
+        self._unflushed: list[LogSegment] = []  # rolled segments not yet fsynced
+        self._closed = False
+        # Called after the log start offset moves so the owner can checkpoint it.
+        self.on_log_start_offset_change: Callable[[PartitionLog], None] | None = None
+        # What replication-offset-checkpoint said at open (set by the LogManager).
+        self.checkpointed_high_watermark: int | None = None
+
+        self._segments, first_recovered = load_segments(
+            self.directory, config, recover=recover, recovery_point=recovery_point
+        )
+        self._log_start = self._segments[0].base_offset
+        if log_start_offset is not None and log_start_offset > self._log_start:
+            if log_start_offset > self.log_end_offset:
+                # Everything we still have was already deleted by DeleteRecords/retention.
+                self._replace_segments(log_start_offset)
+            self._log_start = log_start_offset
+
+        leo = self.log_end_offset
+        if not self._epochs.load():
+            self._epochs.clear()
+            rebuild_epoch_cache(self._epochs, self._segments, self._segments[0].base_offset)
+        elif first_recovered is not None:
+            rebuild_epoch_cache(self._epochs, self._segments, first_recovered)
+        self._epochs.truncate_from_end(leo)
+        self._epochs.truncate_from_start(self._log_start)
+        self._epochs.write()
+        self._epochs_synced = False
+
+        rebuild_producer_state(self._producers, self._segments, leo)
+        for segment in self._segments[:-1]:
+            segment.close_handles()  # the rebuild scans may have opened them
+
+        self._hw = self._log_start
+        self.recovery_point = min(recovery_point, leo) if recover else leo
+
+    # --- properties ---------------------------------------------------------------------
+
+    @property
+    def config(self) -> LogConfig:
+        return self._config
+
+    def update_config(self, config: LogConfig) -> None:
+        self._config = config
+        for segment in self._segments:
+            segment.index_interval = config.index_interval_bytes
+
+    @property
+    def log_start_offset(self) -> int:
+        return self._log_start
+
+    @property
+    def log_end_offset(self) -> int:
+        return self._segments[-1].next_offset
+
+    @property
+    def high_watermark(self) -> int:
+        return self._hw
+
+    @high_watermark.setter
+    def high_watermark(self, value: int) -> None:
+        self._hw = max(self._log_start, min(value, self.log_end_offset))
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(segment.size for segment in self._segments)
+
+    @property
+    def segment_base_offsets(self) -> list[int]:
+        return [segment.base_offset for segment in self._segments]
+
+    @property
+    def producers(self) -> dict[int, ProducerEntry]:
+        """Idempotent producer state by producer id (read-only view for handlers and tests)."""
+        return self._producers.producers
+
+    # --- append -------------------------------------------------------------------------
+
+    def append(
+        self, records: bytes | bytearray | memoryview, leader_epoch: int, now_ms: int | None = None
+    ) -> AppendResult:
+        """Leader append: validate, dedupe idempotent retries, assign offsets, write."""
+        now = _now_ms() if now_ms is None else now_ms
+        config = self._config
+        headers = _validate(records)
+        if len(records) > config.segment_bytes:
+            raise RecordBatchTooLargeError(
+                f"{len(records)} bytes exceed segment.bytes {config.segment_bytes}"
+            )
+        for _, header in headers:
+            if header.size > config.max_message_bytes:
+                raise RecordTooLargeError(
+                    f"batch of {header.size} bytes exceeds max.message.bytes {config.max_message_bytes}"
+                )
+        # The only copy of the payload; offsets and epochs are patched in place.
+        buf = bytearray(records)
+        append_time = now if config.log_append_time else -1
+        first_offset = next_offset = self.log_end_offset
+        staged: dict[int, ProducerEntry] = {}
+        metas: list[BatchMeta] = []
+        for pos, header in headers:
+            base = next_offset
+            max_ts = header.max_timestamp if append_time < 0 else append_time
+            if tracks(header):
+                duplicate = self._producers.check(header, base, staged, max_ts)
+                if duplicate is not None:
+                    if len(headers) > 1:
+                        raise DuplicateSequenceError("duplicate batch inside a multi-batch append")
+                    return AppendResult(
+                        duplicate.first_offset,
+                        duplicate.last_offset,
+                        duplicate.timestamp if append_time >= 0 else -1,
+                        self._log_start,
+                        duplicate=True,
+                    )
+            rewrite_base_offset_and_epoch(buf, pos, base, leader_epoch)
+            if append_time >= 0:
+                set_log_append_time(buf, pos, header.size, now)
+            next_offset = base + header.last_offset_delta + 1
+            metas.append((pos, next_offset - 1, max_ts, header.size))
+        self._write(buf, metas, first_offset, now)
+        self._producers.commit(staged)
+        if self._epochs.assign(leader_epoch, first_offset):
+            self._write_epochs()
+        return AppendResult(first_offset, next_offset - 1, append_time, self._log_start)
+
+    def append_as_follower(self, records: bytes | bytearray | memoryview) -> int:
+        """Append batches exactly as the leader stored them; returns the new LEO."""
+        headers = _validate(records)
+        expected = self.log_end_offset
+        metas: list[BatchMeta] = []
+        for pos, header in headers:
+            if header.base_offset < expected:
+                raise UnexpectedAppendOffsetError(
+                    f"batch at offset {header.base_offset} but the log end is {expected}"
+                )
+            expected = header.last_offset + 1
+            metas.append((pos, header.last_offset, header.max_timestamp, header.size))
+        self._write(records, metas, headers[0][1].base_offset, _now_ms())
+        changed = False
+        for _, header in headers:
+            self._producers.update(header)
+            changed |= self._epochs.assign(header.partition_leader_epoch, header.base_offset)
+        if changed:
+            self._write_epochs()
+        return self.log_end_offset
+
+    def _write(
+        self, data: bytes | bytearray | memoryview, metas: list[BatchMeta], first: int, now: int
+    ) -> None:
+        active = self._segments[-1]
+        if self._should_roll(active, len(data), metas[-1][1], now):
+            active = self._roll(first)
+        active.append(data, metas, now)
+
+    def _should_roll(self, active: LogSegment, size: int, last_offset: int, now: int) -> bool:
+        if active.is_empty:
+            return False
+        basis = active.rolling_basis_ms
+        return (
+            active.size + size > self._config.segment_bytes
+            or active.is_full(last_offset)
+            or (basis is not None and now - basis >= self._config.segment_ms)
+        )
+
+    def _roll(self, base_offset: int | None = None) -> LogSegment:
+        active = self._segments[-1]
+        if active.is_empty:
+            return active
+        active.on_roll()
+        self._unflushed.append(active)
+        base = self.log_end_offset if base_offset is None else max(base_offset, self.log_end_offset)
+        segment = LogSegment(self.directory, base, self._config)
+        segment.create()
+        self._segments.append(segment)
+        # Producer state as of the new segment's base, so restarts replay at most one segment.
+        self._producers.take_snapshot(base)
+        return segment
+
+    def maybe_roll(self, now_ms: int) -> None:
+        active = self._segments[-1]
+        basis = active.rolling_basis_ms
+        if not active.is_empty and basis is not None and now_ms - basis >= self._config.segment_ms:
+            self._roll()
+
+    def roll(self) -> None:
+        """Start a new segment now (no-op when the active one is empty)."""
+        self._roll()
+
+    # --- reads --------------------------------------------------------------------------
+
+    def read(
+        self, offset: int, max_bytes: int, upper_bound: int, *, min_one_batch: bool = True
+    ) -> bytes:
+        """Raw whole batches from the one containing `offset`, each ending before upper_bound.
+
+        At most max_bytes, except that with min_one_batch an oversized first batch is
+        returned whole (KIP-74). One pread per segment touched, plus a header scan
+        from the sparse index entry to locate the first batch.
+        """
+        leo = self.log_end_offset
+        if offset < self._log_start or offset > leo:
+            raise OffsetOutOfRangeError(
+                f"offset {offset} is outside [{self._log_start}, {leo}] in {self.directory.name}"
+            )
+        upper = min(upper_bound, leo)
+        if offset >= upper:
+            return b""
+        segments = self._segments
+        i = max(0, bisect_right(segments, offset, key=_base) - 1)
+        found = None
+        while i < len(segments):
+            found = segments[i].find_batch(offset)
+            if found is not None:
+                break
+            i += 1
+        if found is None:
+            return b""
+        segment = segments[i]
+        pos, header = found
+        if header.last_offset >= upper:
+            return b""
+        if header.size > max_bytes:
+            return segment.read(pos, header.size) if min_one_batch else b""
+        budget = max_bytes
+        chunks: list[bytes] = []
+        while True:
+            data = segment.read(pos, min(budget, segment.size - pos))
+            cut, _ = whole_batches(data, upper)
+            if cut:
+                chunks.append(data if cut == len(data) else data[:cut])
+                budget -= cut
+            # Carry on into the next segment only if this one was consumed to its end.
+            if cut < len(data) or pos + cut < segment.size or budget < HEADER_SIZE:
+                break
+            i += 1
+            if i >= len(segments):
+                break
+            segment, pos = segments[i], 0
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def batches(
+        self, start_offset: int = 0, upper_bound: int | None = None
+    ) -> Iterator[tuple[int, bytes]]:
+        """(base offset, raw batch) for every batch ending at or after start_offset.
+
+        For internal consumers (group coordinator loading, compaction); not a hot path.
+        """
+        start = max(start_offset, self._log_start)
+        end = self.log_end_offset if upper_bound is None else upper_bound
+        segments = list(self._segments)
+        i = max(0, bisect_right(segments, start, key=_base) - 1)
+        for j in range(i, len(segments)):
+            segment = segments[j]
+            position = 0
+            if j == i:
+                found = segment.find_batch(start)
+                if found is None:
+                    continue
+                position = found[0]
+            for header, raw in segment.iter_raw(position):
+                if header.last_offset >= end:
+                    return
+                if header.last_offset >= start:
+                    yield header.base_offset, raw
+
+    def offset_for_timestamp(
+        self, timestamp_ms: int, upper_bound: int | None = None
+    ) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first batch whose max timestamp is >= timestamp_ms.
+
+        Batch granularity: the offset is the batch's base offset (clamped to the log
+        start) and the timestamp its max timestamp. None if there is no such batch
+        (or, with upper_bound, none that starts before it).
+        """
+        for segment in self._segments:
+            if segment.max_timestamp < timestamp_ms or segment.next_offset <= self._log_start:
+                continue
+            header = segment.find_by_timestamp(timestamp_ms, self._log_start)
+            if header is not None:
+                offset = max(header.base_offset, self._log_start)
+                if upper_bound is not None and offset >= upper_bound:
+                    return None
+                return offset, header.max_timestamp
+        return None
+
+    def max_timestamp_and_offset(self) -> tuple[int, int] | None:
+        """(last offset of the batch holding the largest timestamp, that timestamp), KIP-734 style."""
+        best: LogSegment | None = None
+        for segment in self._segments:
+            if segment.max_timestamp >= 0 and (
+                best is None or segment.max_timestamp > best.max_timestamp
+            ):
+                best = segment
+        if best is None or best.offset_of_max_timestamp < self._log_start:
+            return None
+        return best.offset_of_max_timestamp, best.max_timestamp
+
+    # --- leader epochs ------------------------------------------------------------------
+
+    def latest_epoch(self) -> int | None:
+        return self._epochs.latest_epoch()
+
+    def end_offset_for_epoch(self, epoch: int) -> tuple[int, int]:
+        """(largest epoch <= `epoch`, start of the next epoch or the LEO); (-1, -1) if unknown."""
+        return self._epochs.end_offset_for(epoch, self.log_end_offset)
+
+    def epoch_entries(self) -> list[tuple[int, int]]:
+        return list(self._epochs.entries)
+
+    def _write_epochs(self) -> None:
+        self._epochs.write()
+        self._epochs_synced = False
+
+    # --- truncation and deletion ----------------------------------------------------------
+
+    def truncate_to(self, offset: int) -> None:
+        """Drop every batch holding an offset >= `offset` (follower truncation)."""
+        if offset >= self.log_end_offset:
+            return
+        if offset < self._segments[0].base_offset:
+            self.truncate_fully_and_start_at(offset)
+            return
+        while len(self._segments) > 1 and self._segments[-1].base_offset >= offset:
+            self._drop_segment(self._segments.pop())
+        self._segments[-1].truncate_to(offset)
+        leo = self.log_end_offset
+        if self._epochs.truncate_from_end(leo):
+            self._write_epochs()
+        rebuild_producer_state(self._producers, self._segments, leo)
+        if self._log_start > leo:
+            self._log_start = leo
+            self._notify_log_start()
+        self._hw = min(self._hw, leo)
+        self.recovery_point = min(self.recovery_point, leo)
+
+    def truncate_fully_and_start_at(self, offset: int) -> None:
+        """Delete everything and restart the log empty at `offset` (log start = LEO = offset)."""
+        self._replace_segments(offset)
+        self._log_start = self._hw = self.recovery_point = offset
+        self._epochs.clear()
+        self._write_epochs()
+        self._producers.clear()
+        self._producers.delete_snapshots(self._producers.snapshot_offsets())
+        self._notify_log_start()
+
+    def _replace_segments(self, offset: int) -> None:
+        for segment in self._segments:
+            self._drop_segment(segment)
+        segment = LogSegment(self.directory, offset, self._config)
+        segment.create()
+        self._segments = [segment]
+
+    def _drop_segment(self, segment: LogSegment) -> None:
+        segment.delete()
+        if segment in self._unflushed:
+            self._unflushed.remove(segment)
+
+    def delete_records_before(self, offset: int) -> int:
+        """DeleteRecords: move the log start up to `offset` (-1 means the high watermark)."""
+        if offset == -1:
+            offset = self._hw
+        if offset < 0 or offset > self._hw:
+            raise OffsetOutOfRangeError(
+                f"cannot delete records before {offset}: high watermark is {self._hw}"
+            )
+        if offset <= self._log_start:
+            return self._log_start
+        self._log_start = offset
+        if offset >= self.log_end_offset:
+            self._roll()  # so the old active segment can go too
+        n = 0
+        while n < len(self._segments) - 1 and self._segments[n + 1].base_offset <= offset:
+            n += 1
+        self._delete_prefix(n)
+        if self._epochs.truncate_from_start(self._log_start):
+            self._write_epochs()
+        self._notify_log_start()
+        return self._log_start
+
+    def apply_retention(self, now_ms: int) -> int:
+        """Delete closed segments past retention.ms / retention.bytes; returns how many."""
+        n = deletable_segments(self._segments, self._config, now_ms, self._hw)
+        if n:
+            self._delete_prefix(n)
+            self._notify_log_start()
+        return n
+
+    def _delete_prefix(self, n: int) -> None:
+        if n <= 0:
+            return
+        for segment in self._segments[:n]:
+            log.info("deleting segment %s", segment.log_path)
+            self._drop_segment(segment)
+        del self._segments[:n]
+        first_base = self._segments[0].base_offset
+        self._log_start = max(self._log_start, first_base)
+        if self._epochs.truncate_from_start(self._log_start):
+            self._write_epochs()
+        self._producers.delete_snapshots_before(first_base)
+
+    def _notify_log_start(self) -> None:
+        if self.on_log_start_offset_change is not None:
+            self.on_log_start_offset_change(self)
+
+    # --- durability ---------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """fsync everything written so far and advance the recovery point to the LEO."""
+        for segment in self._unflushed:
+            segment.flush()
+            segment.close_handles()
+        self._unflushed.clear()
+        self._segments[-1].flush()
+        # New and deleted segment files are only durable once the directory is synced.
+        fsync_dir(self.directory)
+        if not self._epochs_synced:
+            self._epochs.write(fsync=True)
+            self._epochs_synced = True
+        self.recovery_point = self.log_end_offset
+
+    def close(self) -> None:
+        """Flush, snapshot producer state at the LEO and release file handles."""
+        if self._closed:
+            return
+        active = self._segments[-1]
+        active.on_roll()  # final time-index entry; see LogSegment.on_roll
+        self.flush()
+        leo = self.log_end_offset
+        self._producers.take_snapshot(leo, fsync=True)
+        # Keep snapshots at segment bases (truncation targets) and the newest one.
+        keep = {segment.base_offset for segment in self._segments} | {leo}
+        self._producers.delete_snapshots(
+            o for o in self._producers.snapshot_offsets() if o not in keep
+        )
+        for segment in self._segments:
+            segment.close_handles()
+        self._closed = True
+
+    def close_handles(self) -> None:
+        """Release file descriptors without a final snapshot (used before deleting the directory)."""
+        for segment in self._segments:
+            segment.close_handles()
+        self._closed = True
+
+    def __repr__(self) -> str:
+        return (
+            f"PartitionLog({self.directory.name}, start={self._log_start}, "
+            f"hw={self._hw}, leo={self.log_end_offset}, segments={len(self._segments)})"
+        )

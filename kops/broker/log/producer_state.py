@@ -1,0 +1,228 @@
+"""Idempotent-producer state: per producer id, its epoch and last few batches.
+
+Works on batch headers only. Snapshots (`<20-digit offset>.snapshot`, JSON) record
+the state as of an offset, so a restart replays only the headers after it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from kops.broker.log.checkpoint import write_atomic
+from kops.broker.log.config import InvalidProducerEpochError, OutOfOrderSequenceError
+from kops.protocol.batch import BatchHeader
+
+__all__ = ["BatchMetadata", "ProducerEntry", "ProducerStateManager"]
+
+log = logging.getLogger(__name__)
+
+NUM_BATCHES_TO_RETAIN = 5  # Kafka's ProducerStateEntry.NUM_BATCHES_TO_RETAIN
+SEQ_MOD = 1 << 31
+SNAPSHOT_SUFFIX = ".snapshot"
+SNAPSHOT_VERSION = 1
+
+
+class BatchMetadata(NamedTuple):
+    first_seq: int
+    last_seq: int
+    first_offset: int
+    last_offset: int
+    timestamp: int
+
+
+@dataclass
+class ProducerEntry:
+    producer_id: int
+    epoch: int
+    batches: deque[BatchMetadata] = field(
+        default_factory=lambda: deque(maxlen=NUM_BATCHES_TO_RETAIN)
+    )
+    last_timestamp: int = -1
+
+    @property
+    def last_seq(self) -> int:
+        return self.batches[-1].last_seq if self.batches else -1
+
+    def copy(self) -> ProducerEntry:
+        return ProducerEntry(
+            self.producer_id,
+            self.epoch,
+            deque(self.batches, maxlen=NUM_BATCHES_TO_RETAIN),
+            self.last_timestamp,
+        )
+
+    def find_duplicate(self, first_seq: int, last_seq: int) -> BatchMetadata | None:
+        for meta in self.batches:
+            if meta.first_seq == first_seq and meta.last_seq == last_seq:
+                return meta
+        return None
+
+    def add(self, epoch: int, meta: BatchMetadata) -> None:
+        if epoch != self.epoch:
+            # Sequences restart with a new epoch; old batches can't be duplicates any more.
+            self.epoch = epoch
+            self.batches.clear()
+        self.batches.append(meta)
+        self.last_timestamp = max(self.last_timestamp, meta.timestamp)
+
+
+def _meta(header: BatchHeader, base_offset: int) -> BatchMetadata:
+    return BatchMetadata(
+        header.base_sequence,
+        header.last_sequence,
+        base_offset,
+        base_offset + header.last_offset_delta,
+        header.max_timestamp,
+    )
+
+
+def tracks(header: BatchHeader) -> bool:
+    """Whether a batch takes part in idempotence (has a producer id and sequence, not control)."""
+    return header.producer_id >= 0 and header.base_sequence >= 0 and not header.is_control
+
+
+class ProducerStateManager:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.producers: dict[int, ProducerEntry] = {}
+
+    # --- append path --------------------------------------------------------------------
+
+    def check(
+        self,
+        header: BatchHeader,
+        base_offset: int,
+        staged: dict[int, ProducerEntry],
+        timestamp: int | None = None,
+    ) -> BatchMetadata | None:
+        """Validate one leader-path batch against current + staged state and stage its update.
+
+        Returns the retained metadata when the batch is a duplicate (nothing staged).
+        Raises InvalidProducerEpochError / OutOfOrderSequenceError.
+        """
+        pid = header.producer_id
+        entry = staged.get(pid)
+        if entry is None:
+            current = self.producers.get(pid)
+            entry = current.copy() if current is not None else None
+        epoch = header.producer_epoch
+        if entry is None:
+            # Unknown producer (new, or its state was lost to retention/truncation): accept.
+            entry = ProducerEntry(pid, epoch)
+        elif epoch < entry.epoch:
+            raise InvalidProducerEpochError(
+                f"producer {pid} epoch {epoch} is older than current epoch {entry.epoch}"
+            )
+        elif epoch > entry.epoch:
+            if header.base_sequence != 0:
+                raise OutOfOrderSequenceError(
+                    f"producer {pid} new epoch {epoch} must start at sequence 0, "
+                    f"got {header.base_sequence}"
+                )
+        else:
+            duplicate = entry.find_duplicate(header.base_sequence, header.last_sequence)
+            if duplicate is not None:
+                return duplicate
+            last_seq = entry.last_seq
+            if last_seq >= 0 and header.base_sequence != (last_seq + 1) % SEQ_MOD:
+                raise OutOfOrderSequenceError(
+                    f"producer {pid} epoch {epoch}: expected sequence "
+                    f"{(last_seq + 1) % SEQ_MOD}, got {header.base_sequence}"
+                )
+        meta = _meta(header, base_offset)
+        if timestamp is not None:
+            meta = meta._replace(timestamp=timestamp)
+        entry.add(epoch, meta)
+        staged[pid] = entry
+        return None
+
+    def commit(self, staged: dict[int, ProducerEntry]) -> None:
+        self.producers.update(staged)
+
+    def update(self, header: BatchHeader) -> None:
+        """Apply a batch already in the log (follower appends, recovery) without validation."""
+        if not tracks(header):
+            return
+        entry = self.producers.get(header.producer_id)
+        if entry is None:
+            entry = self.producers[header.producer_id] = ProducerEntry(
+                header.producer_id, header.producer_epoch
+            )
+        elif header.producer_epoch < entry.epoch:
+            return
+        entry.add(header.producer_epoch, _meta(header, header.base_offset))
+
+    def expire(self, now_ms: int, max_age_ms: int) -> int:
+        """Forget producers idle for longer than max_age_ms (Kafka's producer.id.expiration.ms)."""
+        stale = [p for p, e in self.producers.items() if now_ms - e.last_timestamp > max_age_ms]
+        for pid in stale:
+            del self.producers[pid]
+        return len(stale)
+
+    def clear(self) -> None:
+        self.producers = {}
+
+    # --- snapshots ----------------------------------------------------------------------
+
+    def snapshot_path(self, offset: int) -> Path:
+        return self.directory / f"{offset:020d}{SNAPSHOT_SUFFIX}"
+
+    def snapshot_offsets(self) -> list[int]:
+        out = []
+        for path in self.directory.glob(f"*{SNAPSHOT_SUFFIX}"):
+            stem = path.name[: -len(SNAPSHOT_SUFFIX)]
+            if stem.isdigit():
+                out.append(int(stem))
+        return sorted(out)
+
+    def take_snapshot(self, offset: int, *, fsync: bool = False) -> None:
+        producers = [
+            [e.producer_id, e.epoch, e.last_timestamp, [list(b) for b in e.batches]]
+            for e in self.producers.values()
+        ]
+        doc = {"version": SNAPSHOT_VERSION, "offset": offset, "producers": producers}
+        write_atomic(
+            self.snapshot_path(offset), json.dumps(doc, separators=(",", ":")), fsync=fsync
+        )
+
+    def load_latest(self, max_offset: int) -> int | None:
+        """Load the newest readable snapshot at or below max_offset; returns its offset."""
+        for offset in reversed(self.snapshot_offsets()):
+            if offset > max_offset:
+                continue
+            try:
+                self._load(self.snapshot_path(offset))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("ignoring unreadable producer snapshot %s: %s", offset, exc)
+                self.snapshot_path(offset).unlink(missing_ok=True)
+                continue
+            return offset
+        self.clear()
+        return None
+
+    def _load(self, path: Path) -> None:
+        doc = json.loads(path.read_text())
+        if doc["version"] != SNAPSHOT_VERSION:
+            raise ValueError(f"unknown snapshot version {doc['version']}")
+        producers: dict[int, ProducerEntry] = {}
+        for pid, epoch, last_ts, batches in doc["producers"]:
+            entry = ProducerEntry(int(pid), int(epoch), last_timestamp=int(last_ts))
+            entry.batches.extend(BatchMetadata(*map(int, b)) for b in batches)
+            producers[entry.producer_id] = entry
+        self.producers = producers
+
+    def delete_snapshots(self, offsets: Iterable[int]) -> None:
+        for offset in offsets:
+            self.snapshot_path(offset).unlink(missing_ok=True)
+
+    def delete_snapshots_after(self, offset: int) -> None:
+        self.delete_snapshots(o for o in self.snapshot_offsets() if o > offset)
+
+    def delete_snapshots_before(self, offset: int) -> None:
+        self.delete_snapshots(o for o in self.snapshot_offsets() if o < offset)
