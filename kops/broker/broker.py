@@ -1,0 +1,336 @@
+"""The broker: composes storage, the topic registry, partitions and the server.
+
+Handlers reach Kafka state only through this object's methods; it knows
+nothing of request or response structs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from kops.broker.cluster.metadata import TopicRecord, TopicRegistry, topic_name_error
+from kops.broker.cluster.partition import Partition
+from kops.broker.config import BrokerConfig, ConfigError, validate_topic_config
+from kops.broker.log.manager import LogManager
+from kops.broker.log.partition_log import LogConfig
+from kops.broker.server import FrameServer
+from kio.schema.errors import ErrorCode
+
+log = logging.getLogger("kops.broker")
+
+DEFAULT_DATA_DIR = Path(os.environ.get("KOPS_DATA_DIR", "~/.local/share/kops/broker")).expanduser()
+
+
+class TopicError(Exception):
+    def __init__(self, error_code: int, message: str) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+        self.message = message
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Broker:
+    def __init__(
+        self,
+        data_dir: Path | str = DEFAULT_DATA_DIR,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 9092,
+        advertise: tuple[str, int] | None = None,
+        config: Mapping[str, str] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.config = BrokerConfig(config)
+        self.node_id = self.config.node_id
+        self._host = host
+        self._port = port
+        self._advertise = advertise
+        self.cluster_id = ""
+        self.topics: TopicRegistry
+        self.logs: LogManager
+        self._partitions: dict[tuple[str, int], Partition] = {}
+        self._server: FrameServer | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._next_producer_id = 0
+        self._producer_id_ceiling = 0
+        self.started = asyncio.Event()
+        # Extension points filled by other parts (group coordinator).
+        self.groups = None
+
+    # ---- lifecycle -------------------------------------------------------
+    async def start(self) -> None:
+        from kops.broker.dispatch import Dispatcher
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.cluster_id = self._load_cluster_id()
+        self.logs = LogManager(self.data_dir)
+        self.topics = TopicRegistry(self.data_dir / "kops-topics.json")
+        self._load_producer_id_block()
+        for record in self.topics:
+            for index in range(record.partitions):
+                self._open_partition(record, index)
+        self._drop_orphan_logs()
+        dispatcher = Dispatcher(self)
+        self._server = FrameServer(
+            dispatcher.handle_frame,
+            self._host,
+            self._port,
+            max_frame_bytes=self.config.int("socket.request.max.bytes"),
+        )
+        await self._server.start()
+        self._tasks.append(asyncio.create_task(self._retention_loop()))
+        from kops.broker.groups import attach as attach_groups
+
+        await attach_groups(self)
+        self.started.set()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if self.groups is not None:
+            await self.groups.stop()
+        if self._server is not None:
+            await self._server.stop()
+        self.logs.close()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.port
+
+    @property
+    def advertised(self) -> tuple[str, int]:
+        if self._advertise is not None:
+            host, port = self._advertise
+            return host, port or self.port
+        host = self._host if self._host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        return host, self.port
+
+    # ---- partitions ------------------------------------------------------
+    def partition(self, topic: str, index: int) -> Partition | None:
+        return self._partitions.get((topic, index))
+
+    def partitions_of(self, topic: str) -> list[Partition]:
+        record = self.topics.get(topic)
+        if record is None:
+            return []
+        return [self._partitions[(topic, i)] for i in range(record.partitions)]
+
+    def log_config(self, record: TopicRecord) -> LogConfig:
+        merged = self.config.topic_defaults()
+        merged.update(record.configs)
+        return LogConfig.from_topic_config(merged)
+
+    def _open_partition(self, record: TopicRecord, index: int) -> Partition:
+        partition_log = self.logs.open_partition(record.name, index, self.log_config(record))
+        partition = Partition(
+            topic=record.name,
+            index=index,
+            log=partition_log,
+            leader=self.node_id,
+            replicas=list(record.replicas[index]),
+            isr=[self.node_id],
+        )
+        self._apply_policy(partition, record)
+        # A lone replica has every local record committed, including after an
+        # unclean shutdown (the log was recovered to its last valid batch).
+        partition_log.high_watermark = partition_log.log_end_offset
+        epoch = partition_log.latest_epoch()
+        partition.leader_epoch = epoch if epoch is not None else 0
+        self._partitions[(record.name, index)] = partition
+        return partition
+
+    def _apply_policy(self, partition: Partition, record: TopicRecord) -> None:
+        merged = self.config.topic_defaults()
+        merged.update(record.configs)
+        partition.max_message_bytes = int(merged["max.message.bytes"])
+        partition.min_insync_replicas = int(merged["min.insync.replicas"])
+
+    def _drop_orphan_logs(self) -> None:
+        for topic, index in self.logs.existing_partitions():
+            if (topic, index) not in self._partitions:
+                log.warning("removing log of unknown partition %s-%d", topic, index)
+                self.logs.delete_partition(topic, index)
+
+    # ---- topic administration -------------------------------------------
+    def create_topic(
+        self,
+        name: str,
+        num_partitions: int = -1,
+        replication_factor: int = -1,
+        configs: Mapping[str, str] | None = None,
+        *,
+        validate_only: bool = False,
+        internal: bool = False,
+    ) -> TopicRecord:
+        problem = topic_name_error(name)
+        if problem:
+            raise TopicError(ErrorCode.invalid_topic_exception, problem)
+        if name in self.topics:
+            raise TopicError(ErrorCode.topic_already_exists, f"topic {name!r} already exists")
+        if num_partitions == -1:
+            num_partitions = self.config.int("num.partitions")
+        if num_partitions <= 0:
+            raise TopicError(ErrorCode.invalid_partitions, "number of partitions must be at least 1")
+        if replication_factor == -1:
+            replication_factor = min(1, self.config.int("default.replication.factor"))
+        if replication_factor != 1:
+            raise TopicError(
+                ErrorCode.invalid_replication_factor,
+                f"replication factor {replication_factor} is larger than the 1 available broker",
+            )
+        configs = dict(configs or {})
+        try:
+            validate_topic_config(configs)
+        except ConfigError as exc:
+            raise TopicError(ErrorCode.invalid_config, str(exc)) from None
+        record = TopicRecord(
+            name=name,
+            topic_id=uuid.uuid4(),
+            replicas=[[self.node_id] for _ in range(num_partitions)],
+            configs=configs,
+            internal=internal,
+        )
+        if validate_only:
+            return record
+        self.topics.add(record)
+        for index in range(num_partitions):
+            self._open_partition(record, index)
+        log.info("created topic %s with %d partitions", name, num_partitions)
+        return record
+
+    def delete_topic(self, name: str) -> None:
+        record = self.topics.get(name)
+        if record is None:
+            raise TopicError(ErrorCode.unknown_topic_or_partition, f"unknown topic {name!r}")
+        if record.internal:
+            raise TopicError(ErrorCode.invalid_topic_exception, f"cannot delete internal topic {name!r}")
+        self.topics.remove(name)
+        for index in range(record.partitions):
+            partition = self._partitions.pop((name, index), None)
+            if partition is not None:
+                partition.wake_fetchers()
+            self.logs.delete_partition(name, index)
+        log.info("deleted topic %s", name)
+
+    def create_partitions(self, name: str, count: int, *, validate_only: bool = False) -> None:
+        record = self.topics.get(name)
+        if record is None:
+            raise TopicError(ErrorCode.unknown_topic_or_partition, f"unknown topic {name!r}")
+        if count <= record.partitions:
+            raise TopicError(
+                ErrorCode.invalid_partitions,
+                f"topic {name!r} has {record.partitions} partitions; the new count must be larger",
+            )
+        if validate_only:
+            return
+        old = record.partitions
+        record.replicas.extend([self.node_id] for _ in range(count - old))
+        self.topics.save()
+        for index in range(old, count):
+            self._open_partition(record, index)
+
+    def topic_configs(self, name: str) -> dict[str, tuple[str, bool]]:
+        """Every topic setting: value and whether it is the default."""
+        record = self.topics.get(name)
+        if record is None:
+            raise TopicError(ErrorCode.unknown_topic_or_partition, f"unknown topic {name!r}")
+        result = {key: (value, True) for key, value in self.config.topic_defaults().items()}
+        for key, value in record.configs.items():
+            result[key] = (value, False)
+        return result
+
+    def alter_topic_configs(
+        self, name: str, changes: Iterable[tuple[str, str | None]], *, validate_only: bool = False
+    ) -> None:
+        """Apply (key, value) changes; value None restores the default."""
+        record = self.topics.get(name)
+        if record is None:
+            raise TopicError(ErrorCode.unknown_topic_or_partition, f"unknown topic {name!r}")
+        updated = dict(record.configs)
+        for key, value in changes:
+            if value is None:
+                updated.pop(key, None)
+            else:
+                updated[key] = value
+        try:
+            validate_topic_config(updated)
+        except ConfigError as exc:
+            raise TopicError(ErrorCode.invalid_config, str(exc)) from None
+        if validate_only:
+            return
+        record.configs = updated
+        self.topics.save()
+        config = self.log_config(record)
+        for partition in self.partitions_of(name):
+            partition.log.update_config(config)
+            self._apply_policy(partition, record)
+
+    def auto_create(self, name: str) -> TopicRecord | None:
+        if not self.config.bool("auto.create.topics.enable") or topic_name_error(name):
+            return None
+        try:
+            return self.create_topic(name)
+        except TopicError:
+            return self.topics.get(name)
+
+    # ---- producers -------------------------------------------------------
+    def allocate_producer_id(self) -> int:
+        if self._next_producer_id >= self._producer_id_ceiling:
+            self._reserve_producer_ids(self._next_producer_id)
+        producer_id = self._next_producer_id
+        self._next_producer_id += 1
+        return producer_id
+
+    def _load_producer_id_block(self) -> None:
+        path = self.data_dir / "producer-id-block"
+        start = int(path.read_text()) if path.exists() else 0
+        self._reserve_producer_ids(start)
+
+    def _reserve_producer_ids(self, start: int) -> None:
+        # Reserving ids in blocks keeps allocation off the disk; a crash skips
+        # the rest of a block, which only wastes ids, never reuses one.
+        ceiling = start + 1000
+        path = self.data_dir / "producer-id-block"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(str(ceiling))
+        os.replace(tmp, path)
+        self._next_producer_id = start
+        self._producer_id_ceiling = ceiling
+
+    def _load_cluster_id(self) -> str:
+        path = self.data_dir / "meta.properties"
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if line.startswith("cluster.id="):
+                    return line.split("=", 1)[1]
+        import base64
+
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        path.write_text(f"version=1\ncluster.id={cluster_id}\nnode.id={self.node_id}\n")
+        return cluster_id
+
+    # ---- background work ---------------------------------------------------
+    async def _retention_loop(self) -> None:
+        interval = self.config.int("log.retention.check.interval.ms") / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.logs.apply_retention(now_ms())
+            except Exception:
+                log.exception("retention pass failed")
+
+

@@ -1,0 +1,26 @@
+"""DescribeCluster (key 60): v0. Used by admin clients' describe_cluster()."""
+
+from __future__ import annotations
+
+import datetime
+
+from kio.schema.errors import ErrorCode
+
+from kops.broker.handlers import RequestContext
+
+API_KEY = 60
+MIN_VERSION = 0
+MAX_VERSION = 0
+
+
+async def handle(ctx: RequestContext, request: object) -> object:
+    broker = ctx.broker
+    host, port = broker.advertised
+    return ctx.make(
+        "DescribeClusterResponse",
+        throttle_time=datetime.timedelta(0),
+        error_code=ErrorCode.none,
+        cluster_id=broker.cluster_id,
+        controller_id=broker.node_id,
+        brokers=(ctx.make("DescribeClusterBroker", broker_id=broker.node_id, host=host, port=port),),
+    )

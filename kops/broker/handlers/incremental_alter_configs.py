@@ -1,0 +1,66 @@
+"""IncrementalAlterConfigs (key 44): v0-1.
+
+- Topic resources only. Operations SET (0) and DELETE (1); APPEND and
+  SUBTRACT (2, 3) apply to list settings such as cleanup.policy.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from kio.schema.errors import ErrorCode
+
+from kops.broker.broker import TopicError
+from kops.broker.handlers import RequestContext
+
+API_KEY = 44
+MIN_VERSION = 0
+MAX_VERSION = 1
+
+TOPIC_RESOURCE = 2
+SET, DELETE, APPEND, SUBTRACT = 0, 1, 2, 3
+
+
+async def handle(ctx: RequestContext, request: object) -> object:
+    responses = []
+    for resource in request.resources:
+        code, message = ErrorCode.none, None
+        try:
+            if resource.resource_type != TOPIC_RESOURCE:
+                raise TopicError(ErrorCode.invalid_request, "only topic configs can be altered")
+            current = ctx.broker.topic_configs(resource.resource_name)
+            changes = [_change(c, current) for c in resource.configs]
+            ctx.broker.alter_topic_configs(
+                resource.resource_name, changes, validate_only=request.validate_only
+            )
+        except TopicError as exc:
+            code, message = exc.error_code, exc.message
+        responses.append(
+            ctx.make(
+                "AlterConfigsResourceResponse",
+                error_code=code,
+                error_message=message,
+                resource_type=resource.resource_type,
+                resource_name=resource.resource_name,
+            )
+        )
+    return ctx.make(
+        "IncrementalAlterConfigsResponse", throttle_time=datetime.timedelta(0), responses=tuple(responses)
+    )
+
+
+def _change(config: object, current: dict[str, tuple[str, bool]]) -> tuple[str, str | None]:
+    operation = config.config_operation
+    if operation == SET:
+        return config.name, config.value
+    if operation == DELETE:
+        return config.name, None
+    existing = [v for v in current.get(config.name, ("", True))[0].split(",") if v]
+    items = [v for v in (config.value or "").split(",") if v]
+    if operation == APPEND:
+        merged = existing + [v for v in items if v not in existing]
+    elif operation == SUBTRACT:
+        merged = [v for v in existing if v not in items]
+    else:
+        raise TopicError(ErrorCode.invalid_request, f"unknown config operation {operation}")
+    return config.name, ",".join(merged)

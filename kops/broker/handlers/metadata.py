@@ -1,0 +1,80 @@
+"""Metadata (key 3): v0-8.
+
+- v1+: a null topic list means every topic; v0 uses an empty list for that.
+- v4+: allow_auto_topic_creation; earlier versions always auto-create (if the
+  broker allows it).
+- v7+: leader_epoch per partition (librdkafka then validates positions with
+  OffsetForLeaderEpoch v2).
+- Internal topics are reported with is_internal so admin tools hide them.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from kio.schema.errors import ErrorCode
+
+from kops.broker.cluster.metadata import topic_name_error
+from kops.broker.handlers import RequestContext
+
+API_KEY = 3
+MIN_VERSION = 0
+MAX_VERSION = 8
+
+
+async def handle(ctx: RequestContext, request: object) -> object:
+    broker = ctx.broker
+    requested = request.topics
+    if requested is None or (ctx.api_version == 0 and not requested):
+        names = [record.name for record in broker.topics]
+    else:
+        names = [topic.name for topic in requested]
+    allow_create = ctx.api_version < 4 or request.allow_auto_topic_creation
+    topics = []
+    for name in names:
+        record = broker.topics.get(name)
+        if record is None and allow_create:
+            record = broker.auto_create(name)
+        if record is None:
+            code = (
+                ErrorCode.invalid_topic_exception
+                if topic_name_error(name)
+                else ErrorCode.unknown_topic_or_partition
+            )
+            topics.append(
+                ctx.make("MetadataResponseTopic", error_code=code, name=name, is_internal=False, partitions=())
+            )
+            continue
+        partitions = tuple(
+            ctx.make(
+                "MetadataResponsePartition",
+                error_code=ErrorCode.none,
+                partition_index=p.index,
+                leader_id=p.leader,
+                leader_epoch=p.leader_epoch,
+                replica_nodes=tuple(p.replicas),
+                isr_nodes=tuple(p.isr),
+                offline_replicas=(),
+            )
+            for p in broker.partitions_of(name)
+        )
+        topics.append(
+            ctx.make(
+                "MetadataResponseTopic",
+                error_code=ErrorCode.none,
+                name=name,
+                is_internal=record.internal,
+                partitions=partitions,
+                topic_authorized_operations=-2147483648,
+            )
+        )
+    host, port = broker.advertised
+    return ctx.make(
+        "MetadataResponse",
+        throttle_time=datetime.timedelta(0),
+        brokers=(ctx.make("MetadataResponseBroker", node_id=broker.node_id, host=host, port=port, rack=None),),
+        cluster_id=broker.cluster_id,
+        controller_id=broker.node_id,
+        topics=tuple(topics),
+        cluster_authorized_operations=-2147483648,
+    )

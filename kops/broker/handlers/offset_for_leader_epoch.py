@@ -1,0 +1,45 @@
+"""OffsetForLeaderEpoch (key 23): v2-3.
+
+- librdkafka uses v2 to validate its position after a leader change (KIP-320);
+  followers use it to find where their log diverges (KIP-101/279).
+- Answers the largest epoch not above the one asked for and that epoch's end
+  offset (the next epoch's start, or the log end offset).
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from kio.schema.errors import ErrorCode
+
+from kops.broker.handlers import RequestContext
+
+API_KEY = 23
+MIN_VERSION = 2
+MAX_VERSION = 3
+
+
+async def handle(ctx: RequestContext, request: object) -> object:
+    topics = []
+    for topic in request.topics:
+        results = []
+        for wanted in topic.partitions:
+            code, epoch, end = ErrorCode.none, -1, -1
+            partition = ctx.broker.partition(topic.topic, wanted.partition)
+            if partition is None:
+                code = ErrorCode.unknown_topic_or_partition
+            elif wanted.current_leader_epoch >= 0 and wanted.current_leader_epoch != partition.leader_epoch:
+                code = (
+                    ErrorCode.fenced_leader_epoch
+                    if wanted.current_leader_epoch < partition.leader_epoch
+                    else ErrorCode.unknown_leader_epoch
+                )
+            else:
+                epoch, end = partition.log.end_offset_for_epoch(wanted.leader_epoch)
+            results.append(
+                ctx.make(
+                    "EpochEndOffset", error_code=code, partition=wanted.partition, leader_epoch=epoch, end_offset=end
+                )
+            )
+        topics.append(ctx.make("OffsetForLeaderTopicResult", topic=topic.topic, partitions=tuple(results)))
+    return ctx.make("OffsetForLeaderEpochResponse", throttle_time=datetime.timedelta(0), topics=tuple(topics))

@@ -1,0 +1,89 @@
+"""`kops broker ...`: run the bundled broker."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from kops.broker.broker import DEFAULT_DATA_DIR
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise click.BadParameter(f"expected HOST:PORT, got {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def _settings(values: tuple[str, ...]) -> dict[str, str]:
+    settings = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected key=value, got {item!r}", param_hint="--config")
+        settings[key.strip()] = value.strip()
+    return settings
+
+
+@click.group()
+def broker() -> None:
+    """Run the bundled Kafka-compatible broker."""
+
+
+@broker.command()
+@click.option(
+    "--listen",
+    default="127.0.0.1:9092",
+    show_default=True,
+    help="HOST:PORT to accept clients on; port 0 picks a free port.",
+)
+@click.option(
+    "--advertise",
+    default=None,
+    help="HOST:PORT given to clients in metadata (default: the listen address).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_DATA_DIR,
+    show_default=True,
+    envvar="KOPS_DATA_DIR",
+    help="Where partitions, offsets and metadata are stored.",
+)
+@click.option(
+    "--config",
+    "configs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Broker setting, Kafka names (repeatable).",
+)
+@click.option("--log-level", default="INFO", show_default=True, help="Logging level for stderr.")
+def start(
+    listen: str, advertise: str | None, data_dir: Path, configs: tuple[str, ...], log_level: str
+) -> None:
+    """Start a broker in the foreground; stop it with Ctrl-C or SIGTERM."""
+    from kops.broker.runner import serve_forever
+
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    host, port = _host_port(listen)
+    advertised = _host_port(advertise) if advertise else None
+    settings = _settings(configs)
+
+    def announce(running: object) -> None:
+        real_host, real_port = running.advertised if advertise else (host, running.port)
+        click.echo(f"kops broker listening on {real_host}:{real_port}")
+        sys.stdout.flush()
+
+    try:
+        serve_forever(
+            data_dir, host, port, advertise=advertised, config=settings, on_listening=announce
+        )
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from None

@@ -1,0 +1,162 @@
+"""Request and response framing around kio's generated schemas.
+
+A Kafka frame is an int32 size followed by a request header and a body. kio
+provides one frozen dataclass per (api key, version); this module caches the
+readers and writers for those classes and knows which header version goes
+with which body.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import struct
+from functools import cache
+from types import ModuleType
+from typing import Any
+
+from kio.index import load_payload_module, load_request_schema, load_response_schema
+from kio.schema.errors import ErrorCode
+from kio.schema.request_header.v1.header import RequestHeader as RequestHeaderV1
+from kio.schema.request_header.v2.header import RequestHeader as RequestHeaderV2
+from kio.serial import entity_reader, entity_writer
+from kio.static.constants import EntityType
+
+API_VERSIONS_KEY = 18
+
+_INT32 = struct.Struct(">i")
+_KEY_VERSION = struct.Struct(">hh")
+_CORRELATION = struct.Struct(">i")
+
+
+class MalformedRequestError(Exception):
+    """The bytes of a frame do not form a valid request; the connection is closed."""
+
+
+class UnsupportedVersionError(Exception):
+    """kio has no schema for the requested (api key, version)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RequestFrame:
+    api_key: int
+    api_version: int
+    correlation_id: int
+    client_id: str | None
+    body: Any
+
+
+def peek_key_version(frame: bytes | memoryview) -> tuple[int, int, int]:
+    """Return (api key, api version, correlation id) without decoding the rest."""
+    if len(frame) < 8:
+        raise MalformedRequestError(f"frame of {len(frame)} bytes is too short for a header")
+    key, version = _KEY_VERSION.unpack_from(frame, 0)
+    (correlation_id,) = _CORRELATION.unpack_from(frame, 4)
+    return key, version, correlation_id
+
+
+@cache
+def request_type(api_key: int, api_version: int) -> type:
+    try:
+        return load_request_schema(api_key, api_version)
+    except Exception as exc:  # kio raises its own index errors
+        raise UnsupportedVersionError(f"api {api_key} v{api_version}") from exc
+
+
+@cache
+def response_type(api_key: int, api_version: int) -> type:
+    return load_response_schema(api_key, api_version)
+
+
+@cache
+def response_module(api_key: int, api_version: int) -> ModuleType:
+    """The kio module holding a response's nested entity classes for one version."""
+    return load_payload_module(api_key, api_version, EntityType.response)
+
+
+@cache
+def _body_reader(api_key: int, api_version: int) -> Any:
+    return entity_reader(request_type(api_key, api_version))
+
+
+@cache
+def _header_reader(flexible: bool) -> Any:
+    return entity_reader(RequestHeaderV2 if flexible else RequestHeaderV1)
+
+
+@cache
+def _writer(cls: type) -> Any:
+    return entity_writer(cls)
+
+
+def decode_request(frame: bytes | memoryview) -> RequestFrame:
+    """Decode header and body; raises UnsupportedVersionError or MalformedRequestError."""
+    api_key, api_version, _ = peek_key_version(frame)
+    cls = request_type(api_key, api_version)
+    try:
+        header, offset = _header_reader(cls.__flexible__)(frame, 0)
+        body, end = _body_reader(api_key, api_version)(frame, offset)
+    except Exception as exc:
+        raise MalformedRequestError(f"cannot decode api {api_key} v{api_version}: {exc}") from exc
+    return RequestFrame(api_key, api_version, header.correlation_id, header.client_id, body)
+
+
+def encode_response(correlation_id: int, body: Any) -> bytes:
+    """Serialise a response with its size prefix and the matching response header.
+
+    ApiVersions always answers with response header v0 (no tagged fields),
+    whatever its version: clients read it before they know the broker's ranges.
+    """
+    cls = type(body)
+    buffer = io.BytesIO()
+    buffer.write(b"\0\0\0\0")
+    buffer.write(_CORRELATION.pack(correlation_id))
+    if cls.__flexible__ and cls.__api_key__ != API_VERSIONS_KEY:
+        buffer.write(b"\0")  # empty tagged fields of response header v1
+    _writer(cls)(buffer, body)
+    data = buffer.getbuffer()
+    _INT32.pack_into(data, 0, len(data) - 4)
+    del data
+    return buffer.getvalue()
+
+
+def encode_request(correlation_id: int, body: Any, client_id: str | None = "kops") -> bytes:
+    """Serialise a request (used by the broker's own replication client and by tests)."""
+    cls = type(body)
+    header_cls = RequestHeaderV2 if cls.__flexible__ else RequestHeaderV1
+    header = header_cls(
+        request_api_key=cls.__api_key__,
+        request_api_version=cls.__version__,
+        correlation_id=correlation_id,
+        client_id=client_id,
+    )
+    buffer = io.BytesIO()
+    buffer.write(b"\0\0\0\0")
+    _writer(header_cls)(buffer, header)
+    _writer(cls)(buffer, body)
+    data = buffer.getbuffer()
+    _INT32.pack_into(data, 0, len(data) - 4)
+    del data
+    return buffer.getvalue()
+
+
+@cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
+
+
+def build(cls: type, **values: Any) -> Any:
+    """Instantiate a kio entity, dropping values for fields this version lacks.
+
+    Handlers fill one superset of fields for every version they serve; older
+    versions simply do not carry the newer fields.
+    """
+    names = _field_names(cls)
+    kwargs = {k: v for k, v in values.items() if k in names}
+    if "error_code" in kwargs and not isinstance(kwargs["error_code"], ErrorCode):
+        kwargs["error_code"] = ErrorCode(kwargs["error_code"])
+    return cls(**kwargs)
+
+
+def has_field(cls: type, name: str) -> bool:
+    return name in _field_names(cls)

@@ -1,0 +1,58 @@
+"""Small wrappers over real clients used by the broker tests."""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+def create_topic(bootstrap: str, name: str, partitions: int = 1, config: dict | None = None) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics([NewTopic(name, partitions, 1, config=config or {})])
+    futures[name].result(10)
+
+
+def produce(bootstrap: str, topic: str, records: list[tuple], **settings: object) -> list:
+    """Produce (key, value[, headers[, partition]]) tuples with acks=all; return delivered messages."""
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5, **settings})
+    delivered, failed = [], []
+
+    def report(err: object, msg: object) -> None:
+        (failed if err else delivered).append(err or msg)
+
+    for record in records:
+        key, value = record[0], record[1]
+        kwargs = {}
+        if len(record) > 2 and record[2]:
+            kwargs["headers"] = record[2]
+        if len(record) > 3:
+            kwargs["partition"] = record[3]
+        producer.produce(topic, value=value, key=key, on_delivery=report, **kwargs)
+        producer.poll(0)
+    assert producer.flush(30) == 0
+    assert not failed, failed
+    return delivered
+
+
+def consume_all(bootstrap: str, topic: str, expected: int, partitions: int = 1, timeout: float = 20) -> list:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "unused",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 50,
+        }
+    )
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    messages = []
+    deadline = time.monotonic() + timeout
+    while len(messages) < expected and time.monotonic() < deadline:
+        msg = consumer.poll(0.2)
+        if msg is None:
+            continue
+        assert msg.error() is None, msg.error()
+        messages.append(msg)
+    consumer.close()
+    return messages
