@@ -1,0 +1,43 @@
+"""The ``kops`` root command.
+
+Subcommand groups live one per module; to add one, append ``(module, attribute)`` to
+:data:`COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from kops.cli.common import KopsGroup
+
+#: (module, attribute) of every command registered on the root group, in help order.
+COMMANDS: list[tuple[str, str]] = [
+    ("kops.cli.broker", "broker"),
+    ("kops.cli.topic", "topic"),
+    ("kops.cli.produce", "produce"),
+    ("kops.cli.consume", "consume"),
+    ("kops.cli.rewind", "rewind"),
+    ("kops.cli.replay", "replay"),
+]
+
+
+@click.group(cls=KopsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kops", prog_name="kops")
+def main() -> None:
+    """kops: an operator's toolkit for Kafka.
+
+    Every command takes --bootstrap (env KOPS_BOOTSTRAP, default 127.0.0.1:9092) and
+    -X key=value for extra client properties (TLS, SASL...). Errors print one line starting
+    with "error:" on stderr and exit with status 1; set KOPS_DEBUG=1 for a full traceback.
+    """
+
+
+def _register() -> None:
+    for module_name, attr in COMMANDS:
+        command = getattr(importlib.import_module(module_name), attr)
+        main.add_command(command)
+
+
+_register()

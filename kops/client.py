@@ -1,0 +1,349 @@
+"""Small shared helpers over confluent-kafka: client config, an admin session, error translation.
+
+Everything here works against any Kafka-compatible cluster (the bundled kops broker or a real
+Kafka). Nothing here imports click: the CLI in ``kops.cli`` and the recipes both build on it.
+
+Errors raised to callers form one small tree::
+
+    KopsClientError            a Kafka operation failed; str(e) is one line for people
+    +-- BrokerUnavailable      no broker answered (refused, unresolvable, timed out)
+    +-- TopicAlreadyExists
+    +-- UnknownTopic
+
+Typical use::
+
+    from kops.client import ClientSettings, AdminSession
+    settings = ClientSettings("127.0.0.1:9092")
+    with AdminSession(settings) as admin:
+        futures = admin.client.create_topics([...])
+        admin.wait_all(futures, "create topic")
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
+
+__all__ = [
+    "DEFAULT_BOOTSTRAP",
+    "DEFAULT_TIMEOUT",
+    "AdminSession",
+    "BrokerUnavailable",
+    "ClientSettings",
+    "ErrorWatch",
+    "KopsClientError",
+    "TopicAlreadyExists",
+    "UnknownTopic",
+    "fetch_metadata",
+    "translate_error",
+]
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+#: Seconds a single admin/metadata operation may take before we give up.
+DEFAULT_TIMEOUT = 10.0
+
+T = TypeVar("T")
+
+# librdkafka logs every failed connection attempt; the CLI reports one clean line instead.
+_QUIET_LOGGER = logging.getLogger("kops.librdkafka")
+_QUIET_LOGGER.addHandler(logging.NullHandler())
+_QUIET_LOGGER.propagate = False
+
+# Error codes that mean "we cannot talk to the cluster at all".
+_UNREACHABLE_CODES = frozenset(
+    {KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE, KafkaError._TRANSPORT}
+)
+
+
+class KopsClientError(Exception):
+    """A Kafka operation failed. ``str(e)`` is a single line suitable for an operator.
+
+    ``code`` is the librdkafka/Kafka error name (e.g. ``"TOPIC_ALREADY_EXISTS"``) when known.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None, retriable: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.retriable = retriable
+
+
+class BrokerUnavailable(KopsClientError):
+    """No broker answered: connection refused, host unresolvable, or no response in time."""
+
+
+class TopicAlreadyExists(KopsClientError):
+    """CreateTopics was refused because the topic exists."""
+
+
+class UnknownTopic(KopsClientError):
+    """The topic (or partition) does not exist on the cluster."""
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Where and how to connect.
+
+    ``config`` holds extra librdkafka properties (e.g. ``security.protocol``, ``sasl.*``) and
+    wins over the defaults chosen here. ``timeout`` bounds each admin or metadata operation.
+    """
+
+    bootstrap: str = DEFAULT_BOOTSTRAP
+    config: Mapping[str, str] = field(default_factory=dict)
+    timeout: float = DEFAULT_TIMEOUT
+
+    @classmethod
+    def of(cls, target: ClientSettings | str) -> ClientSettings:
+        """Accept either settings or a bare bootstrap string."""
+        return target if isinstance(target, ClientSettings) else cls(bootstrap=target)
+
+    def base_config(self, watch: ErrorWatch | None = None) -> dict[str, Any]:
+        """Config shared by every client: short connect timeouts, quiet logging."""
+        connect_ms = int(min(self.timeout, 5.0) * 1000)
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap,
+            "socket.connection.setup.timeout.ms": max(connect_ms, 1000),
+            "reconnect.backoff.ms": 200,
+            "reconnect.backoff.max.ms": 2000,
+            # Never let a metadata lookup create a topic on brokers with
+            # auto.create.topics.enable=true (Kafka's default).
+            "allow.auto.create.topics": False,
+            "logger": _QUIET_LOGGER,
+        }
+        if watch is not None:
+            conf["error_cb"] = watch
+        conf.update(self.config)
+        return conf
+
+    def admin_config(self, watch: ErrorWatch | None = None) -> dict[str, Any]:
+        return self.base_config(watch)
+
+    def producer_config(self, watch: ErrorWatch | None = None, **extra: Any) -> dict[str, Any]:
+        """Producer defaults: acks=all, never auto-create topics, 30 s delivery timeout."""
+        conf: dict[str, Any] = {
+            "acks": "all",
+            "linger.ms": 5,
+            "delivery.timeout.ms": 30000,
+        }
+        conf.update(self.base_config(watch))
+        conf.update(extra)
+        return conf
+
+    def consumer_config(
+        self, group_id: str, watch: ErrorWatch | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        """Consumer defaults: no auto-commit, no topic auto-creation."""
+        conf: dict[str, Any] = {
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+        }
+        conf.update(self.base_config(watch))
+        conf.update(extra)
+        return conf
+
+
+class ErrorWatch:
+    """An ``error_cb`` that remembers what librdkafka reported.
+
+    librdkafka only calls it from ``poll()``; :meth:`check` raises :class:`BrokerUnavailable`
+    once every broker is down, so callers fail in well under a second instead of waiting for a
+    request timeout.
+    """
+
+    def __init__(self, bootstrap: str):
+        self.bootstrap = bootstrap
+        self.last_error: KafkaError | None = None
+        self.all_down = False
+        self._lock = threading.Lock()
+
+    def __call__(self, err: KafkaError) -> None:
+        with self._lock:
+            code = err.code()
+            # Keep the specific cause ("Connection refused", "Failed to resolve") over the
+            # generic "1/1 brokers are down" that follows it.
+            if code in _UNREACHABLE_CODES and (
+                code != KafkaError._ALL_BROKERS_DOWN or self.last_error is None
+            ):
+                self.last_error = err
+            if code in (KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE):
+                self.all_down = True
+
+    def unavailable(self, reason: str | None = None) -> BrokerUnavailable:
+        detail = reason or (self.last_error.str() if self.last_error else "no response")
+        return BrokerUnavailable(
+            f"cannot reach Kafka at {self.bootstrap}: {detail}", code="_ALL_BROKERS_DOWN"
+        )
+
+    def check(self) -> None:
+        if self.all_down:
+            raise self.unavailable()
+
+
+def translate_error(exc: BaseException, what: str = "", subject: str | None = None) -> Exception:
+    """Turn a confluent-kafka exception into a :class:`KopsClientError` with a clear message.
+
+    ``what`` names the operation ("create topic"), ``subject`` the thing it acted on (a topic
+    name). Exceptions that are not Kafka errors are returned unchanged.
+    """
+    err: KafkaError | None = None
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        err = exc.args[0]
+    elif isinstance(exc, KafkaError):
+        err = exc
+    if err is None:
+        if isinstance(exc, TimeoutError):
+            return KopsClientError(
+                f"{what or 'request'} timed out" + (f" for {subject!r}" if subject else ""),
+                code="_TIMED_OUT",
+                retriable=True,
+            )
+        return exc if isinstance(exc, Exception) else Exception(str(exc))
+
+    code = err.code()
+    name = err.name()
+    prefix = f"{what}: " if what else ""
+    if code == KafkaError.TOPIC_ALREADY_EXISTS:
+        return TopicAlreadyExists(f"topic {subject!r} already exists", code=name)
+    if code in (
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError.UNKNOWN_TOPIC_ID,
+    ):
+        target = f"topic {subject!r}" if subject else "topic"
+        return UnknownTopic(f"unknown {target}", code=name)
+    if code in _UNREACHABLE_CODES:
+        return BrokerUnavailable(f"{prefix}cannot reach Kafka: {err.str()}", code=name)
+    if code == KafkaError._UNSUPPORTED_FEATURE:
+        return KopsClientError(f"{prefix}not supported by this broker ({err.str()})", code=name)
+    return KopsClientError(
+        f"{prefix}{err.str()} ({name})", code=name, retriable=bool(err.retriable())
+    )
+
+
+class AdminSession:
+    """An ``AdminClient`` plus the waiting and error translation every admin call needs.
+
+    Use as a context manager (or just let it be garbage-collected). ``client`` is the raw
+    confluent-kafka ``AdminClient`` for calls this class does not wrap.
+    """
+
+    def __init__(self, settings: ClientSettings | str):
+        self.settings = ClientSettings.of(settings)
+        self.watch = ErrorWatch(self.settings.bootstrap)
+        self.client = AdminClient(self.settings.admin_config(self.watch))
+
+    def __enter__(self) -> AdminSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        # AdminClient has no close(); dropping the reference destroys the handle.
+        pass
+
+    @property
+    def request_timeout(self) -> float:
+        return self.settings.timeout
+
+    def wait(
+        self,
+        future: Future[T],
+        what: str,
+        subject: str | None = None,
+        timeout: float | None = None,
+    ) -> T:
+        """Block until ``future`` resolves, failing fast if the cluster is unreachable."""
+        deadline = time.monotonic() + (self.settings.timeout if timeout is None else timeout)
+        while not future.done():
+            self.client.poll(0.05)
+            self.watch.check()
+            if time.monotonic() > deadline:
+                future.cancel()
+                if self.watch.last_error is not None:
+                    raise self.watch.unavailable()
+                raise KopsClientError(
+                    f"{what}: no answer from Kafka at {self.settings.bootstrap} within "
+                    f"{self.settings.timeout:g}s",
+                    code="_TIMED_OUT",
+                    retriable=True,
+                )
+        try:
+            return future.result()
+        except Exception as exc:
+            translated = translate_error(exc, what, subject)
+            if translated is exc:
+                raise
+            if isinstance(translated, BrokerUnavailable) or (
+                isinstance(translated, KopsClientError) and translated.code == "_TIMED_OUT"
+            ):
+                self.client.poll(0)
+                self.watch.check()
+            raise translated from exc
+
+    def wait_all(self, futures: Mapping[Any, Future[Any]], what: str) -> dict[Any, Any]:
+        """Wait for a dict of futures (as returned by most AdminClient calls)."""
+        return {
+            key: self.wait(fut, what, key if isinstance(key, str) else None)
+            for key, fut in futures.items()
+        }
+
+    def metadata(self, topic: str | None = None) -> Any:
+        """Cluster metadata (``ClusterMetadata``), failing fast when unreachable."""
+        return fetch_metadata(self.client, self.watch, self.settings.timeout, topic)
+
+
+def fetch_metadata(
+    client: AdminClient | Producer | Consumer,
+    watch: ErrorWatch,
+    timeout: float,
+    topic: str | None = None,
+) -> Any:
+    """``list_topics`` in short slices, so an unreachable cluster is reported within ~1 s.
+
+    When ``topic`` is given and does not exist, raises :class:`UnknownTopic`.
+    """
+    deadline = time.monotonic() + timeout
+    last_exc: KafkaException | None = None
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            md = client.list_topics(topic, timeout=min(0.5, remaining))
+        except KafkaException as exc:
+            last_exc = exc
+            client.poll(0)
+            watch.check()
+            continue
+        if topic is not None:
+            tmd = md.topics.get(topic)
+            if tmd is None or (
+                tmd.error is not None
+                and tmd.error.code()
+                in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC)
+            ):
+                raise UnknownTopic(f"unknown topic {topic!r}", code="UNKNOWN_TOPIC_OR_PART")
+            if tmd.error is not None and tmd.error.code() == KafkaError.LEADER_NOT_AVAILABLE:
+                # Freshly created topic: leaders are still being elected.
+                time.sleep(0.1)
+                continue
+            if tmd.error is not None:
+                raise translate_error(KafkaException(tmd.error), "metadata", topic)
+        return md
+    if watch.last_error is not None:
+        raise watch.unavailable()
+    detail = last_exc.args[0].str() if last_exc is not None else "no response"
+    raise BrokerUnavailable(
+        f"cannot reach Kafka at {watch.bootstrap}: {detail} (waited {timeout:g}s)",
+        code="_TIMED_OUT",
+    )
