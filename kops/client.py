@@ -178,7 +178,13 @@ class ErrorWatch:
                 self.all_down = True
 
     def unavailable(self, reason: str | None = None) -> BrokerUnavailable:
-        detail = reason or (self.last_error.str() if self.last_error else "no response")
+        detail = reason
+        if detail is None:
+            err = self.last_error
+            if err is None or err.code() == KafkaError._ALL_BROKERS_DOWN:
+                detail = "no broker could be reached"
+            else:
+                detail = err.str()
         return BrokerUnavailable(
             f"cannot reach Kafka at {self.bootstrap}: {detail}", code="_ALL_BROKERS_DOWN"
         )
