@@ -43,8 +43,19 @@ def cpu_seconds(pid: int) -> float:
 
 def start_kops(data_dir: str) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kops", "broker", "start", "--listen", "127.0.0.1:0", "--data-dir", data_dir,
-         "--log-level", "WARNING"],
+        [
+            sys.executable,
+            "-m",
+            "kops",
+            "broker",
+            "start",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir,
+            "--log-level",
+            "WARNING",
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -57,8 +68,16 @@ def start_kops(data_dir: str) -> tuple[subprocess.Popen, str]:
 def start_tansu(binary: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen(
-        [binary, "broker", "--listener-url", f"tcp://127.0.0.1:{port}",
-         "--advertised-listener-url", f"tcp://127.0.0.1:{port}", "--storage-engine", "memory://tansu/"],
+        [
+            binary,
+            "broker",
+            "--listener-url",
+            f"tcp://127.0.0.1:{port}",
+            "--advertised-listener-url",
+            f"tcp://127.0.0.1:{port}",
+            "--storage-engine",
+            "memory://tansu/",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -74,8 +93,14 @@ def start_tansu(binary: str) -> tuple[subprocess.Popen, str]:
 
 def produce_run(bootstrap: str, topic: str, count: int, size: int) -> float:
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5, "batch.size": 1_000_000,
-         "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 1_048_576}
+        {
+            "bootstrap.servers": bootstrap,
+            "acks": "all",
+            "linger.ms": 5,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 1_000_000,
+            "queue.buffering.max.kbytes": 1_048_576,
+        }
     )
     payload = b"x" * size
     errors = []
@@ -102,8 +127,7 @@ def produce_run(bootstrap: str, topic: str, count: int, size: int) -> float:
 
 def consume_run(bootstrap: str, topic: str, count: int) -> float:
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "bench", "enable.auto.commit": False,
-         "fetch.max.bytes": 52_428_800, "max.partition.fetch.bytes": 10_485_760}
+        {"bootstrap.servers": bootstrap, "group.id": "bench", "enable.auto.commit": False}
     )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
     got = 0
@@ -124,7 +148,12 @@ def latency_run(bootstrap: str, topic: str, rate: int, seconds: float) -> list[f
 
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 0})
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "lat", "enable.auto.commit": False, "fetch.wait.max.ms": 500}
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "lat",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 500,
+        }
     )
     consumer.assign([TopicPartition(topic, p, -1) for p in range(PARTITIONS)])
     consumer.poll(1.0)
@@ -162,7 +191,10 @@ def percentile(values: list[float], q: float) -> float:
 def bench(name: str, proc: subprocess.Popen, bootstrap: str, scale: float) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     print(f"\n== {name} ({bootstrap})")
-    for label, count, size in (("100 B", int(500_000 * scale), 100), ("1 KiB", int(50_000 * scale), 1024)):
+    for label, count, size in (
+        ("100 B", int(500_000 * scale), 100),
+        ("1 KiB", int(50_000 * scale), 1024),
+    ):
         topic = f"bench-{size}-{int(time.time())}"
         admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
         cpu0 = cpu_seconds(proc.pid)
@@ -194,10 +226,15 @@ def find_tansu() -> str | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--tansu", help="path of a tansu binary to compare against")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply record counts (0.1 for a quick run)")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="multiply record counts (0.1 for a quick run)"
+    )
     parser.add_argument("--skip-kops", action="store_true")
+    parser.add_argument("--no-tansu", action="store_true", help="measure kops only")
     args = parser.parse_args()
     if not args.skip_kops:
         with tempfile.TemporaryDirectory() as data_dir:
@@ -207,7 +244,7 @@ def main() -> None:
             finally:
                 proc.terminate()
                 proc.wait(30)
-    tansu = args.tansu or find_tansu()
+    tansu = None if args.no_tansu else (args.tansu or find_tansu())
     if tansu:
         proc, bootstrap = start_tansu(tansu)
         try:

@@ -1,7 +1,7 @@
 """pytest plugin (entry point `pytest11`): the `kafka_broker` fixture.
 
-    def test_my_consumer(kafka_broker):
-        consumer = Consumer({"bootstrap.servers": kafka_broker, ...})
+def test_my_consumer(kafka_broker):
+    consumer = Consumer({"bootstrap.servers": kafka_broker, ...})
 """
 
 from __future__ import annotations

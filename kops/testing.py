@@ -52,7 +52,9 @@ def run_broker(
 class BrokerProcess:
     """A broker in a child process, for tests that kill it (SIGKILL) and restart it."""
 
-    def __init__(self, data_dir: str | Path, *, config: Mapping[str, str] | None = None, port: int = 0):
+    def __init__(
+        self, data_dir: str | Path, *, config: Mapping[str, str] | None = None, port: int = 0
+    ):
         self.data_dir = Path(data_dir)
         self.config = {**TEST_CONFIG, **(config or {})}
         self.port = port
@@ -60,12 +62,24 @@ class BrokerProcess:
         self.bootstrap = ""
 
     def start(self, timeout: float = 30) -> str:
-        command = [sys.executable, "-m", "kops", "broker", "start", "--listen", f"127.0.0.1:{self.port}"]
+        command = [
+            sys.executable,
+            "-m",
+            "kops",
+            "broker",
+            "start",
+            "--listen",
+            f"127.0.0.1:{self.port}",
+        ]
         command += ["--data-dir", str(self.data_dir)]
         for key, value in self.config.items():
             command += ["--config", f"{key}={value}"]
         self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ.copy()
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=os.environ.copy(),
         )
         assert self.process.stdout is not None
         line = self.process.stdout.readline()

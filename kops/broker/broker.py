@@ -15,13 +15,14 @@ import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from kio.schema.errors import ErrorCode
+
 from kops.broker.cluster.metadata import TopicRecord, TopicRegistry, topic_name_error
 from kops.broker.cluster.partition import Partition
 from kops.broker.config import BrokerConfig, ConfigError, validate_topic_config
 from kops.broker.log.manager import LogManager
 from kops.broker.log.partition_log import LogConfig
 from kops.broker.server import FrameServer
-from kio.schema.errors import ErrorCode
 
 log = logging.getLogger("kops.broker")
 
@@ -184,7 +185,9 @@ class Broker:
         if num_partitions == -1:
             num_partitions = self.config.int("num.partitions")
         if num_partitions <= 0:
-            raise TopicError(ErrorCode.invalid_partitions, "number of partitions must be at least 1")
+            raise TopicError(
+                ErrorCode.invalid_partitions, "number of partitions must be at least 1"
+            )
         if replication_factor == -1:
             replication_factor = min(1, self.config.int("default.replication.factor"))
         if replication_factor != 1:
@@ -217,7 +220,9 @@ class Broker:
         if record is None:
             raise TopicError(ErrorCode.unknown_topic_or_partition, f"unknown topic {name!r}")
         if record.internal:
-            raise TopicError(ErrorCode.invalid_topic_exception, f"cannot delete internal topic {name!r}")
+            raise TopicError(
+                ErrorCode.invalid_topic_exception, f"cannot delete internal topic {name!r}"
+            )
         self.topics.remove(name)
         for index in range(record.partitions):
             partition = self._partitions.pop((name, index), None)
@@ -332,5 +337,3 @@ class Broker:
                 self.logs.apply_retention(now_ms())
             except Exception:
                 log.exception("retention pass failed")
-
-

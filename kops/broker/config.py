@@ -55,7 +55,9 @@ class BrokerConfig:
             self._values[key] = str(value)
         # Kafka derives the ms settings from hours unless the ms form is given.
         if "log.retention.ms" not in self._values:
-            self._values["log.retention.ms"] = str(int(self._values["log.retention.hours"]) * 3600_000)
+            self._values["log.retention.ms"] = str(
+                int(self._values["log.retention.hours"]) * 3600_000
+            )
         if "log.roll.ms" not in self._values:
             self._values["log.roll.ms"] = str(int(self._values["log.roll.hours"]) * 3600_000)
 

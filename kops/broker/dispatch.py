@@ -91,7 +91,7 @@ class Dispatcher:
         self.broker = broker
         self.table = api_table()
 
-    async def handle_frame(self, frame: bytes, peer: Peer) -> bytes | None:
+    async def handle_frame(self, frame: bytes, peer: Peer) -> list[bytes | bytearray] | None:
         api_key, api_version, correlation_id = _peek(frame)
         api = self.table.get(api_key)
         if api is None:

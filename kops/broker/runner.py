@@ -55,7 +55,9 @@ class BrokerThread:
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self.broker = Broker(data_dir, host=host, port=port, config=config)
-        self._thread = threading.Thread(target=self._loop.run_forever, name="kops-broker", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="kops-broker", daemon=True
+        )
 
     def start(self) -> str:
         self._thread.start()

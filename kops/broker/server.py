@@ -29,7 +29,8 @@ class FrameError(Exception):
     """A frame that must close its connection (oversized, undecodable)."""
 
 
-FrameHandler = Callable[[bytes, Peer], Awaitable[bytes | None]]
+# A handler answers with the reply frame as a list of chunks, or None for no reply.
+FrameHandler = Callable[[bytes, Peer], Awaitable[list[bytes | bytearray] | None]]
 
 
 class FrameServer:
@@ -89,7 +90,8 @@ class FrameServer:
                 frame = await reader.readexactly(size)
                 reply = await self._handler(frame, peer)
                 if reply is not None:
-                    writer.write(reply)
+                    for chunk in reply:
+                        writer.write(chunk)
                     if writer.transport.get_write_buffer_size() > 1 << 20:
                         await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -99,7 +101,9 @@ class FrameServer:
         except asyncio.CancelledError:
             pass
         except Exception:
-            log.exception("closing connection from %s:%s after an internal error", peer.host, peer.port)
+            log.exception(
+                "closing connection from %s:%s after an internal error", peer.host, peer.port
+            )
         finally:
             self._connections.discard(task)
             writer.close()

@@ -95,29 +95,63 @@ def decode_request(frame: bytes | memoryview) -> RequestFrame:
     cls = request_type(api_key, api_version)
     try:
         header, offset = _header_reader(cls.__flexible__)(frame, 0)
-        body, end = _body_reader(api_key, api_version)(frame, offset)
+        body, _end = _body_reader(api_key, api_version)(frame, offset)
     except Exception as exc:
         raise MalformedRequestError(f"cannot decode api {api_key} v{api_version}: {exc}") from exc
     return RequestFrame(api_key, api_version, header.correlation_id, header.client_id, body)
 
 
-def encode_response(correlation_id: int, body: Any) -> bytes:
+class _ChunkBuffer:
+    """A write target that keeps large writes by reference instead of copying.
+
+    Fetch responses carry megabytes of record batches read from segment
+    files; copying them into one buffer (and again out of it) cost more than
+    reading them. Small writes are coalesced; large ones stay separate chunks
+    that the connection writes one after another.
+    """
+
+    __slots__ = ("_chunks", "_small", "size")
+
+    _LARGE = 16 * 1024
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes | bytearray] = []
+        self._small = bytearray()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        length = len(data)
+        self.size += length
+        if length >= self._LARGE:
+            if self._small:
+                self._chunks.append(self._small)
+                self._small = bytearray()
+            self._chunks.append(data)
+        else:
+            self._small += data
+        return length
+
+    def chunks(self) -> list[bytes | bytearray]:
+        if self._small:
+            self._chunks.append(self._small)
+            self._small = bytearray()
+        return self._chunks
+
+
+def encode_response(correlation_id: int, body: Any) -> list[bytes | bytearray]:
     """Serialise a response with its size prefix and the matching response header.
 
-    ApiVersions always answers with response header v0 (no tagged fields),
-    whatever its version: clients read it before they know the broker's ranges.
+    Returns the frame as a list of chunks to be written in order. ApiVersions
+    always answers with response header v0 (no tagged fields), whatever its
+    version: clients read it before they know the broker's ranges.
     """
     cls = type(body)
-    buffer = io.BytesIO()
-    buffer.write(b"\0\0\0\0")
+    buffer = _ChunkBuffer()
     buffer.write(_CORRELATION.pack(correlation_id))
     if cls.__flexible__ and cls.__api_key__ != API_VERSIONS_KEY:
         buffer.write(b"\0")  # empty tagged fields of response header v1
     _writer(cls)(buffer, body)
-    data = buffer.getbuffer()
-    _INT32.pack_into(data, 0, len(data) - 4)
-    del data
-    return buffer.getvalue()
+    return [_INT32.pack(buffer.size), *buffer.chunks()]
 
 
 def encode_request(correlation_id: int, body: Any, client_id: str | None = "kops") -> bytes:

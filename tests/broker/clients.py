@@ -8,7 +8,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
-def create_topic(bootstrap: str, name: str, partitions: int = 1, config: dict | None = None) -> None:
+def create_topic(
+    bootstrap: str, name: str, partitions: int = 1, config: dict | None = None
+) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics([NewTopic(name, partitions, 1, config=config or {})])
     futures[name].result(10)
@@ -36,7 +38,9 @@ def produce(bootstrap: str, topic: str, records: list[tuple], **settings: object
     return delivered
 
 
-def consume_all(bootstrap: str, topic: str, expected: int, partitions: int = 1, timeout: float = 20) -> list:
+def consume_all(
+    bootstrap: str, topic: str, expected: int, partitions: int = 1, timeout: float = 20
+) -> list:
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,

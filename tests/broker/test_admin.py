@@ -22,7 +22,9 @@ def admin(kafka_broker: str) -> AdminClient:
 
 
 def test_create_list_delete(admin: AdminClient, topic_name: str) -> None:
-    admin.create_topics([NewTopic(topic_name, 4, 1, config={"retention.ms": "60000"})])[topic_name].result(10)
+    admin.create_topics([NewTopic(topic_name, 4, 1, config={"retention.ms": "60000"})])[
+        topic_name
+    ].result(10)
     metadata = admin.list_topics(timeout=10)
     assert len(metadata.topics[topic_name].partitions) == 4
     with pytest.raises(KafkaException) as info:
@@ -50,7 +52,9 @@ def test_create_partitions(admin: AdminClient, topic_name: str) -> None:
 
 
 def test_describe_and_alter_configs(admin: AdminClient, topic_name: str) -> None:
-    admin.create_topics([NewTopic(topic_name, 1, 1, config={"retention.ms": "3600000"})])[topic_name].result(10)
+    admin.create_topics([NewTopic(topic_name, 1, 1, config={"retention.ms": "3600000"})])[
+        topic_name
+    ].result(10)
     resource = ConfigResource("topic", topic_name)
     configs = admin.describe_configs([resource])[resource].result(10)
     assert configs["retention.ms"].value == "3600000"
@@ -71,14 +75,20 @@ def test_describe_and_alter_configs(admin: AdminClient, topic_name: str) -> None
     assert configs["segment.bytes"].value == "1048576"
 
     bad = ConfigResource(
-        "topic", topic_name, incremental_configs=[ConfigEntry("retention.ms", "soon", incremental_operation=AlterConfigOpType.SET)]
+        "topic",
+        topic_name,
+        incremental_configs=[
+            ConfigEntry("retention.ms", "soon", incremental_operation=AlterConfigOpType.SET)
+        ],
     )
     with pytest.raises(KafkaException) as info:
         admin.incremental_alter_configs([bad])[bad].result(10)
     assert info.value.args[0].name() == "INVALID_CONFIG"
 
 
-def test_delete_records_advances_log_start(admin: AdminClient, kafka_broker: str, topic_name: str) -> None:
+def test_delete_records_advances_log_start(
+    admin: AdminClient, kafka_broker: str, topic_name: str
+) -> None:
     create_topic(kafka_broker, topic_name)
     produce(kafka_broker, topic_name, [(None, str(i).encode()) for i in range(50)])
     result = admin.delete_records([TopicPartition(topic_name, 0, 20)])

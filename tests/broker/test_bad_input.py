@@ -50,7 +50,7 @@ def test_garbage_frames_do_not_hurt_the_broker(kafka_broker: str, topic_name: st
 def test_api_versions_unknown_version_gets_error_35(kafka_broker: str) -> None:
     body = struct.pack(">hhi", 18, 99, 42) + struct.pack(">h", -1)
     reply = _send(kafka_broker, struct.pack(">i", len(body)) + body)
-    size, correlation, error = struct.unpack(">iih", reply[:10])
+    _size, correlation, error = struct.unpack(">iih", reply[:10])
     assert correlation == 42
     assert error == 35
     (count,) = struct.unpack(">i", reply[10:14])

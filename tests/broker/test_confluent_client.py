@@ -11,10 +11,17 @@ from tests.broker.clients import consume_all, create_topic, produce
 
 
 @pytest.mark.parametrize("codec", ["none", "gzip", "snappy", "lz4", "zstd"])
-def test_produce_consume_keys_headers_compression(kafka_broker: str, topic_name: str, codec: str) -> None:
+def test_produce_consume_keys_headers_compression(
+    kafka_broker: str, topic_name: str, codec: str
+) -> None:
     create_topic(kafka_broker, topic_name, partitions=3)
     records = [
-        (f"key-{i}".encode(), f"value-{i}".encode() * (i % 7 + 1), [("h", f"{i}".encode()), ("empty", b"")], i % 3)
+        (
+            f"key-{i}".encode(),
+            f"value-{i}".encode() * (i % 7 + 1),
+            [("h", f"{i}".encode()), ("empty", b"")],
+            i % 3,
+        )
         for i in range(300)
     ]
     delivered = produce(kafka_broker, topic_name, records, **{"compression.type": codec})
@@ -51,7 +58,9 @@ def test_offsets_for_times(kafka_broker: str, topic_name: str) -> None:
     wanted = [TopicPartition(topic_name, 0, base + 4500)]
     found = consumer.offsets_for_times(wanted, timeout=10)
     assert found[0].offset == 5
-    after_end = consumer.offsets_for_times([TopicPartition(topic_name, 0, base + 99_000)], timeout=10)
+    after_end = consumer.offsets_for_times(
+        [TopicPartition(topic_name, 0, base + 99_000)], timeout=10
+    )
     assert after_end[0].offset == -1
     low, high = consumer.get_watermark_offsets(TopicPartition(topic_name, 0), timeout=10)
     assert (low, high) == (0, 10)
@@ -61,7 +70,9 @@ def test_offsets_for_times(kafka_broker: str, topic_name: str) -> None:
 def test_idempotent_producer(kafka_broker: str, topic_name: str) -> None:
     create_topic(kafka_broker, topic_name, partitions=2)
     records = [(str(i).encode(), str(i).encode(), None, i % 2) for i in range(2000)]
-    delivered = produce(kafka_broker, topic_name, records, **{"enable.idempotence": True, "linger.ms": 1})
+    delivered = produce(
+        kafka_broker, topic_name, records, **{"enable.idempotence": True, "linger.ms": 1}
+    )
     assert len(delivered) == 2000
     messages = consume_all(kafka_broker, topic_name, 2000, partitions=2)
     assert sorted(int(m.value()) for m in messages) == list(range(2000))
@@ -70,7 +81,12 @@ def test_idempotent_producer(kafka_broker: str, topic_name: str) -> None:
 def test_fetch_waits_and_wakes_on_produce(kafka_broker: str, topic_name: str) -> None:
     create_topic(kafka_broker, topic_name)
     consumer = Consumer(
-        {"bootstrap.servers": kafka_broker, "group.id": "w", "fetch.wait.max.ms": 5000, "enable.auto.commit": False}
+        {
+            "bootstrap.servers": kafka_broker,
+            "group.id": "w",
+            "fetch.wait.max.ms": 5000,
+            "enable.auto.commit": False,
+        }
     )
     consumer.assign([TopicPartition(topic_name, 0, 0)])
     assert consumer.poll(1.0) is None  # nothing there yet: the fetch parks on the broker
@@ -93,7 +109,9 @@ def test_unknown_partition_is_reported(kafka_broker: str, topic_name: str) -> No
     producer = Producer({"bootstrap.servers": kafka_broker, "message.timeout.ms": 3000})
     errors = []
     try:
-        producer.produce(topic_name, value=b"x", partition=7, on_delivery=lambda err, msg: errors.append(err))
+        producer.produce(
+            topic_name, value=b"x", partition=7, on_delivery=lambda err, msg: errors.append(err)
+        )
         producer.flush(10)
     except KafkaException as exc:
         errors.append(exc.args[0])

@@ -93,6 +93,9 @@ def test_clean_restart_keeps_topics_offsets_and_configs(tmp_path: Path) -> None:
 
         admin = AdminClient({"bootstrap.servers": broker.bootstrap})
         resource = ConfigResource("topic", "kept")
-        assert admin.describe_configs([resource])[resource].result(10)["retention.ms"].value == "123456"
+        assert (
+            admin.describe_configs([resource])[resource].result(10)["retention.ms"].value
+            == "123456"
+        )
     finally:
         broker.stop()

@@ -15,9 +15,16 @@ from tests.broker.clients import consume_all, create_topic, produce
 def test_kafka_python_round_trip(kafka_broker: str, topic_name: str, codec: str | None) -> None:
     kafka = pytest.importorskip("kafka")
     create_topic(kafka_broker, topic_name, partitions=2)
-    producer = kafka.KafkaProducer(bootstrap_servers=kafka_broker, acks="all", compression_type=codec)
+    producer = kafka.KafkaProducer(
+        bootstrap_servers=kafka_broker, acks="all", compression_type=codec
+    )
     futures = [
-        producer.send(topic_name, key=f"k{i}".encode(), value=f"v{i}".encode(), headers=[("n", str(i).encode())])
+        producer.send(
+            topic_name,
+            key=f"k{i}".encode(),
+            value=f"v{i}".encode(),
+            headers=[("n", str(i).encode())],
+        )
         for i in range(200)
     ]
     producer.flush(30)
@@ -45,7 +52,9 @@ def test_kafka_python_round_trip(kafka_broker: str, topic_name: str, codec: str 
 def test_kafka_python_reads_confluent_records(kafka_broker: str, topic_name: str) -> None:
     kafka = pytest.importorskip("kafka")
     create_topic(kafka_broker, topic_name)
-    produce(kafka_broker, topic_name, [(b"a", b"1"), (b"b", b"2")], **{"compression.type": "snappy"})
+    produce(
+        kafka_broker, topic_name, [(b"a", b"1"), (b"b", b"2")], **{"compression.type": "snappy"}
+    )
     consumer = kafka.KafkaConsumer(bootstrap_servers=kafka_broker, enable_auto_commit=False)
     tp = kafka.TopicPartition(topic_name, 0)
     consumer.assign([tp])
@@ -61,16 +70,23 @@ def test_aiokafka_round_trip(kafka_broker: str, topic_name: str) -> None:
     create_topic(kafka_broker, topic_name, partitions=2)
 
     async def run() -> list:
-        producer = aiokafka.AIOKafkaProducer(bootstrap_servers=kafka_broker, compression_type="gzip")
+        producer = aiokafka.AIOKafkaProducer(
+            bootstrap_servers=kafka_broker, compression_type="gzip"
+        )
         await producer.start()
         try:
             for i in range(100):
-                await producer.send(topic_name, key=f"k{i}".encode(), value=f"v{i}".encode(), headers=[("h", b"x")])
+                await producer.send(
+                    topic_name, key=f"k{i}".encode(), value=f"v{i}".encode(), headers=[("h", b"x")]
+                )
             await producer.flush()
         finally:
             await producer.stop()
         consumer = aiokafka.AIOKafkaConsumer(
-            topic_name, bootstrap_servers=kafka_broker, auto_offset_reset="earliest", enable_auto_commit=False
+            topic_name,
+            bootstrap_servers=kafka_broker,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
         )
         await consumer.start()
         got = []
@@ -91,7 +107,9 @@ def test_aiokafka_round_trip(kafka_broker: str, topic_name: str) -> None:
 @pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat is installed by .ci/run")
 def test_kcat_metadata_produce_consume(kafka_broker: str, topic_name: str) -> None:
     create_topic(kafka_broker, topic_name)
-    listing = subprocess.run(["kcat", "-b", kafka_broker, "-L"], capture_output=True, text=True, timeout=30)
+    listing = subprocess.run(
+        ["kcat", "-b", kafka_broker, "-L"], capture_output=True, text=True, timeout=30
+    )
     assert listing.returncode == 0, listing.stderr
     assert topic_name in listing.stdout
     assert "1 brokers" in listing.stdout
@@ -105,7 +123,19 @@ def test_kcat_metadata_produce_consume(kafka_broker: str, topic_name: str) -> No
     )
     assert sent.returncode == 0, sent.stderr
     got = subprocess.run(
-        ["kcat", "-b", kafka_broker, "-C", "-t", topic_name, "-o", "beginning", "-e", "-f", "%k=%s\n"],
+        [
+            "kcat",
+            "-b",
+            kafka_broker,
+            "-C",
+            "-t",
+            topic_name,
+            "-o",
+            "beginning",
+            "-e",
+            "-f",
+            "%k=%s\n",
+        ],
         capture_output=True,
         text=True,
         timeout=30,

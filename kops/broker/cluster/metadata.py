@@ -27,7 +27,9 @@ def topic_name_error(name: str) -> str | None:
     if len(name) > MAX_TOPIC_NAME:
         return f"topic name is longer than {MAX_TOPIC_NAME} characters"
     if not _LEGAL_TOPIC.match(name):
-        return f"topic name {name!r} has characters other than ASCII alphanumerics, '.', '_' and '-'"
+        return (
+            f"topic name {name!r} has characters other than ASCII alphanumerics, '.', '_' and '-'"
+        )
     return None
 
 

@@ -26,7 +26,9 @@ async def handle(ctx: RequestContext, request: object) -> object:
     from kops.broker.dispatch import api_table
 
     entries = tuple(
-        ctx.make("ApiVersion", api_key=api.key, min_version=api.min_version, max_version=api.max_version)
+        ctx.make(
+            "ApiVersion", api_key=api.key, min_version=api.min_version, max_version=api.max_version
+        )
         for api in api_table().values()
     )
     return ctx.make(

@@ -19,10 +19,19 @@ async def handle(ctx: RequestContext, request: object) -> object:
     for topic in request.topics:
         code, message = ErrorCode.none, None
         try:
-            ctx.broker.create_partitions(topic.name, topic.count, validate_only=request.validate_only)
+            ctx.broker.create_partitions(
+                topic.name, topic.count, validate_only=request.validate_only
+            )
         except TopicError as exc:
             code, message = exc.error_code, exc.message
         results.append(
-            ctx.make("CreatePartitionsTopicResult", name=topic.name, error_code=code, error_message=message)
+            ctx.make(
+                "CreatePartitionsTopicResult",
+                name=topic.name,
+                error_code=code,
+                error_message=message,
+            )
         )
-    return ctx.make("CreatePartitionsResponse", throttle_time=datetime.timedelta(0), results=tuple(results))
+    return ctx.make(
+        "CreatePartitionsResponse", throttle_time=datetime.timedelta(0), results=tuple(results)
+    )

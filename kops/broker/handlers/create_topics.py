@@ -36,5 +36,11 @@ async def handle(ctx: RequestContext, request: object) -> object:
             )
         except TopicError as exc:
             code, message = exc.error_code, exc.message
-        results.append(ctx.make("CreatableTopicResult", name=topic.name, error_code=code, error_message=message))
-    return ctx.make("CreateTopicsResponse", throttle_time=datetime.timedelta(0), topics=tuple(results))
+        results.append(
+            ctx.make(
+                "CreatableTopicResult", name=topic.name, error_code=code, error_message=message
+            )
+        )
+    return ctx.make(
+        "CreateTopicsResponse", throttle_time=datetime.timedelta(0), topics=tuple(results)
+    )

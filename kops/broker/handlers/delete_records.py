@@ -41,5 +41,9 @@ async def handle(ctx: RequestContext, request: object) -> object:
                     error_code=code,
                 )
             )
-        topics.append(ctx.make("DeleteRecordsTopicResult", name=topic.name, partitions=tuple(results)))
-    return ctx.make("DeleteRecordsResponse", throttle_time=datetime.timedelta(0), topics=tuple(topics))
+        topics.append(
+            ctx.make("DeleteRecordsTopicResult", name=topic.name, partitions=tuple(results))
+        )
+    return ctx.make(
+        "DeleteRecordsResponse", throttle_time=datetime.timedelta(0), topics=tuple(topics)
+    )

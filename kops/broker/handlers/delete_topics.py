@@ -23,4 +23,6 @@ async def handle(ctx: RequestContext, request: object) -> object:
         except TopicError as exc:
             code = exc.error_code
         results.append(ctx.make("DeletableTopicResult", name=name, error_code=code))
-    return ctx.make("DeleteTopicsResponse", throttle_time=datetime.timedelta(0), responses=tuple(results))
+    return ctx.make(
+        "DeleteTopicsResponse", throttle_time=datetime.timedelta(0), responses=tuple(results)
+    )

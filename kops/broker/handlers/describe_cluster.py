@@ -22,5 +22,7 @@ async def handle(ctx: RequestContext, request: object) -> object:
         error_code=ErrorCode.none,
         cluster_id=broker.cluster_id,
         controller_id=broker.node_id,
-        brokers=(ctx.make("DescribeClusterBroker", broker_id=broker.node_id, host=host, port=port),),
+        brokers=(
+            ctx.make("DescribeClusterBroker", broker_id=broker.node_id, host=host, port=port),
+        ),
     )

@@ -43,7 +43,10 @@ async def handle(ctx: RequestContext, request: object) -> object:
                     for key, value in sorted(ctx.broker.config.items().items())
                 ]
             else:
-                code, message = ErrorCode.invalid_request, f"unsupported resource type {resource.resource_type}"
+                code, message = (
+                    ErrorCode.invalid_request,
+                    f"unsupported resource type {resource.resource_type}",
+                )
         except TopicError as exc:
             code, message = exc.error_code, exc.message
         wanted = set(resource.configuration_keys or ())
@@ -72,4 +75,6 @@ async def handle(ctx: RequestContext, request: object) -> object:
                 configs=configs,
             )
         )
-    return ctx.make("DescribeConfigsResponse", throttle_time=datetime.timedelta(0), results=tuple(results))
+    return ctx.make(
+        "DescribeConfigsResponse", throttle_time=datetime.timedelta(0), results=tuple(results)
+    )

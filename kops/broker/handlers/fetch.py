@@ -63,7 +63,10 @@ def _read_all(ctx: RequestContext, request: object) -> tuple[list, int, bool]:
             partition = broker.partition(topic.topic, wanted.partition)
             if partition is None:
                 code = ErrorCode.unknown_topic_or_partition
-            elif wanted.current_leader_epoch >= 0 and wanted.current_leader_epoch != partition.leader_epoch:
+            elif (
+                wanted.current_leader_epoch >= 0
+                and wanted.current_leader_epoch != partition.leader_epoch
+            ):
                 code = (
                     ErrorCode.fenced_leader_epoch
                     if wanted.current_leader_epoch < partition.leader_epoch
@@ -101,7 +104,9 @@ def _read_all(ctx: RequestContext, request: object) -> tuple[list, int, bool]:
                     records=records,
                 )
             )
-        responses.append(ctx.make("FetchableTopicResponse", topic=topic.topic, partitions=tuple(partitions)))
+        responses.append(
+            ctx.make("FetchableTopicResponse", topic=topic.topic, partitions=tuple(partitions))
+        )
     return responses, total, had_error
 
 

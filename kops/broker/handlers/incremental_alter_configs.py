@@ -45,7 +45,9 @@ async def handle(ctx: RequestContext, request: object) -> object:
             )
         )
     return ctx.make(
-        "IncrementalAlterConfigsResponse", throttle_time=datetime.timedelta(0), responses=tuple(responses)
+        "IncrementalAlterConfigsResponse",
+        throttle_time=datetime.timedelta(0),
+        responses=tuple(responses),
     )
 
 

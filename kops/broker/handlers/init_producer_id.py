@@ -23,7 +23,10 @@ log = logging.getLogger("kops.broker.producers")
 
 async def handle(ctx: RequestContext, request: object) -> object:
     if request.transactional_id is not None:
-        log.warning("refusing transactional producer %r: transactions are not supported", request.transactional_id)
+        log.warning(
+            "refusing transactional producer %r: transactions are not supported",
+            request.transactional_id,
+        )
         return ctx.make(
             "InitProducerIdResponse",
             throttle_time=datetime.timedelta(0),

@@ -63,5 +63,9 @@ async def handle(ctx: RequestContext, request: object) -> object:
                     leader_epoch=epoch,
                 )
             )
-        topics.append(ctx.make("ListOffsetsTopicResponse", name=topic.name, partitions=tuple(partitions)))
-    return ctx.make("ListOffsetsResponse", throttle_time=datetime.timedelta(0), topics=tuple(topics))
+        topics.append(
+            ctx.make("ListOffsetsTopicResponse", name=topic.name, partitions=tuple(partitions))
+        )
+    return ctx.make(
+        "ListOffsetsResponse", throttle_time=datetime.timedelta(0), topics=tuple(topics)
+    )

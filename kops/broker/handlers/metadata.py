@@ -42,7 +42,13 @@ async def handle(ctx: RequestContext, request: object) -> object:
                 else ErrorCode.unknown_topic_or_partition
             )
             topics.append(
-                ctx.make("MetadataResponseTopic", error_code=code, name=name, is_internal=False, partitions=())
+                ctx.make(
+                    "MetadataResponseTopic",
+                    error_code=code,
+                    name=name,
+                    is_internal=False,
+                    partitions=(),
+                )
             )
             continue
         partitions = tuple(
@@ -72,7 +78,11 @@ async def handle(ctx: RequestContext, request: object) -> object:
     return ctx.make(
         "MetadataResponse",
         throttle_time=datetime.timedelta(0),
-        brokers=(ctx.make("MetadataResponseBroker", node_id=broker.node_id, host=host, port=port, rack=None),),
+        brokers=(
+            ctx.make(
+                "MetadataResponseBroker", node_id=broker.node_id, host=host, port=port, rack=None
+            ),
+        ),
         cluster_id=broker.cluster_id,
         controller_id=broker.node_id,
         topics=tuple(topics),

@@ -28,7 +28,10 @@ async def handle(ctx: RequestContext, request: object) -> object:
             partition = ctx.broker.partition(topic.topic, wanted.partition)
             if partition is None:
                 code = ErrorCode.unknown_topic_or_partition
-            elif wanted.current_leader_epoch >= 0 and wanted.current_leader_epoch != partition.leader_epoch:
+            elif (
+                wanted.current_leader_epoch >= 0
+                and wanted.current_leader_epoch != partition.leader_epoch
+            ):
                 code = (
                     ErrorCode.fenced_leader_epoch
                     if wanted.current_leader_epoch < partition.leader_epoch
@@ -38,8 +41,16 @@ async def handle(ctx: RequestContext, request: object) -> object:
                 epoch, end = partition.log.end_offset_for_epoch(wanted.leader_epoch)
             results.append(
                 ctx.make(
-                    "EpochEndOffset", error_code=code, partition=wanted.partition, leader_epoch=epoch, end_offset=end
+                    "EpochEndOffset",
+                    error_code=code,
+                    partition=wanted.partition,
+                    leader_epoch=epoch,
+                    end_offset=end,
                 )
             )
-        topics.append(ctx.make("OffsetForLeaderTopicResult", topic=topic.topic, partitions=tuple(results)))
-    return ctx.make("OffsetForLeaderEpochResponse", throttle_time=datetime.timedelta(0), topics=tuple(topics))
+        topics.append(
+            ctx.make("OffsetForLeaderTopicResult", topic=topic.topic, partitions=tuple(results))
+        )
+    return ctx.make(
+        "OffsetForLeaderEpochResponse", throttle_time=datetime.timedelta(0), topics=tuple(topics)
+    )

@@ -69,7 +69,9 @@ async def handle(ctx: RequestContext, request: object) -> object | None:
                     error_message=message,
                 )
             )
-        topics.append(ctx.make("TopicProduceResponse", name=topic.name, partition_responses=tuple(responses)))
+        topics.append(
+            ctx.make("TopicProduceResponse", name=topic.name, partition_responses=tuple(responses))
+        )
     if acks == 0:
         return None
     return ctx.make("ProduceResponse", responses=tuple(topics), throttle_time=datetime.timedelta(0))
