@@ -20,6 +20,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("kops.cli.consume", "consume"),
     ("kops.cli.rewind", "rewind"),
     ("kops.cli.replay", "replay"),
+    ("kops.cli.lag", "lag"),
 ]
 
 
