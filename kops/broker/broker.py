@@ -334,6 +334,9 @@ class Broker:
         while True:
             await asyncio.sleep(interval)
             try:
+                # Rolling by segment.ms here too: an idle partition's active
+                # segment must close before retention can delete it.
+                self.logs.maybe_roll_all(now_ms())
                 self.logs.apply_retention(now_ms())
             except Exception:
                 log.exception("retention pass failed")

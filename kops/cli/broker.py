@@ -77,8 +77,7 @@ def start(
     settings = _settings(configs)
 
     def announce(running: object) -> None:
-        real_host, real_port = running.advertised if advertise else (host, running.port)
-        click.echo(f"kops broker listening on {real_host}:{real_port}")
+        click.echo(f"kops broker listening on {host}:{running.port}")
         sys.stdout.flush()
 
     try:

@@ -47,6 +47,7 @@ def consume_all(
             "group.id": "unused",
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 50,
+            "auto.offset.reset": "earliest",
         }
     )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])

@@ -1,0 +1,53 @@
+"""Retention runs in the background and advances the log start offset."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+
+from kops.testing import run_broker
+from tests.broker.clients import consume_all, create_topic, produce
+
+
+def _watermarks(bootstrap: str, topic: str) -> tuple[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "wm"})
+    try:
+        return consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    finally:
+        consumer.close()
+
+
+def test_retention_by_bytes_deletes_old_segments(tmp_path: Path) -> None:
+    with run_broker(tmp_path, config={"log.retention.check.interval.ms": "200"}) as bootstrap:
+        create_topic(
+            bootstrap, "sized", config={"segment.bytes": "2048", "retention.bytes": "4096"}
+        )
+        for i in range(40):  # one batch per produce call, so segments fill and roll
+            produce(bootstrap, "sized", [(None, f"{i:04d}".encode() * 50)])
+        segments_before = sorted((tmp_path / "sized-0").glob("*.log"))
+        assert len(segments_before) > 4
+        deadline = time.monotonic() + 10
+        while _watermarks(bootstrap, "sized")[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        low, high = _watermarks(bootstrap, "sized")
+        assert high == 40
+        assert 0 < low < 40
+        remaining = sorted((tmp_path / "sized-0").glob("*.log"))
+        assert len(remaining) < len(segments_before)
+        assert remaining[0].name == f"{low:020d}.log"
+        messages = consume_all(bootstrap, "sized", 40 - low)
+        assert [m.offset() for m in messages] == list(range(low, 40))
+
+
+def test_retention_by_time_with_segment_ms_roll(tmp_path: Path) -> None:
+    with run_broker(tmp_path, config={"log.retention.check.interval.ms": "200"}) as bootstrap:
+        create_topic(bootstrap, "timed", config={"retention.ms": "500", "segment.ms": "300"})
+        produce(bootstrap, "timed", [(None, b"old")] * 5)
+        deadline = time.monotonic() + 10
+        while _watermarks(bootstrap, "timed")[0] < 5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _watermarks(bootstrap, "timed") == (5, 5)
+        produce(bootstrap, "timed", [(None, b"new")])
+        assert [m.value() for m in consume_all(bootstrap, "timed", 1)] == [b"new"]
