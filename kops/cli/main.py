@@ -21,6 +21,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("kops.cli.rewind", "rewind"),
     ("kops.cli.replay", "replay"),
     ("kops.cli.lag", "lag"),
+    ("kops.cli.bench", "bench"),
 ]
 
 
