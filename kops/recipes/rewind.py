@@ -357,7 +357,7 @@ def export_offsets(plan: RewindPlan, path: str | os.PathLike[str]) -> list[Topic
     group had no committed offset there (an undo cannot un-commit them)."""
     previous = plan.previous_offsets()
     with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
+        writer = csv.writer(f, lineterminator="\n")
         for (t, p), off in sorted(previous.items()):
             writer.writerow([t, p, off])
     return [(pp.topic, pp.partition) for pp in plan.partitions if pp.current is None]
