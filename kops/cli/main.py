@@ -14,6 +14,7 @@ from kops.cli.common import KopsGroup
 
 #: (module, attribute) of every command registered on the root group, in help order.
 COMMANDS: list[tuple[str, str]] = [
+    ("kops.cli.up", "up"),
     ("kops.cli.broker", "broker"),
     ("kops.cli.topic", "topic"),
     ("kops.cli.produce", "produce"),
@@ -22,6 +23,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("kops.cli.replay", "replay"),
     ("kops.cli.lag", "lag"),
     ("kops.cli.bench", "bench"),
+    ("kops.cli.delay", "delay"),
+    ("kops.cli.worker", "worker"),
 ]
 
 

@@ -1,0 +1,312 @@
+"""``kops delay ...``: send, inspect and cancel delayed records; run the tier forwarders.
+
+Logic is in :mod:`kops.recipes.delay` (sending, cancel), :mod:`kops.recipes.delay_forwarder`
+and :mod:`kops.recipes.delay_status`.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import click
+from confluent_kafka import KafkaError, Producer
+from rich.table import Table
+
+from kops.cli.common import (
+    DURATION,
+    KEY_VALUE,
+    TIMESTAMP,
+    console,
+    echo_err,
+    kafka_options,
+    print_json,
+)
+from kops.cli.worker import jobs_table, serve, setup_logging
+from kops.client import ClientSettings, ErrorWatch, KopsClientError, fetch_metadata
+from kops.consume import format_timestamp
+from kops.recipes.delay import (
+    CANCEL_TOPIC,
+    DEFAULT_MAX_DELAY,
+    DEFAULT_TEMPLATE,
+    FORWARDER_GROUP,
+    DelayTiers,
+    cancel_delayed,
+    ensure_tier_topics,
+    send_delayed,
+)
+from kops.worker import JobSpec, Schedule, Worker
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def tier_options(f: F) -> F:
+    """``--tiers``, ``--template`` and ``--max-delay``; the command receives ``tiers``."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        spec, template, max_delay = (
+            kwargs.pop("tiers_spec"), kwargs.pop("template"), kwargs.pop("max_delay")
+        )  # fmt: skip
+        try:
+            kwargs["tiers"] = DelayTiers.parse(spec, template=template, max_delay=max_delay)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        return f(*args, **kwargs)
+
+    out: Callable[..., Any] = wrapper
+    for opt in reversed(
+        [
+            click.option(
+                "--tiers",
+                "tiers_spec",
+                envvar="KOPS_DELAY_TIERS",
+                default=None,
+                metavar="1s,5s,...",
+                help="Delay tiers (env KOPS_DELAY_TIERS) [default: 1s,5s,10s,30s,1m..10m,20m,30m,1h,2h].",
+            ),
+            click.option(
+                "--template",
+                envvar="KOPS_DELAY_TEMPLATE",
+                default=DEFAULT_TEMPLATE,
+                show_default=True,
+                help="Tier topic names; {tier} is the tier (1s, 5m...), e.g. topic_{tier}.",
+            ),
+            click.option(
+                "--max-delay",
+                type=DURATION,
+                default=DEFAULT_MAX_DELAY,
+                show_default="24h",
+                help="Longest delay accepted (longer than the largest tier cascades).",
+            ),
+        ]
+    ):
+        out = opt(out)
+    return out  # type: ignore[return-value]
+
+
+def _producer(settings: ClientSettings, watch: ErrorWatch) -> Producer:
+    return Producer(settings.producer_config(watch, **{"enable.idempotence": True}))
+
+
+@click.group()
+def delay() -> None:
+    """Delay queue on tier topics: send records to be delivered later, cancel, monitor.
+
+    A record sent with a delay waits in the largest tier topic (kops.delay.1s ... 2h) not
+    longer than its delay; `kops delay worker` (or `kops up`) forwards it when it is due,
+    never earlier.
+    """
+
+
+@delay.command("send")
+@click.argument("topic")
+@click.option("--in", "delay_s", type=DURATION, default=None, help="Deliver after this long.")
+@click.option(
+    "--at", "at_ms", type=TIMESTAMP, default=None, help="Deliver at this time (ISO-8601)."
+)
+@click.option("--key", "-k", default=None, help="Key for every record.")
+@click.option(
+    "--header",
+    "-H",
+    "headers",
+    type=KEY_VALUE,
+    multiple=True,
+    help="Header for every record, e.g. --header source=cli (repeatable).",
+)
+@tier_options
+@kafka_options()
+def send(
+    *,
+    topic: str,
+    delay_s: float | None,
+    at_ms: int | None,
+    key: str | None,
+    headers: tuple[tuple[str, str], ...],
+    tiers: DelayTiers,
+    settings: ClientSettings,
+    as_json: bool,
+) -> None:
+    """Send one record per stdin line to TOPIC, delivered after --in or at --at.
+
+    Prints each record's message id (for `kops delay cancel`) on stdout. Creates missing
+    tier topics; TOPIC must exist.
+
+    \b
+    Examples:
+      echo '{"order": 42}' | kops delay send orders.check --in 30m --key 42
+      kops delay send reminders --at 2030-01-01T09:00:00Z < lines.txt
+    """
+    if (delay_s is None) == (at_ms is None):
+        raise click.UsageError("give exactly one of --in and --at")
+    deliver_at = datetime.fromtimestamp(at_ms / 1000, UTC) if at_ms is not None else None
+    watch = ErrorWatch(settings.bootstrap)
+    producer = _producer(settings, watch)
+    fetch_metadata(producer, watch, settings.timeout, topic)  # fails fast on a missing TOPIC
+    ensure_tier_topics(settings, tiers)
+    if sys.stdin.isatty():
+        echo_err(f"reading records for {topic} from stdin, one per line; Ctrl-D to finish")
+    errors: list[str] = []
+
+    def on_delivery(err: KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            errors.append(f"{err.str()} ({err.name()})")
+
+    ids = []
+    for raw in sys.stdin.buffer:
+        value = raw.rstrip(b"\n").rstrip(b"\r")
+        try:
+            msg_id = send_delayed(
+                producer, topic, value,
+                key=key.encode() if key is not None else None,
+                headers=[(k, v.encode()) for k, v in headers],
+                delay=delay_s, deliver_at=deliver_at, tiers=tiers, on_delivery=on_delivery,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        except BufferError:
+            producer.flush(settings.timeout)
+            continue
+        ids.append(msg_id)
+        producer.poll(0)
+    left = producer.flush(max(settings.timeout, 30))
+    if left or errors:
+        detail = errors[0] if errors else f"{left} not acknowledged"
+        raise KopsClientError(f"{len(errors) or left} of {len(ids)} records failed: {detail}")
+    if as_json:
+        print_json({"topic": topic, "message_ids": ids}, compact=False)
+    else:
+        for msg_id in ids:
+            click.echo(msg_id)
+    when = f"in {delay_s:g}s" if delay_s is not None else f"at {format_timestamp(at_ms)}"
+    echo_err(f"scheduled {len(ids)} record{'s' * (len(ids) != 1)} for {topic} {when}")
+
+
+@delay.command("cancel")
+@click.argument("message_ids", nargs=-1, required=True)
+@click.option("--cancel-topic", default=CANCEL_TOPIC, show_default=True, help="Cancel topic.")
+@kafka_options()
+def cancel(
+    *, message_ids: tuple[str, ...], cancel_topic: str, settings: ClientSettings, as_json: bool
+) -> None:
+    """Cancel pending delayed records by message id: they will never be delivered.
+
+    A cancel acknowledged before a record's due time always wins. Cancelling an id that is
+    unknown or already delivered does nothing.
+    """
+    watch = ErrorWatch(settings.bootstrap)
+    producer = _producer(settings, watch)
+    fetch_metadata(producer, watch, settings.timeout, cancel_topic)
+    errors: list[str] = []
+
+    def on_delivery(err: KafkaError | None, _msg: object) -> None:
+        if err is not None:
+            errors.append(f"{err.str()} ({err.name()})")
+
+    for msg_id in message_ids:
+        cancel_delayed(producer, msg_id, cancel_topic=cancel_topic, on_delivery=on_delivery)
+    left = producer.flush(max(settings.timeout, 30))
+    if left or errors:
+        raise KopsClientError(f"cancel failed: {errors[0] if errors else 'not acknowledged'}")
+    if as_json:
+        print_json({"cancelled": list(message_ids)})
+    else:
+        for msg_id in message_ids:
+            echo_err(f"cancelled {msg_id}")
+
+
+def _ms(value: int | None) -> str:
+    return "-" if value is None else f"{value}"
+
+
+@delay.command("status")
+@click.option("--group", default=FORWARDER_GROUP, show_default=True, help="Forwarders' group.")
+@tier_options
+@kafka_options()
+def status(*, group: str, tiers: DelayTiers, settings: ClientSettings, as_json: bool) -> None:
+    """Per tier: pending records, oldest due time, and lateness p50/p99 of recent deliveries.
+
+    Pending is end offset - committed offset of the forwarders' group. Lateness (delivery
+    time - due time) comes from the stats the running forwarders publish every few seconds
+    to kops.delay.stats; a tier's lateness is counted where records leave for their target.
+    """
+    from kops.recipes.delay_status import delay_status
+
+    rows = delay_status(settings, tiers, group=group)
+    if as_json:
+        print_json([r.to_dict() for r in rows])
+        return
+    table = Table(box=None, pad_edge=False)
+    for col, justify in (
+        ("TIER", "left"), ("TOPIC", "left"), ("PENDING", "right"), ("OLDEST DUE", "left"),
+        ("DELIVERED", "right"), ("LATE P50 MS", "right"), ("LATE P99 MS", "right"),
+    ):  # fmt: skip
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        if not r.exists:
+            table.add_row(r.tier, r.topic, "-", "(no topic)", "-", "-", "-")
+            continue
+        due = format_timestamp(r.oldest_due_ms) if r.oldest_due_ms is not None else "-"
+        table.add_row(
+            r.tier, r.topic, str(r.pending), due, str(r.delivered),
+            _ms(r.lateness_p50_ms), _ms(r.lateness_p99_ms),
+        )  # fmt: skip
+    console().print(table)
+    if not any(r.forwarders for r in rows):
+        echo_err("no recent forwarder stats: is `kops delay worker` (or `kops up`) running?")
+
+
+@delay.command("worker")
+@click.option("--group", default=FORWARDER_GROUP, show_default=True, help="Forwarders' group.")
+@click.option(
+    "--instance-id",
+    default=None,
+    help="Static group membership id: a restarted worker takes its partitions back at once.",
+)
+@click.option(
+    "--stats-interval", type=DURATION, default=10.0, show_default="10s", help="Stats publishing."
+)
+@click.option("--log-level", default="INFO", show_default=True, help="Logging level for stderr.")
+@tier_options
+@kafka_options()
+def worker(
+    *,
+    group: str,
+    instance_id: str | None,
+    stats_interval: float,
+    log_level: str,
+    tiers: DelayTiers,
+    settings: ClientSettings,
+    as_json: bool,
+) -> None:
+    """Run the tier forwarders (one consumer per tier) until SIGTERM/Ctrl-C.
+
+    Run several for more throughput or availability: they share the tiers' partitions in
+    one consumer group. The same as a recipe file with one `delay-forwarders` job.
+    """
+    setup_logging(log_level)
+    options: dict[str, Any] = {
+        "tiers": [t for t in tiers.describe().split(",")],
+        "template": tiers.template,
+        "max_delay": tiers.max_delay,
+        "group": group,
+        "stats_interval": stats_interval,
+    }
+    if instance_id:
+        options["instance_id"] = instance_id
+    w = Worker([JobSpec("delay-forwarders", "delay-forwarders", Schedule(), options)], settings)
+
+    def started(w: Worker) -> None:
+        if as_json:
+            print_json({"bootstrap": settings.bootstrap, "jobs": w.describe()}, compact=True)
+        else:
+            console().print(
+                f"kops delay worker: tiers {tiers.describe()} against {settings.bootstrap}"
+            )
+            console().print(jobs_table(w))
+        sys.stdout.flush()
+
+    serve(w, on_started=started)

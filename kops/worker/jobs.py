@@ -1,0 +1,132 @@
+"""Built-in job kinds (registered by name in :data:`kops.worker.registry.BUILTIN_KINDS`).
+
+- ``delay-forwarders`` (long-running): every tier forwarder of a delay ladder.
+- ``delay-status`` (periodic): log one line per tier: pending, oldest due, lateness p50/p99.
+- ``call`` (either): call ``target = "package.module:function"`` with ``args``; periodic when
+  the job has ``every``/``cron``, otherwise the function is called once per run with a
+  ``stop`` event (``function(stop, **args)``) and must return when it is set.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kops.recipes.delay import (
+    CANCEL_TOPIC,
+    DEFAULT_MAX_DELAY,
+    DEFAULT_TEMPLATE,
+    FORWARDER_GROUP,
+    STATS_TOPIC,
+    DelayTiers,
+)
+from kops.recipes.delay_forwarder import DelayForwarders, ForwarderOptions
+from kops.worker.registry import JobContext, RecipeError, take_options
+
+__all__ = ["call", "delay_forwarders", "delay_status_report", "tiers_from_options"]
+
+_TIER_KEYS = {"tiers", "template", "max_delay"}
+
+
+def tiers_from_options(options: dict[str, Any]) -> DelayTiers:
+    """The ``tiers``/``template``/``max_delay`` options of a job as :class:`DelayTiers`."""
+    try:
+        return DelayTiers.parse(
+            options.get("tiers"),
+            template=options.get("template", DEFAULT_TEMPLATE),
+            max_delay=options.get("max_delay", DEFAULT_MAX_DELAY),
+        )
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
+
+
+def delay_forwarders(options: dict[str, Any], context: JobContext) -> DelayForwarders:
+    opts = take_options(
+        options,
+        _TIER_KEYS
+        | {
+            "group",
+            "cancel_topic",
+            "stats_topic",
+            "stats_interval",
+            "partitions",
+            "instance_id",
+            "create_topics",
+            "session_timeout_ms",
+        },
+        context.kind,
+    )
+
+    def topic_or_none(key: str, default: str) -> str | None:
+        value = opts.get(key, default)
+        return value or None  # "" or false turns the feature off
+
+    return DelayForwarders(
+        context.settings,
+        ForwarderOptions(
+            tiers=tiers_from_options(opts),
+            group=str(opts.get("group", FORWARDER_GROUP)),
+            cancel_topic=topic_or_none("cancel_topic", CANCEL_TOPIC),
+            stats_topic=topic_or_none("stats_topic", STATS_TOPIC),
+            stats_interval=float(opts.get("stats_interval", 10.0)),
+            partitions=int(opts.get("partitions", 1)),
+            instance_id=opts.get("instance_id") or None,
+            create_topics=bool(opts.get("create_topics", True)),
+            session_timeout_ms=int(opts.get("session_timeout_ms", 10000)),
+        ),
+    )
+
+
+def delay_status_report(options: dict[str, Any], context: JobContext) -> Callable[[], None]:
+    from kops.recipes.delay_status import delay_status
+
+    opts = take_options(options, _TIER_KEYS | {"group", "stats_topic"}, context.kind)
+    tiers = tiers_from_options(opts)
+    group = str(opts.get("group", FORWARDER_GROUP))
+    stats_topic = opts.get("stats_topic", STATS_TOPIC) or None
+
+    def report() -> None:
+        now = time.time() * 1000
+        for st in delay_status(context.settings, tiers, group=group, stats_topic=stats_topic):
+            if not st.exists:
+                context.log.info("tier %s: topic %s does not exist", st.tier, st.topic)
+                continue
+            overdue = (
+                f", head overdue by {(now - st.oldest_due_ms) / 1000:.1f}s"
+                if st.oldest_due_ms is not None and st.oldest_due_ms < now
+                else ""
+            )
+            context.log.info(
+                "tier %s: pending %d%s, delivered %d, lateness p50 %s ms p99 %s ms",
+                st.tier, st.pending, overdue, st.delivered,
+                "-" if st.lateness_p50_ms is None else st.lateness_p50_ms,
+                "-" if st.lateness_p99_ms is None else st.lateness_p99_ms,
+            )  # fmt: skip
+
+    return report
+
+
+class _CallLoop:
+    def __init__(self, fn: Callable[..., Any], args: dict[str, Any]):
+        self.fn, self.args = fn, args
+
+    def run(self, stop: threading.Event) -> None:
+        self.fn(stop, **self.args)
+
+
+def call(options: dict[str, Any], context: JobContext) -> Any:
+    opts = take_options(options, {"target", "args"}, context.kind, required={"target"})
+    module_name, _, attr = str(opts["target"]).partition(":")
+    if not attr:
+        raise RecipeError("target must look like 'package.module:function'")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise RecipeError(f"cannot load {opts['target']}: {exc}") from None
+    args = dict(opts.get("args", {}))
+    if context.periodic:
+        return lambda: fn(**args)
+    return _CallLoop(fn, args)

@@ -1,0 +1,255 @@
+"""Run recipe jobs: long-running ones in their own threads, periodic ones with apscheduler.
+
+::
+
+    from kops.worker import Worker, load_recipes
+    worker = Worker.from_recipes(load_recipes(["recipes/delay-tiers.toml"]), settings)
+    worker.start()
+    ...
+    worker.stop()          # sets every job's stop event, joins threads, shuts the scheduler
+
+A long-running job whose ``run`` raises is built again and restarted after a backoff
+(1 s doubling to 60 s), so a broker restart does not need a worker restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers import SchedulerNotRunningError
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from kops.client import ClientSettings
+from kops.worker.recipe import JobSpec, Recipe
+from kops.worker.registry import JobContext, LongRunningJob, RecipeError, job_factory
+
+__all__ = ["JobState", "Worker", "settings_for"]
+
+log = logging.getLogger("kops.worker")
+
+_RESTART_MIN = 1.0
+_RESTART_MAX = 60.0
+
+
+@dataclass
+class JobState:
+    """What ``kops up``/``kops worker run`` show about a job."""
+
+    spec: JobSpec
+    status: str = "starting"  # starting | running | restarting | scheduled | stopped | failed
+    restarts: int = 0
+    runs: int = 0
+    last_error: str | None = None
+    last_run_at: float | None = None
+    next_run_at: float | None = None
+    instance: Any = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "kind": self.spec.kind,
+            "schedule": self.spec.schedule.describe(),
+            "status": self.status,
+            "restarts": self.restarts,
+            "runs": self.runs,
+            "last_error": self.last_error,
+            "recipe": str(self.spec.recipe) if self.spec.recipe else None,
+        }
+
+
+def settings_for(
+    recipes: Iterable[Recipe], cli: ClientSettings, cli_explicit: bool
+) -> ClientSettings:
+    """Connection settings: an explicit --bootstrap/KOPS_BOOTSTRAP wins over the files."""
+    recipes = list(recipes)
+    bootstraps = {r.bootstrap for r in recipes if r.bootstrap}
+    bootstrap = cli.bootstrap
+    if not cli_explicit and bootstraps:
+        if len(bootstraps) > 1:
+            raise RecipeError(
+                f"recipe files name different bootstrap servers ({', '.join(sorted(bootstraps))}); "
+                "pass --bootstrap"
+            )
+        bootstrap = bootstraps.pop()
+    config: dict[str, str] = {}
+    for r in recipes:
+        config.update(r.client)
+    config.update(cli.config)  # -X on the command line wins
+    return ClientSettings(bootstrap=bootstrap, config=config, timeout=cli.timeout)
+
+
+class Worker:
+    """Builds every job up front (bad options fail before anything starts), then runs them."""
+
+    def __init__(self, specs: Iterable[JobSpec], settings: ClientSettings):
+        self.settings = settings
+        self.stop_event = threading.Event()
+        self.jobs: list[JobState] = []
+        self._threads: list[threading.Thread] = []
+        self._scheduler: BackgroundScheduler | None = None
+        for spec in specs:
+            state = JobState(spec)
+            state.instance = self._build(spec)
+            self.jobs.append(state)
+
+    @classmethod
+    def from_recipes(cls, recipes: Iterable[Recipe], settings: ClientSettings) -> Worker:
+        return cls([job for r in recipes for job in r.jobs], settings)
+
+    def _context(self, spec: JobSpec) -> JobContext:
+        return JobContext(
+            settings=self.settings,
+            name=spec.name,
+            kind=spec.kind,
+            periodic=spec.schedule.periodic,
+            recipe=spec.recipe,
+            stop=self.stop_event,
+            log=logging.getLogger(f"kops.worker.{spec.name}"),
+        )
+
+    def _build(self, spec: JobSpec) -> LongRunningJob | Callable[[], Any]:
+        where = f"{spec.recipe or 'recipe'}: job {spec.name!r}"
+        factory = job_factory(spec.kind)
+        try:
+            job = factory(dict(spec.options), self._context(spec))
+        except RecipeError as exc:
+            raise RecipeError(f"{where}: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise RecipeError(f"{where}: {exc}") from exc
+        long_running = isinstance(job, LongRunningJob)
+        if spec.schedule.periodic and long_running:
+            raise RecipeError(f"{where}: kind {spec.kind!r} is long-running; remove every/cron")
+        if not spec.schedule.periodic and not long_running:
+            raise RecipeError(f"{where}: kind {spec.kind!r} is periodic; give every or cron")
+        return job
+
+    # -- running
+
+    def start(self) -> None:
+        periodic = [s for s in self.jobs if s.spec.schedule.periodic]
+        if periodic:
+            self._scheduler = BackgroundScheduler(
+                executors={"default": ThreadPoolExecutor(max(2, min(8, len(periodic))))},
+                job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 300},
+                timezone=UTC,
+            )
+            for state in periodic:
+                self._scheduler.add_job(
+                    self._run_periodic,
+                    trigger=state.spec.schedule.trigger(),
+                    args=(state,),
+                    id=state.spec.name,
+                    name=state.spec.name,
+                )
+                state.status = "scheduled"
+            self._scheduler.start()
+            self._refresh_next_runs()
+        for state in self.jobs:
+            if not state.spec.schedule.periodic:
+                t = threading.Thread(
+                    target=self._supervise, args=(state,), name=f"kops-job-{state.spec.name}"
+                )
+                t.start()
+                self._threads.append(t)
+        log.info("worker started %d job(s)", len(self.jobs))
+
+    def _refresh_next_runs(self) -> None:
+        if self._scheduler is None:
+            return
+        for state in self.jobs:
+            job = self._scheduler.get_job(state.spec.name)
+            if job is not None and job.next_run_time is not None:
+                state.next_run_at = job.next_run_time.timestamp()
+
+    def _run_periodic(self, state: JobState) -> None:
+        if self.stop_event.is_set():
+            return
+        state.status = "running"
+        state.last_run_at = time.time()
+        try:
+            state.instance()
+            state.last_error = None
+        except Exception as exc:
+            state.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("job %s failed", state.spec.name)
+        finally:
+            state.runs += 1
+            state.status = "stopped" if self.stop_event.is_set() else "scheduled"
+            self._refresh_next_runs()
+
+    def _supervise(self, state: JobState) -> None:
+        delay = _RESTART_MIN
+        while not self.stop_event.is_set():
+            job = state.instance
+            if job is None:
+                try:
+                    job = state.instance = self._build(state.spec)
+                except Exception as exc:
+                    job = None
+                    state.last_error = f"{type(exc).__name__}: {exc}"
+                    log.error("job %s: cannot start: %s", state.spec.name, exc)
+            if job is not None:
+                state.status = "running"
+                started = time.monotonic()
+                try:
+                    job.run(self.stop_event)
+                    if self.stop_event.is_set():
+                        break
+                    log.warning("job %s returned; restarting it", state.spec.name)
+                except Exception as exc:
+                    state.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("job %s failed; restarting in %.0fs", state.spec.name, delay)
+                if time.monotonic() - started > 2 * _RESTART_MAX:
+                    delay = _RESTART_MIN  # it ran fine for a while: start the backoff afresh
+            state.instance = None
+            state.restarts += 1
+            state.status = "restarting"
+            self.stop_event.wait(delay)
+            delay = min(delay * 2, _RESTART_MAX)
+        state.status = "stopped"
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Ask every job to stop and wait for them (commits, consumers closed)."""
+        self.stop_event.set()
+        if self._scheduler is not None:
+            with contextlib.suppress(SchedulerNotRunningError):
+                self._scheduler.shutdown(wait=True)
+            for state in self.jobs:
+                if state.spec.schedule.periodic:
+                    state.status = "stopped"
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.1, deadline - time.monotonic()))
+            if t.is_alive():
+                log.warning("%s did not stop within %.0fs", t.name, timeout)
+        log.info("worker stopped")
+
+    def wait(self, stop: threading.Event | None = None, poll: float = 0.5) -> None:
+        """Block until ``stop`` (or the worker's own stop event) is set."""
+        while not self.stop_event.is_set() and not (stop is not None and stop.is_set()):
+            time.sleep(poll)
+            self._refresh_next_runs()
+
+    @property
+    def alive(self) -> bool:
+        return any(t.is_alive() for t in self._threads) or self._scheduler is not None
+
+    def describe(self) -> list[dict[str, Any]]:
+        out = []
+        for s in self.jobs:
+            d = s.to_dict()
+            d["next_run"] = (
+                datetime.fromtimestamp(s.next_run_at, UTC).isoformat(timespec="seconds")
+                if s.next_run_at and s.spec.schedule.periodic
+                else None
+            )
+            out.append(d)
+        return out
