@@ -25,6 +25,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("kops.cli.bench", "bench"),
     ("kops.cli.delay", "delay"),
     ("kops.cli.worker", "worker"),
+    ("kops.cli.dlq", "dlq"),
 ]
 
 

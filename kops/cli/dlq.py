@@ -1,0 +1,258 @@
+"""``kops dlq ...``: list, inspect, replay and purge dead-letter topics. Logic is in
+kops.recipes.dlq."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from kops.cli.common import TIMESTAMP, console, echo_err, kafka_options, print_json, progress_bar
+from kops.client import ClientSettings
+from kops.consume import decode_bytes, format_timestamp
+from kops.recipes import dlq as lib
+
+
+def _short(text: str | None, width: int) -> str:
+    if not text:
+        return "-"
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+@click.group()
+def dlq() -> None:
+    """Dead-letter topics: list, inspect, replay, purge.
+
+    Reads dead letters written by kops, Spring Kafka (kafka_dlt-* headers) and Kafka
+    Connect (__connect.errors.* headers) alike.
+    """
+
+
+@dlq.command("list")
+@click.option(
+    "--scan/--no-scan",
+    default=True,
+    show_default=True,
+    help="Also find topics by their newest record's dead-letter headers, not only by name "
+    "(.dlq, -dlt, .DLT, ...).",
+)
+@kafka_options()
+def list_(*, scan: bool, settings: ClientSettings, as_json: bool) -> None:
+    """List dead-letter topics with their record counts."""
+    topics = lib.list_dlq_topics(settings, scan_headers=scan)
+    if as_json:
+        print_json([t.to_dict() for t in topics])
+        return
+    table = Table(box=None, pad_edge=False)
+    table.add_column("TOPIC")
+    table.add_column("PARTITIONS", justify="right")
+    table.add_column("RECORDS", justify="right")
+    table.add_column("FOUND BY")
+    for t in topics:
+        table.add_row(t.name, str(t.partitions), str(t.records), t.detected_by)
+    console().print(table)
+    if not topics:
+        echo_err("no dead-letter topics")
+
+
+@dlq.command("inspect")
+@click.argument("topic")
+@click.option(
+    "--samples",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Sample records shown per exception class.",
+)
+@kafka_options()
+def inspect(*, topic: str, samples: int, settings: ClientSettings, as_json: bool) -> None:
+    """Group the dead letters of TOPIC by exception class, with samples."""
+    report = lib.inspect(settings, topic, samples=samples)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    formats = ", ".join(f"{k} {v}" for k, v in report.formats.most_common())
+    echo_err(
+        f"{topic}: {_plural(report.total, 'dead letter')}"
+        + (f" ({formats})" if formats else "")
+        + f", {report.replayed} replayed"
+    )
+    out = console()
+    table = Table(box=None, pad_edge=False)
+    for col in ("EXCEPTION", "COUNT", "FIRST FAILED", "LAST FAILED", "FROM"):
+        table.add_column(col, justify="right" if col == "COUNT" else "left")
+    for e in report.exceptions:
+        origins = ", ".join(f"{t} ({n})" for t, n in e.original_topics.most_common(3))
+        table.add_row(
+            e.exception_class,
+            str(e.count),
+            format_timestamp(e.first_failed_ms),
+            format_timestamp(e.last_failed_ms),
+            origins,
+        )
+    out.print(table)
+    if samples and report.exceptions:
+        out.print()
+        sample_table = Table(box=None, pad_edge=False, title="samples", title_justify="left")
+        for col in ("EXCEPTION", "PARTITION@OFFSET", "KEY", "ATTEMPTS", "MESSAGE"):
+            sample_table.add_column(col)
+        for e in report.exceptions:
+            for s in e.samples:
+                key, _ = decode_bytes(s.record.key)
+                sample_table.add_row(
+                    _short(e.exception_class, 40),
+                    f"{s.record.partition}@{s.record.offset}",
+                    _short(key, 24),
+                    "-" if s.attempts is None else str(s.attempts),
+                    _short(s.exception_message, 80),
+                )
+        out.print(sample_table)
+
+
+@dlq.command("replay")
+@click.argument("topic")
+@click.option(
+    "--to", "to", metavar="TOPIC", help="Send here instead of each record's original topic."
+)
+@click.option(
+    "--exception",
+    metavar="NAME",
+    help="Only this exception class (full name, or its last part: ValueError).",
+)
+@click.option("--since", type=TIMESTAMP, help="Only records that failed at or after this time.")
+@click.option("--until", type=TIMESTAMP, help="Only records that failed before this time.")
+@click.option("--key", metavar="KEY", help="Only records with this key (UTF-8).")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=50.0,
+    show_default=True,
+    help="Records per second (0 = no limit).",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Replay at most this many records.")
+@click.option("--dry-run", is_flag=True, help="Show what would be replayed; send nothing.")
+@click.option(
+    "--include-in-doubt",
+    is_flag=True,
+    help="Also replay records an interrupted run marked but may not have sent.",
+)
+@kafka_options()
+def replay(
+    *,
+    topic: str,
+    to: str | None,
+    exception: str | None,
+    since: int | None,
+    until: int | None,
+    key: str | None,
+    rate: float,
+    limit: int | None,
+    dry_run: bool,
+    include_in_doubt: bool,
+    settings: ClientSettings,
+    as_json: bool,
+) -> None:
+    """Send the dead letters of TOPIC back to their original topic (or --to).
+
+    Rate-limited; keys, values and original headers are kept. Each dead letter is replayed
+    at most once, even across runs: replayed records are marked in the compacted topic
+    TOPIC.replayed.
+    """
+    where = lib.ReplayFilter(exception=exception, since_ms=since, until_ms=until, key=key)
+    with progress_bar() as bar:
+        task = bar.add_task(f"{'dry run ' if dry_run else ''}replay {topic}", total=None)
+
+        def on_progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        report = lib.replay(
+            settings,
+            topic,
+            to=to,
+            where=where,
+            rate=rate or None,
+            limit=limit,
+            dry_run=dry_run,
+            include_in_doubt=include_in_doubt,
+            progress=on_progress,
+        )
+    if as_json:
+        print_json(report.to_dict())
+    elif dry_run and report.planned:
+        table = Table(box=None, pad_edge=False)
+        for col in ("PARTITION@OFFSET", "KEY", "EXCEPTION", "FAILED", "REPLAY TO"):
+            table.add_column(col)
+        for item in report.planned:
+            table.add_row(
+                f"{item['partition']}@{item['offset']}",
+                _short(item["key"], 24),
+                _short(item["exception_class"], 40),
+                format_timestamp(item["failed_at"]),
+                item["replay_to"],
+            )
+        console().print(table)
+    targets = ", ".join(f"{t} ({n})" for t, n in report.targets.most_common())
+    verb = "would replay" if dry_run else "replayed"
+    parts = [f"{verb} {report.replayed} of {_plural(report.matched, 'matching dead letter')}"]
+    if targets:
+        parts.append(f"to {targets}")
+    parts.append(f"in {report.seconds:.1f}s")
+    notes = []
+    if report.already_replayed:
+        notes.append(f"{report.already_replayed} already replayed")
+    if report.in_doubt:
+        notes.append(f"{report.in_doubt} in doubt (see --include-in-doubt)")
+    if report.no_target:
+        notes.append(f"{report.no_target} without an original topic (use --to)")
+    echo_err(" ".join(parts) + (f"; {', '.join(notes)}" if notes else ""))
+
+
+@dlq.command("purge")
+@click.argument("topic")
+@click.option("--before", type=TIMESTAMP, help="Delete dead letters older than this time.")
+@click.option("--all", "purge_all", is_flag=True, help="Delete every dead letter.")
+@kafka_options()
+def purge(
+    *,
+    topic: str,
+    before: int | None,
+    purge_all: bool,
+    settings: ClientSettings,
+    as_json: bool,
+) -> None:
+    """Delete dead letters from TOPIC (DeleteRecords: the log start moves forward)."""
+    if (before is None) == (not purge_all):
+        raise click.UsageError("give exactly one of --before TIME and --all")
+    results = lib.purge(settings, topic, before_ms=before)
+    deleted = sum(r.deleted for r in results)
+    if as_json:
+        print_json(
+            {
+                "topic": topic,
+                "deleted": deleted,
+                "partitions": [
+                    {
+                        "partition": r.partition,
+                        "start_before": r.start_before,
+                        "start_after": r.start_after,
+                        "end": r.end,
+                        "deleted": r.deleted,
+                    }
+                    for r in results
+                ],
+            }
+        )
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("PARTITION", "START BEFORE", "START AFTER", "END", "DELETED"):
+        table.add_column(col, justify="right")
+    for r in results:
+        table.add_row(
+            *(str(v) for v in (r.partition, r.start_before, r.start_after, r.end, r.deleted))
+        )
+    console().print(table)
+    echo_err(f"deleted {_plural(deleted, 'dead letter')} from {topic}")

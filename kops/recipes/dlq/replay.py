@@ -1,0 +1,259 @@
+"""``dlq replay``: re-send dead letters, rate-limited, each at most once (see
+:mod:`kops.recipes.dlq` for how replay-once works)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import OffsetSpec
+
+from kops.client import (
+    AdminSession,
+    ClientSettings,
+    KopsClientError,
+    UnknownTopic,
+    translate_error,
+)
+from kops.recipes import headers as h
+from kops.recipes.dlq.ops import ensure_state_topic, load_markers, offsets
+from kops.recipes.dlq.records import (
+    BOOKKEEPING_PREFIXES,
+    DLQ_PREFIXES,
+    DeadLetter,
+    read_dead_letters,
+    replay_state_topic,
+)
+
+# --------------------------------------------------------------------------- replay
+
+
+@dataclass(frozen=True)
+class ReplayFilter:
+    """Which dead letters to replay. Times are epoch ms on the failure time."""
+
+    exception: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    key: str | None = None
+
+    def matches(self, dl: DeadLetter) -> bool:
+        if self.exception is not None and not dl.matches_exception(self.exception):
+            return False
+        failed = dl.failed_ms
+        if self.since_ms is not None and (failed is None or failed < self.since_ms):
+            return False
+        if self.until_ms is not None and (failed is None or failed >= self.until_ms):
+            return False
+        return self.key is None or dl.record.key == self.key.encode()
+
+
+@dataclass
+class ReplayReport:
+    dlq: str
+    dry_run: bool
+    scanned: int = 0
+    matched: int = 0
+    replayed: int = 0
+    already_replayed: int = 0
+    in_doubt: int = 0
+    no_target: int = 0
+    targets: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+    #: In a dry run: the records that would be replayed (the first 50).
+    planned: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("targets", "planned")}
+        out["targets"] = dict(self.targets)
+        if self.dry_run:
+            out["planned"] = self.planned
+        return out
+
+
+class _Pacer:
+    """Record i goes out no earlier than start + i / rate (no bursts, so N records take at
+    least (N-1)/rate seconds)."""
+
+    def __init__(self, rate: float | None):
+        self.interval = 1.0 / rate if rate else 0.0
+        self.start: float | None = None
+        self.sent = 0
+
+    def wait(self) -> None:
+        now = time.monotonic()
+        if self.start is None:
+            self.start = now
+        due = self.start + self.sent * self.interval
+        if due > now:
+            time.sleep(due - now)
+        self.sent += 1
+
+
+def _replay_headers(dl: DeadLetter, dlq_topic: str, to_original: bool) -> list:
+    kept = h.without_prefix(dl.record.headers, BOOKKEEPING_PREFIXES + DLQ_PREFIXES)
+    kept = [(k, v) for k, v in kept if k != h.MESSAGE_ID]
+    r = dl.record
+    updates = {h.REPLAY_OF: f"{dlq_topic}/{r.partition}/{r.offset}"}
+    if to_original and dl.group:
+        # Back on a shared topic, the copy is for the group that failed it: kops-wrapped
+        # consumers of other groups (which handled the original fine) skip it.
+        updates[h.RETRY_GROUP] = dl.group
+    return h.replace(kept, updates)
+
+
+class _Replayer:
+    """Sends replays in batches: markers for the batch first (flushed), then the records,
+    each at its paced time. A crash leaves at most one batch in doubt, never a duplicate."""
+
+    def __init__(self, admin: AdminSession, dlq_topic: str, rate: float | None):
+        self.admin = admin
+        self.settings = settings = admin.settings
+        self.dlq_topic = dlq_topic
+        self.state_topic = replay_state_topic(dlq_topic)
+        self.pacer = _Pacer(rate)
+        self.batch_size = max(1, math.ceil(rate / 10)) if rate else 500
+        self.batch: list[tuple[DeadLetter, str]] = []
+        self.partitions: dict[str, int] = {}
+        self.errors: list[str] = []
+        self.producer = Producer(
+            settings.producer_config(**{"enable.idempotence": True, "linger.ms": 0})
+        )
+
+    def check_target(self, topic: str) -> None:
+        if topic in self.partitions:
+            return
+        try:
+            md = self.admin.metadata(topic)
+        except UnknownTopic:
+            raise KopsClientError(
+                f"replay target topic {topic!r} does not exist (create it or use --to)"
+            ) from None
+        self.partitions[topic] = len(md.topics[topic].partitions)
+
+    def add(self, dl: DeadLetter, target: str) -> None:
+        self.batch.append((dl, target))
+        if len(self.batch) >= self.batch_size:
+            self.send_batch()
+
+    def _flush(self) -> None:
+        remaining = self.producer.flush(self.settings.timeout * 3)
+        if remaining:
+            raise KopsClientError(f"replay: {remaining} records not delivered in time")
+        if self.errors:
+            raise KopsClientError(f"replay: delivery failed: {self.errors[0]}")
+
+    def _mark(self, key: str, state: str, target: str) -> None:
+        value = json.dumps({"state": state, "target": target, "at": int(time.time() * 1000)})
+        self.producer.produce(self.state_topic, value.encode(), key=key.encode(),
+                              on_delivery=self._on_marker)  # fmt: skip
+
+    def _on_marker(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.errors.append(f"marker: {err}")
+
+    def send_batch(self) -> None:
+        if not self.batch:
+            return
+        for dl, target in self.batch:
+            self._mark(dl.marker_key, "started", target)
+        self._flush()
+        for dl, target in self.batch:
+            self.pacer.wait()
+            to_original = target == dl.original_topic
+            kwargs: dict[str, Any] = {"headers": _replay_headers(dl, self.dlq_topic, to_original)}
+            if dl.record.key is not None:
+                kwargs["key"] = dl.record.key
+            p = dl.original_partition
+            # Same partition as the original (the same key order, whatever partitioner the
+            # original producer used) when the partition still exists.
+            if to_original and p is not None and 0 <= p < self.partitions[target]:
+                kwargs["partition"] = p
+            key = dl.marker_key
+
+            def done(err: Any, msg: Any, key: str = key, target: str = target) -> None:
+                if err is not None:
+                    self.errors.append(f"{target}: {err}")
+                else:
+                    self._mark(key, "done", target)
+
+            self.producer.produce(target, dl.record.value, on_delivery=done, **kwargs)
+            self.producer.poll(0)
+        self.batch.clear()
+        self._flush()
+        self._flush()  # the "done" markers enqueued by delivery callbacks
+
+
+def replay(
+    target: ClientSettings | str,
+    dlq_topic: str,
+    *,
+    to: str | None = None,
+    where: ReplayFilter | None = None,
+    rate: float | None = 50.0,
+    limit: int | None = None,
+    dry_run: bool = False,
+    include_in_doubt: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReplayReport:
+    """Re-send dead letters to their original topic (or ``to``), at most ``rate`` per second.
+
+    Key, value and the original headers are kept (dead-letter headers dropped,
+    ``kops.replay.of`` added); a record goes back to its original partition when replayed to
+    its original topic. Records already replayed (or in doubt after a crash, unless
+    ``include_in_doubt``) are skipped. ``progress(done, total)`` is called per scanned record.
+    """
+    settings = ClientSettings.of(target)
+    where = where or ReplayFilter()
+    report = ReplayReport(dlq_topic, dry_run)
+    started = time.monotonic()
+    admin = AdminSession(settings)
+    md = admin.metadata(dlq_topic)
+    tps = [TopicPartition(dlq_topic, p) for p in md.topics[dlq_topic].partitions]
+    total = sum(offsets(admin, tps, OffsetSpec.latest()).values()) - sum(
+        offsets(admin, tps, OffsetSpec.earliest()).values()
+    )
+    markers = load_markers(settings, dlq_topic)
+    replayer = None
+    if not dry_run:
+        ensure_state_topic(admin, dlq_topic)
+        replayer = _Replayer(admin, dlq_topic, rate)
+    try:
+        for dl in read_dead_letters(settings, dlq_topic):
+            report.scanned += 1
+            if progress:
+                progress(report.scanned, total)
+            if not where.matches(dl):
+                continue
+            report.matched += 1
+            state = markers.get(dl.marker_key)
+            if state == "done" or (state == "started" and not include_in_doubt):
+                report.already_replayed += state == "done"
+                report.in_doubt += state == "started"
+                continue
+            dest = to or dl.original_topic
+            if not dest:
+                report.no_target += 1
+                continue
+            if limit is not None and report.replayed >= limit:
+                break
+            report.replayed += 1
+            report.targets[dest] += 1
+            if replayer is None:
+                if len(report.planned) < 50:
+                    report.planned.append({**dl.to_dict(preview=200), "replay_to": dest})
+                continue
+            replayer.check_target(dest)
+            replayer.add(dl, dest)
+        if replayer is not None:
+            replayer.send_batch()
+    except KafkaException as exc:
+        raise translate_error(exc, "replay", dlq_topic) from exc
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
