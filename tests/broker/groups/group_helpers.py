@@ -111,11 +111,23 @@ class GroupMember:
         with self._lock:
             return set(self._owned)
 
-    def close(self) -> None:
-        """Stop polling and close (revokes and sends LeaveGroup unless static)."""
+    def stop_polling(self) -> None:
         self._stop.set()
         self._thread.join(10)
+
+    def close(self) -> None:
+        """Stop polling and close (revokes and sends LeaveGroup unless static)."""
+        self.stop_polling()
         self.consumer.close()
+
+
+def close_all(members: list[GroupMember]) -> None:
+    """Stop every member polling before any leaves, so the rebalances the
+    leaving causes cannot deliver (uncommitted) records a second time."""
+    for member in members:
+        member.stop_polling()
+    for member in members:
+        member.consumer.close()
 
 
 _CHILD = textwrap.dedent(

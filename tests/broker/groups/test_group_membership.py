@@ -7,7 +7,13 @@ from __future__ import annotations
 import time
 
 from tests.broker.clients import create_topic, produce
-from tests.broker.groups.group_helpers import ChildConsumer, GroupMember, new_group, wait_until
+from tests.broker.groups.group_helpers import (
+    ChildConsumer,
+    GroupMember,
+    close_all,
+    new_group,
+    wait_until,
+)
 
 PARTITIONS = 6
 
@@ -179,8 +185,7 @@ def test_queue_within_a_group_and_pubsub_across_groups(kafka_broker: str, topic_
         )
         time.sleep(0.3)
     finally:
-        for m in [*queue, solo]:
-            m.close()
+        close_all([*queue, solo])
     queued = [v for m in queue for _, _, v in m.messages]
     assert len(queued) == len(set(queued)) == 240
     assert sorted(v for _, _, v in solo.messages) == sorted(queued)
