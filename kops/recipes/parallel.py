@@ -37,12 +37,12 @@ Ordering modes: ``"key"`` (default; records without a key keep their partition's
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import queue
 import threading
 import time
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -140,6 +140,13 @@ class ParallelStats:
 _STOP = object()
 
 
+def _spread(data: bytes) -> int:
+    # Not CRC32 (librdkafka's default partitioner) nor murmur2 (Java's): with those, every key
+    # of one partition would land on the same worker, since key-hash % partitions already
+    # fixed the hash's low bits.
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
 class KeyedExecutor:
     """N worker threads with one queue each; a record's key picks its worker.
 
@@ -186,8 +193,8 @@ class KeyedExecutor:
         if self.ordering == "unordered":
             return next(self._round_robin) % self.workers
         if self.ordering == "key" and key is not None:
-            return zlib.crc32(key) % self.workers
-        return zlib.crc32(f"{topic}\0{partition}".encode()) % self.workers
+            return _spread(key) % self.workers
+        return _spread(f"{topic}\0{partition}".encode()) % self.workers
 
     def submit(self, record: Any) -> None:
         """Queue one record (confluent-kafka Message, kafka-python/aiokafka record, Record)."""
