@@ -58,5 +58,24 @@ def test_retention_by_time_with_segment_ms_roll(tmp_path: Path) -> None:
         while _watermarks(bootstrap, "timed")[0] < 5 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert _watermarks(bootstrap, "timed") == (5, 5)
+        # Keep what comes next: the log carries on from offset 5.
+        from confluent_kafka.admin import (
+            AdminClient,
+            AlterConfigOpType,
+            ConfigEntry,
+            ConfigResource,
+        )
+
+        keep = ConfigResource(
+            "topic",
+            "timed",
+            incremental_configs=[
+                ConfigEntry("retention.ms", "3600000", incremental_operation=AlterConfigOpType.SET)
+            ],
+        )
+        AdminClient({"bootstrap.servers": bootstrap}).incremental_alter_configs([keep])[
+            keep
+        ].result(10)
         produce(bootstrap, "timed", [(None, b"new")])
-        assert [m.value() for m in consume_all(bootstrap, "timed", 1)] == [b"new"]
+        messages = consume_all(bootstrap, "timed", 1)
+        assert [(m.offset(), m.value()) for m in messages] == [(5, b"new")]
