@@ -201,6 +201,9 @@ def rewind(
     summary = (
         f"re-read {plan.reread} and skip {plan.skipped} records on {n} partition{'s' * (n != 1)}"
     )
+    first = sum(1 for p in plan.partitions if p.current is None)
+    if first:
+        summary += f", {first} of them without a previous commit"
     if execute:
         echo_err(f"committed: group {group} will {summary} ({plan.target})")
     else:
