@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
 from kops.testing import run_broker
 from tests.broker.clients import consume_all, create_topic, produce
@@ -59,13 +60,6 @@ def test_retention_by_time_with_segment_ms_roll(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert _watermarks(bootstrap, "timed") == (5, 5)
         # Keep what comes next: the log carries on from offset 5.
-        from confluent_kafka.admin import (
-            AdminClient,
-            AlterConfigOpType,
-            ConfigEntry,
-            ConfigResource,
-        )
-
         keep = ConfigResource(
             "topic",
             "timed",
