@@ -67,9 +67,8 @@ def test_retention_by_time_with_segment_ms_roll(tmp_path: Path) -> None:
                 ConfigEntry("retention.ms", "3600000", incremental_operation=AlterConfigOpType.SET)
             ],
         )
-        AdminClient({"bootstrap.servers": bootstrap}).incremental_alter_configs([keep])[
-            keep
-        ].result(10)
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin.incremental_alter_configs([keep])[keep].result(10)
         produce(bootstrap, "timed", [(None, b"new")])
         messages = consume_all(bootstrap, "timed", 1)
         assert [(m.offset(), m.value()) for m in messages] == [(5, b"new")]
