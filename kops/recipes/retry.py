@@ -76,6 +76,7 @@ __all__ = [
     "RetryPolicy",
     "RetryStats",
     "RetryingHandler",
+    "duration_seconds",
     "ensure_retry_topics",
     "import_object",
     "run_retrying_consumer",
@@ -132,7 +133,8 @@ def _exception_types(items: Iterable[type[BaseException] | str]) -> tuple[type[B
     return tuple(out)
 
 
-def _seconds(value: Any) -> float:
+def duration_seconds(value: Any) -> float:
+    """Seconds from a number or a duration such as ``"500ms"``, ``"10s"``, ``"1h"``."""
     if isinstance(value, int | float):
         return float(value)
     from kops.recipes.delay import _parse_seconds  # one spelling of durations with the tiers
@@ -178,10 +180,10 @@ class RetryPolicy:
         kwargs: dict[str, Any] = {}
         for name, value in conf.items():
             if name in ("backoff", "backoff_max", "max_total"):
-                kwargs[name] = None if value is None else _seconds(value)
+                kwargs[name] = None if value is None else duration_seconds(value)
             elif name == "ladder":
                 items = value.replace(" ", "").split(",") if isinstance(value, str) else value
-                kwargs[name] = tuple(_seconds(v) for v in items if v != "")
+                kwargs[name] = tuple(duration_seconds(v) for v in items if v != "")
             elif name in ("retryable", "fatal"):
                 kwargs[name] = _exception_types([value] if isinstance(value, str) else value)
             else:
@@ -452,6 +454,9 @@ _REBALANCE_CODES = frozenset(
 )
 
 
+_MISSING_TOPIC_CODES = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
+
+
 def _commit(consumer: Consumer, offsets: dict[tuple[str, int], int]) -> None:
     if not offsets:
         return
@@ -500,6 +505,7 @@ def run_retrying_consumer(
     subscribed = list(dict.fromkeys([*topics, *(policy.retry_target(t) for t in topics)]))
     processed = 0
     offsets: dict[tuple[str, int], int] = {}
+    missing: set[str | None] = set()
     try:
         fetch_metadata(consumer, watch, settings.timeout)
         consumer.subscribe(subscribed)
@@ -515,6 +521,13 @@ def run_retrying_consumer(
                 err = msg.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF or err.retriable():
+                        continue
+                    if err.code() in _MISSING_TOPIC_CODES:
+                        # A long-running consumer outlives a missing topic: librdkafka
+                        # picks the topic up once it is created.
+                        if msg.topic() not in missing:
+                            log.warning("topic %s does not exist (yet): waiting", msg.topic())
+                            missing.add(msg.topic())
                         continue
                     raise translate_error(KafkaException(err), "consume", msg.topic())
                 outcome = wrapped(msg)

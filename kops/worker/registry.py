@@ -76,6 +76,8 @@ BUILTIN_KINDS: dict[str, str] = {
     "delay-forwarders": "kops.worker.jobs:delay_forwarders",
     "delay-status": "kops.worker.jobs:delay_status_report",
     "call": "kops.worker.jobs:call",
+    "retry-consumer": "kops.recipes.dlq.jobs:retry_consumer_job",
+    "dlq-replay": "kops.recipes.dlq.jobs:dlq_replay_job",
 }
 
 _registered: dict[str, JobFactory] = {}

@@ -31,6 +31,9 @@ single committed offset per partition) survive filters: replaying ``--exception 
 and ``--exception B`` tomorrow replays each record once. A marker is written *before* the
 record is re-sent (state ``started``) and completed after delivery (``done``), so a crash in
 between never replays twice; such records are reported as in doubt instead.
+
+Retry headers (``kops.retry.*``), the Spring/Connect mapping and the worker job kinds
+(``retry-consumer``, ``dlq-replay`` in :mod:`kops.recipes.dlq.jobs`): ``recipes/dlq.md``.
 """
 
 from kops.recipes.dlq.ops import (

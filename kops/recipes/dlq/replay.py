@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -66,6 +67,8 @@ class ReplayReport:
     no_target: int = 0
     targets: Counter = field(default_factory=Counter)
     seconds: float = 0.0
+    #: Ended early by the ``stop`` event (the worker shutting down).
+    stopped: bool = False
     #: In a dry run: the records that would be replayed (the first 50).
     planned: list[dict[str, Any]] = field(default_factory=list)
 
@@ -81,10 +84,11 @@ class _Pacer:
     """Record i goes out no earlier than start + i / rate (no bursts, so N records take at
     least (N-1)/rate seconds)."""
 
-    def __init__(self, rate: float | None):
+    def __init__(self, rate: float | None, stop: threading.Event):
         self.interval = 1.0 / rate if rate else 0.0
         self.start: float | None = None
         self.sent = 0
+        self.stop = stop
 
     def wait(self) -> None:
         now = time.monotonic()
@@ -92,7 +96,7 @@ class _Pacer:
             self.start = now
         due = self.start + self.sent * self.interval
         if due > now:
-            time.sleep(due - now)
+            self.stop.wait(due - now)
         self.sent += 1
 
 
@@ -112,12 +116,14 @@ class _Replayer:
     """Sends replays in batches: markers for the batch first (flushed), then the records,
     each at its paced time. A crash leaves at most one batch in doubt, never a duplicate."""
 
-    def __init__(self, admin: AdminSession, dlq_topic: str, rate: float | None):
+    def __init__(
+        self, admin: AdminSession, dlq_topic: str, rate: float | None, stop: threading.Event
+    ):
         self.admin = admin
         self.settings = settings = admin.settings
         self.dlq_topic = dlq_topic
         self.state_topic = replay_state_topic(dlq_topic)
-        self.pacer = _Pacer(rate)
+        self.pacer = _Pacer(rate, stop)
         self.batch_size = max(1, math.ceil(rate / 10)) if rate else 500
         self.batch: list[tuple[DeadLetter, str]] = []
         self.partitions: dict[str, int] = {}
@@ -201,6 +207,7 @@ def replay(
     dry_run: bool = False,
     include_in_doubt: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> ReplayReport:
     """Re-send dead letters to their original topic (or ``to``), at most ``rate`` per second.
 
@@ -208,7 +215,9 @@ def replay(
     ``kops.replay.of`` added); a record goes back to its original partition when replayed to
     its original topic. Records already replayed (or in doubt after a crash, unless
     ``include_in_doubt``) are skipped. ``progress(done, total)`` is called per scanned record.
+    Setting ``stop`` ends the run early, after the current batch (``report.stopped``).
     """
+    stop = stop or threading.Event()
     settings = ClientSettings.of(target)
     where = where or ReplayFilter()
     report = ReplayReport(dlq_topic, dry_run)
@@ -223,9 +232,12 @@ def replay(
     replayer = None
     if not dry_run:
         ensure_state_topic(admin, dlq_topic)
-        replayer = _Replayer(admin, dlq_topic, rate)
+        replayer = _Replayer(admin, dlq_topic, rate, stop)
     try:
         for dl in read_dead_letters(settings, dlq_topic):
+            if stop.is_set():
+                report.stopped = True
+                break
             report.scanned += 1
             if progress:
                 progress(report.scanned, total)

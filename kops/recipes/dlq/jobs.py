@@ -1,0 +1,129 @@
+"""Worker job kinds for retries and dead letters (registered in
+:data:`kops.worker.registry.BUILTIN_KINDS`; the recipe format is in ``recipes/dlq.md``).
+
+- ``retry-consumer`` (long-running): consume ``topics`` in ``group`` with ``handler``
+  (``"package.module:function"``) wrapped in the retry/DLQ policy of its ``[job.retry]``
+  table (:meth:`kops.recipes.retry.RetryPolicy.from_dict`).
+- ``dlq-replay`` (periodic): replay a DLQ, rate-limited, each dead letter at most once; e.g.
+  every night, the dead letters of the last day that failed more than an hour ago.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kops.recipes.delay import DEFAULT_MAX_DELAY, DEFAULT_TEMPLATE, DelayTiers
+from kops.recipes.dlq.replay import ReplayFilter, replay
+from kops.worker.registry import JobContext, RecipeError, take_options
+
+__all__ = ["dlq_replay_job", "retry_consumer_job"]
+
+
+def _seconds(value: Any, what: str) -> float:
+    from kops.recipes.retry import duration_seconds
+
+    try:
+        return duration_seconds(value)
+    except ValueError as exc:
+        raise RecipeError(f"{what}: {exc}") from None
+
+
+class RetryConsumerJob:
+    """The ``retry-consumer`` job: :func:`kops.recipes.retry.run_retrying_consumer`."""
+
+    def __init__(self, context: JobContext, kwargs: dict[str, Any]):
+        self.context = context
+        self.kwargs = kwargs
+        self.stats: Any = None
+
+    def run(self, stop: threading.Event) -> None:
+        from kops.recipes.retry import run_retrying_consumer
+
+        self.stats = run_retrying_consumer(self.context.settings, stop=stop, **self.kwargs)
+        self.context.log.info("%s stopped: %s", self.context.name, self.stats.to_dict())
+
+
+def retry_consumer_job(options: dict[str, Any], context: JobContext) -> RetryConsumerJob:
+    from kops.recipes.retry import RetryPolicy, import_object
+
+    kind = context.kind
+    allowed = {"topics", "group", "handler", "python_path", "retry", "batch_size", "consumer"}
+    allowed |= {"tiers", "template", "max_delay", "create_topics"}
+    opts = take_options(options, allowed, kind, required={"topics", "group", "handler"})
+    if context.periodic:
+        raise RecipeError(f"{kind} is long-running: remove every/cron")
+    paths = opts.get("python_path", [])
+    for entry in [paths] if isinstance(paths, str) else paths:
+        # Relative to the recipe file, so a recipe can name handlers next to it.
+        base = context.recipe.parent if context.recipe is not None else Path.cwd()
+        path = str((base / entry).resolve())
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    try:
+        handler = import_object(str(opts["handler"]))
+        policy = RetryPolicy.from_dict(opts.get("retry", {}))
+        tiers = DelayTiers.parse(
+            opts.get("tiers"),
+            template=opts.get("template", DEFAULT_TEMPLATE),
+            max_delay=opts.get("max_delay", DEFAULT_MAX_DELAY),
+        )
+    except (ImportError, AttributeError, ValueError, TypeError) as exc:
+        raise RecipeError(f"{kind}: {exc}") from None
+    if not callable(handler):
+        raise RecipeError(f"{kind}: handler {opts['handler']!r} is not callable")
+    topics = opts["topics"]
+    kwargs = {
+        "topics": [topics] if isinstance(topics, str) else list(topics),
+        "handler": handler,
+        "group": str(opts["group"]),
+        "policy": policy,
+        "tiers": tiers,
+        "batch_size": int(opts.get("batch_size", 100)),
+        "create_topics": bool(opts.get("create_topics", True)),
+        "consumer_config": {str(k): v for k, v in dict(opts.get("consumer", {})).items()},
+    }
+    return RetryConsumerJob(context, kwargs)
+
+
+def dlq_replay_job(options: dict[str, Any], context: JobContext) -> Callable[[], None]:
+    """``since``/``until`` are durations before each run: ``since = "1d"``, ``until = "1h"``
+    replays what failed between a day and an hour before the run."""
+    kind = context.kind
+    opts = take_options(
+        options,
+        {"topic", "to", "exception", "since", "until", "key", "rate", "limit", "include_in_doubt"},
+        kind,
+        required={"topic"},
+    )
+    if not context.periodic:
+        raise RecipeError(f"{kind} is periodic: give it every = ... or cron = ...")
+    since = _seconds(opts["since"], "since") if "since" in opts else None
+    until = _seconds(opts["until"], "until") if "until" in opts else None
+    rate = float(opts.get("rate", 50.0))
+    limit = opts.get("limit")
+
+    def run() -> None:
+        now = int(time.time() * 1000)
+        where = ReplayFilter(
+            exception=opts.get("exception"),
+            since_ms=None if since is None else now - int(since * 1000),
+            until_ms=None if until is None else now - int(until * 1000),
+            key=opts.get("key"),
+        )
+        report = replay(
+            context.settings, str(opts["topic"]), to=opts.get("to"), where=where,
+            rate=rate or None, limit=None if limit is None else int(limit),
+            include_in_doubt=bool(opts.get("include_in_doubt", False)), stop=context.stop,
+        )  # fmt: skip
+        context.log.info(
+            "%s: replayed %d of %d matching dead letters from %s (%d already replayed, "
+            "%d in doubt)%s", context.name, report.replayed, report.matched, report.dlq,
+            report.already_replayed, report.in_doubt, " - stopped early" if report.stopped else "",
+        )  # fmt: skip
+
+    return run
