@@ -30,9 +30,9 @@ from kops.client import ClientSettings, ErrorWatch, KopsClientError, fetch_metad
 from kops.consume import format_timestamp
 from kops.recipes.delay import (
     CANCEL_TOPIC,
-    DEFAULT_MAX_DELAY,
     DEFAULT_TEMPLATE,
     FORWARDER_GROUP,
+    STATS_TOPIC,
     DelayTiers,
     cancel_delayed,
     ensure_tier_topics,
@@ -78,8 +78,8 @@ def tier_options(f: F) -> F:
             click.option(
                 "--max-delay",
                 type=DURATION,
-                default=DEFAULT_MAX_DELAY,
-                show_default="24h",
+                default="24h",
+                show_default=True,
                 help="Longest delay accepted (longer than the largest tier cascades).",
             ),
         ]
@@ -224,9 +224,12 @@ def _ms(value: int | None) -> str:
 
 @delay.command("status")
 @click.option("--group", default=FORWARDER_GROUP, show_default=True, help="Forwarders' group.")
+@click.option("--stats-topic", default=STATS_TOPIC, show_default=True, help="Stats topic.")
 @tier_options
 @kafka_options()
-def status(*, group: str, tiers: DelayTiers, settings: ClientSettings, as_json: bool) -> None:
+def status(
+    *, group: str, stats_topic: str, tiers: DelayTiers, settings: ClientSettings, as_json: bool
+) -> None:
     """Per tier: pending records, oldest due time, and lateness p50/p99 of recent deliveries.
 
     Pending is end offset - committed offset of the forwarders' group. Lateness (delivery
@@ -235,7 +238,7 @@ def status(*, group: str, tiers: DelayTiers, settings: ClientSettings, as_json: 
     """
     from kops.recipes.delay_status import delay_status
 
-    rows = delay_status(settings, tiers, group=group)
+    rows = delay_status(settings, tiers, group=group, stats_topic=stats_topic)
     if as_json:
         print_json([r.to_dict() for r in rows])
         return
@@ -266,8 +269,14 @@ def status(*, group: str, tiers: DelayTiers, settings: ClientSettings, as_json: 
     default=None,
     help="Static group membership id: a restarted worker takes its partitions back at once.",
 )
+@click.option("--cancel-topic", default=CANCEL_TOPIC, show_default=True, help="Cancel topic.")
+@click.option("--stats-topic", default=STATS_TOPIC, show_default=True, help="Stats topic.")
 @click.option(
-    "--stats-interval", type=DURATION, default=10.0, show_default="10s", help="Stats publishing."
+    "--stats-interval",
+    type=DURATION,
+    default="10s",
+    show_default=True,
+    help="How often lateness stats are published.",
 )
 @click.option("--log-level", default="INFO", show_default=True, help="Logging level for stderr.")
 @tier_options
@@ -276,6 +285,8 @@ def worker(
     *,
     group: str,
     instance_id: str | None,
+    cancel_topic: str,
+    stats_topic: str,
     stats_interval: float,
     log_level: str,
     tiers: DelayTiers,
@@ -293,6 +304,8 @@ def worker(
         "template": tiers.template,
         "max_delay": tiers.max_delay,
         "group": group,
+        "cancel_topic": cancel_topic,
+        "stats_topic": stats_topic,
         "stats_interval": stats_interval,
     }
     if instance_id:

@@ -165,6 +165,8 @@ def up(
         # A recipe file may name the cluster (kops up starts the broker there) unless
         # --bootstrap/KOPS_BOOTSTRAP is given.
         settings = settings_for(recipes, settings, explicit_bootstrap())
+        # Build every job before starting anything: bad options fail fast, broker untouched.
+        worker = Worker.from_recipes(recipes, settings)
     except RecipeError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -183,12 +185,6 @@ def up(
             f"no broker answers at {settings.bootstrap}, and kops up starts one only on a "
             "local address (127.0.0.1, localhost)"
         )
-    try:
-        worker = Worker.from_recipes(recipes, settings)
-    except RecipeError as exc:
-        if broker is not None:
-            broker.stop()
-        raise click.ClickException(str(exc)) from None
 
     def started(w: Worker) -> None:
         grid = Table.grid(padding=(0, 2))

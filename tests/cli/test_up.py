@@ -1,0 +1,137 @@
+"""``kops up``: starts the broker and the worker, shows them, stops both on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from confluent_kafka import Consumer, Producer
+
+from kops import admin
+from kops.recipes import headers as h
+from kops.recipes.delay import DelayTiers, send_delayed
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_up(
+    args: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], list[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kops", "up", *args],
+        env={k: v for k, v in {**os.environ, **(env or {})}.items() if k != "KOPS_BOOTSTRAP"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    err: list[str] = []
+    threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True).start()  # type: ignore[arg-type]
+    return proc, err
+
+
+def _wait_running(proc: subprocess.Popen[str], err: list[str], timeout: float = 60) -> str:
+    out: list[str] = []
+    reader = threading.Thread(
+        target=lambda: out.extend(iter(proc.stdout.readline, "")), daemon=True
+    )  # type: ignore[union-attr]
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any("kops up: running" in line for line in out):
+            return "".join(out)
+        assert proc.poll() is None, "kops up exited:\n" + "".join(err[-20:])
+        time.sleep(0.1)
+    raise AssertionError("kops up did not come up:\n" + "".join(err[-20:]))
+
+
+def test_up_starts_broker_and_worker_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = _free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    recipe = tmp_path / "delay.toml"
+    recipe.write_text('[[job]]\nkind = "delay-forwarders"\ntiers = ["1s", "2s"]\n')
+    proc, err = _start_up(
+        ["--bootstrap", bootstrap, "--data-dir", str(tmp_path / "data"), str(recipe)]
+    )
+    try:
+        shown = _wait_running(proc, err)
+        assert "started" in shown and "delay-forwarders" in shown and bootstrap in shown
+
+        # Everything works through the Kafka protocol: a delayed record is forwarded.
+        deadline = time.monotonic() + 30
+        while "tier 2s: assigned" not in "".join(err) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        admin.create_topic(bootstrap, "up-target", 1)
+        producer = Producer({"bootstrap.servers": bootstrap})
+        msg_id = send_delayed(
+            producer, "up-target", b"hi", delay=1, tiers=DelayTiers.parse("1s,2s")
+        )
+        assert producer.flush(10) == 0
+        consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "up-reader",
+                "auto.offset.reset": "earliest",
+            }
+        )
+        consumer.subscribe(["up-target"])
+        got = None
+        deadline = time.monotonic() + 15
+        while got is None and time.monotonic() < deadline:
+            m = consumer.poll(0.2)
+            if m is not None and m.error() is None:
+                got = m
+        consumer.close()
+        assert got is not None and h.get(got.headers(), h.MESSAGE_ID) == msg_id
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(40) == 0, "".join(err[-20:])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = "".join(err)
+    assert "delay forwarders stopped" in text and "kops up: stopped" in text
+    with socket.socket() as s:  # the broker is gone too
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+    assert any((tmp_path / "data").iterdir())
+
+
+def test_up_uses_a_broker_that_already_answers(kafka_broker: str, tmp_path: Path) -> None:
+    recipe = tmp_path / "status.toml"
+    tag = uuid.uuid4().hex[:8]
+    recipe.write_text(
+        f'[[job]]\nkind = "delay-status"\nevery = "1h"\ntiers = ["1s"]\ntemplate = "u{tag}.{{tier}}"\n'
+    )
+    proc, err = _start_up(["--bootstrap", kafka_broker, str(recipe)])
+    try:
+        shown = _wait_running(proc, err)
+        assert "using the broker already at" in shown
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_up_bad_recipe_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[job]]\nkind = 'no-such-kind'\n")
+    res = subprocess.run(
+        [sys.executable, "-m", "kops", "up", "--bootstrap", f"127.0.0.1:{_free_port()}", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "unknown job kind 'no-such-kind'" in res.stderr

@@ -1,0 +1,122 @@
+"""A forwarder process killed with SIGKILL mid-stream and restarted loses nothing.
+
+Duplicates are allowed only as copies with the same message id; nothing is early.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+from confluent_kafka import Consumer, Producer
+
+from kops import admin
+from kops.recipes import headers as h
+from kops.recipes.delay import DelayTiers, ensure_tier_topics, send_delayed
+
+
+class ForwarderProcess:
+    """``kops delay worker`` in a child process; waits until every tier has its partitions."""
+
+    def __init__(self, bootstrap: str, tiers: DelayTiers, group: str, instance: str):
+        self.command = [
+            sys.executable, "-m", "kops", "delay", "worker",
+            "--tiers", tiers.describe(), "--template", tiers.template,
+            "--group", group, "--instance-id", instance, "--stats-interval", "1s",
+        ]  # fmt: skip
+        self.env = {**os.environ, "KOPS_BOOTSTRAP": bootstrap}
+        self.tiers = tiers
+        self.process: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+
+    def start(self, timeout: float = 30) -> None:
+        self.lines = []
+        self.process = subprocess.Popen(
+            self.command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
+        deadline = time.monotonic() + timeout
+        want = {f"tier {t}: assigned" for t in self.tiers.describe().split(",")}
+        while time.monotonic() < deadline:
+            if all(any(w in line for line in self.lines) for w in want):
+                return
+            assert self.process.poll() is None, "".join(self.lines[-20:])
+            time.sleep(0.1)
+        raise AssertionError("forwarder did not get its partitions:\n" + "".join(self.lines[-20:]))
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            self.lines.append(line)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self) -> int:
+        assert self.process is not None
+        self.process.terminate()
+        return self.process.wait(30)
+
+
+def test_sigkill_mid_stream_loses_nothing(kafka_broker: str) -> None:
+    tag = uuid.uuid4().hex[:8]
+    tiers = DelayTiers.parse("1s,2s", template=f"k{tag}.{{tier}}", max_delay=60)
+    target = f"crash-target-{tag}"
+    admin.create_topic(kafka_broker, target, 2)
+    ensure_tier_topics(kafka_broker, tiers)
+    fwd = ForwarderProcess(kafka_broker, tiers, f"crash-{tag}", f"inst-{tag}")
+    fwd.start()
+
+    producer = Producer({"bootstrap.servers": kafka_broker, "enable.idempotence": True})
+    sent: dict[str, int] = {}
+
+    def produce(n: int, spread: float) -> None:
+        for i in range(n):
+            msg_id = send_delayed(
+                producer, target, f"v{len(sent)}".encode(), delay=0.3 + (i % 6) * 0.5, tiers=tiers
+            )
+            sent[msg_id] = 0
+            producer.poll(0)
+            time.sleep(spread / n)
+        producer.flush(10)
+
+    # Records keep arriving and falling due while the forwarder is killed and restarted.
+    feeder = threading.Thread(target=produce, args=(150, 3.0))
+    feeder.start()
+    time.sleep(1.5)
+    fwd.kill()
+    delivered_before_kill = sum(
+        p.end_offset or 0 for p in admin.describe_topic(kafka_broker, target).partitions
+    )
+    assert delivered_before_kill > 0 and len(sent) < 150, "the kill was not mid-stream"
+    time.sleep(0.5)
+    fwd.start()
+    feeder.join()
+    assert producer.flush(10) == 0
+
+    consumer = Consumer(
+        {"bootstrap.servers": kafka_broker, "group.id": f"r-{tag}", "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([target])
+    copies: dict[str, int] = {}
+    deadline = time.monotonic() + 25
+    while time.monotonic() < deadline and len(copies) < len(sent):
+        m = consumer.poll(0.2)
+        if m is None or m.error() is not None:
+            continue
+        msg_id = h.get(m.headers(), h.MESSAGE_ID) or ""
+        due = int(h.get(m.headers(), h.DELAY_DUE_MS) or 0)
+        assert m.timestamp()[1] >= due, "delivered early"
+        copies[msg_id] = copies.get(msg_id, 0) + 1
+    consumer.close()
+    assert fwd.terminate() == 0
+    missing = set(sent) - set(copies)
+    assert not missing, f"{len(missing)} of {len(sent)} records lost"
+    assert set(copies) <= set(sent), "a delivered record has an unknown message id"
