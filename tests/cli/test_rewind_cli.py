@@ -89,7 +89,12 @@ def test_dry_run_execute_export_and_undo(kafka_broker: str, kops: Kops, tmp_path
 def test_refuses_while_the_group_is_active(kafka_broker: str, kops: Kops) -> None:
     topic, group = _setup(kafka_broker, kops)
     consumer = Consumer(
-        {"bootstrap.servers": kafka_broker, "group.id": group, "session.timeout.ms": 6000}
+        {
+            "bootstrap.servers": kafka_broker,
+            "group.id": group,
+            "session.timeout.ms": 6000,
+            "enable.auto.commit": False,  # a member that never commits: offsets stay put
+        }
     )
     try:
         consumer.subscribe([topic])
