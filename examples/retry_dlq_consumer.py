@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiers", default=None, help="delay tiers (default: kops's 18 tiers)")
     ap.add_argument("--tier-template", default="kops.delay.{tier}")
     ap.add_argument("--seed", type=int, default=0, help="produce N sample orders first")
+    ap.add_argument("--seed-only", action="store_true", help="produce the sample orders, exit")
     ap.add_argument("--run-forwarders", action="store_true", help="run the delay forwarders here")
     ap.add_argument("--expect", type=int, default=None, help="stop after N records finished")
     ap.add_argument("--idle-timeout", type=float, default=None, help="stop after N idle seconds")
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             create_topic(settings, args.topic, partitions=3)
         ensure_retry_topics(settings, [args.topic], policy=policy, tiers=tiers)
         seed_orders(settings, args.topic, args.seed)
+        if args.seed_only:
+            return 0
 
     stop = threading.Event()
     forwarders = None

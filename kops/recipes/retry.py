@@ -501,7 +501,10 @@ def run_retrying_consumer(
     else:
         producer = Producer(settings.producer_config(watch, **{"enable.idempotence": True}))
         wrapped = RetryingHandler(handler, producer, group=group, policy=policy, tiers=tiers)
-    consumer = Consumer(settings.consumer_config(group, watch, **dict(consumer_config or {})))
+    # A subscribed topic created later is noticed at the next metadata refresh: 10 s, not
+    # librdkafka's 5 minutes.
+    extra = {"topic.metadata.refresh.interval.ms": 10000, **dict(consumer_config or {})}
+    consumer = Consumer(settings.consumer_config(group, watch, **extra))
     subscribed = list(dict.fromkeys([*topics, *(policy.retry_target(t) for t in topics)]))
     processed = 0
     offsets: dict[tuple[str, int], int] = {}
