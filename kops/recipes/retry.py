@@ -80,6 +80,7 @@ __all__ = [
     "ensure_retry_topics",
     "import_object",
     "run_retrying_consumer",
+    "wrap",
 ]
 
 log = logging.getLogger("kops.retry")
@@ -166,8 +167,6 @@ class RetryPolicy:
             raise ValueError("attempts must be at least 1")
         if any(d <= 0 for d in self.ladder):
             raise ValueError("retry tier delays must be longer than 0")
-        if "{topic}" not in self.dlq_topic:
-            log.debug("dlq topic %r is shared by every source topic", self.dlq_topic)
 
     @classmethod
     def from_dict(cls, conf: Mapping[str, Any]) -> RetryPolicy:
@@ -541,9 +540,11 @@ def run_retrying_consumer(
             if batch:
                 last_record = time.monotonic()
             if offsets:
+                # Cleared first: if a retry or dead letter fails to send, these offsets
+                # must never be committed (the finally below would otherwise do it).
+                done, offsets = offsets, {}
                 wrapped.flush()
-                _commit(consumer, offsets)
-                offsets = {}
+                _commit(consumer, done)
     finally:
         try:
             if offsets:

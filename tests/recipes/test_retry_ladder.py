@@ -145,3 +145,60 @@ def test_ladder_dlq_headers_fatal_and_count(kafka_broker: str, tiers: DelayTiers
 
 def read_dead_letters_all(bootstrap: str, topic: str) -> list:
     return list(read_dead_letters(bootstrap, topic))
+
+
+def test_retry_on_shared_topic_is_for_the_failing_group_only(
+    kafka_broker: str, tiers: DelayTiers
+) -> None:
+    topic = f"shared-{uuid.uuid4().hex[:8]}"
+    create_topic(kafka_broker, topic, partitions=1)
+    produce(kafka_broker, topic, [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")])
+    calls: dict[str, list[bytes]] = {"billing": [], "audit": []}
+    outcomes: dict[str, list[Outcome]] = {"billing": [], "audit": []}
+    stops = {"billing": threading.Event(), "audit": threading.Event()}
+
+    def handler(group: str):
+        def handle(msg: Any) -> None:
+            calls[group].append(msg.key())
+            if (
+                group == "billing"
+                and msg.key() == b"b"
+                and not h.get(msg.headers(), h.RETRY_ATTEMPT)
+            ):
+                raise ConnectionError("billing backend down")
+
+        return handle
+
+    def watch(group: str, done: int):
+        def on_outcome(msg: Any, outcome: Outcome) -> None:
+            outcomes[group].append(outcome)
+            if len(outcomes[group]) >= done:
+                stops[group].set()
+
+        return on_outcome
+
+    threads = [
+        threading.Thread(
+            target=run_retrying_consumer,
+            args=(kafka_broker, [topic], handler(group)),
+            kwargs={
+                "group": f"{group}-{topic}",
+                "policy": RetryPolicy(attempts=1, ladder=(1.0,)),
+                "tiers": tiers,
+                "stop": stops[group],
+                "on_outcome": watch(group, 4),
+            },
+        )
+        for group in ("billing", "audit")
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    # billing: a, b (fails), c, then b again from the 1 s tier.
+    assert calls["billing"] == [b"a", b"b", b"c", b"b"]
+    assert outcomes["billing"].count(Outcome.RETRY_SCHEDULED) == 1
+    # audit handled each record once and skipped billing's retry.
+    assert calls["audit"] == [b"a", b"b", b"c"]
+    assert outcomes["audit"] == [Outcome.HANDLED] * 3 + [Outcome.SKIPPED]

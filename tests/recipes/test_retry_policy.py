@@ -246,3 +246,28 @@ def test_policy_from_recipe_table():
     with pytest.raises(ValueError, match="not an exception"):
         RetryPolicy.from_dict({"fatal": ["json:loads"]})
     assert import_object("json.loads") is json.loads
+
+
+def test_flush_raises_when_a_retry_was_not_delivered():
+    class Err:
+        def str(self) -> str:
+            return "Broker: Unknown topic or partition"
+
+    class Msg:
+        def topic(self) -> str:
+            return "orders.dlq"
+
+    class FailingProducer(FakeProducer):
+        def produce(self, topic, value=None, key=None, headers=None, on_delivery=None, **kw):
+            super().produce(topic, value, key, headers, on_delivery)
+            self.callback = on_delivery
+
+        def flush(self, timeout: float = 0) -> int:
+            self.callback(Err(), Msg())
+            return 0
+
+    producer = FailingProducer()
+    w = RetryingHandler(failing(FatalError("x"))[0], producer, group="g", tiers=TIERS)
+    assert w(FakeMessage()) is Outcome.DEAD_LETTERED
+    with pytest.raises(Exception, match=r"could not send a retry or dead letter: orders\.dlq"):
+        w.flush()
