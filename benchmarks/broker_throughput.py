@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from kops.broker.runner import BrokerProcess
 
 PARTITIONS = 6
 
@@ -42,27 +42,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 def start_kops(data_dir: str) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "kops",
-            "broker",
-            "start",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data_dir,
-            "--log-level",
-            "WARNING",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    line = proc.stdout.readline()
-    match = re.search(r"listening on (\S+)", line)
-    assert match, line
-    return proc, match.group(1)
+    broker = BrokerProcess(data_dir, extra_args=["--log-level", "WARNING"])
+    bootstrap = broker.start()
+    return broker.process, bootstrap
 
 
 def start_tansu(binary: str) -> tuple[subprocess.Popen, str]:

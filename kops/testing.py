@@ -13,14 +13,11 @@ pytest plugin registers it).
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from kops.broker.runner import BrokerProcess as _BrokerProcess
 from kops.broker.runner import BrokerThread
 
 # Fast defaults for tests: no initial rebalance delay, quick retention checks.
@@ -49,61 +46,13 @@ def run_broker(
             runner.stop()
 
 
-class BrokerProcess:
+class BrokerProcess(_BrokerProcess):
     """A broker in a child process, for tests that kill it (SIGKILL) and restart it."""
 
     def __init__(
         self, data_dir: str | Path, *, config: Mapping[str, str] | None = None, port: int = 0
     ):
-        self.data_dir = Path(data_dir)
-        self.config = {**TEST_CONFIG, **(config or {})}
-        self.port = port
-        self.process: subprocess.Popen | None = None
-        self.bootstrap = ""
-
-    def start(self, timeout: float = 30) -> str:
-        command = [
-            sys.executable,
-            "-m",
-            "kops",
-            "broker",
-            "start",
-            "--listen",
-            f"127.0.0.1:{self.port}",
-        ]
-        command += ["--data-dir", str(self.data_dir)]
-        for key, value in self.config.items():
-            command += ["--config", f"{key}={value}"]
-        self.process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=os.environ.copy(),
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        match = re.search(r"listening on (\S+):(\d+)", line)
-        if not match:
-            self.process.kill()
-            raise RuntimeError(f"broker did not start: {line!r}")
-        self.port = int(match.group(2))  # restarts reuse the port, as clients expect
-        self.bootstrap = f"{match.group(1)}:{match.group(2)}"
-        return self.bootstrap
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        super().__init__(data_dir, port=port, config={**TEST_CONFIG, **(config or {})})
 
 
 @contextlib.contextmanager

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
+import subprocess
+import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from kops.broker.broker import Broker
@@ -80,3 +83,100 @@ class BrokerThread:
         self._thread.join(10)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+class BrokerStartError(RuntimeError):
+    """The broker child exited or stayed silent instead of announcing its address."""
+
+
+class BrokerProcess:
+    """`python -m kops broker start` as a child process.
+
+    Used by `kops up`, by tests that kill the broker (SIGKILL) and restart it,
+    and by benchmarks. A restart reuses the first start's port, as clients
+    expect of a broker coming back.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        config: Mapping[str, str] | None = None,
+        extra_args: Sequence[str] = (),
+        stderr: int | None = subprocess.DEVNULL,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.host = host
+        self.port = port
+        self.config = dict(config or {})
+        self.extra_args = list(extra_args)
+        self.stderr = stderr
+        self.preexec_fn = preexec_fn
+        self.process: subprocess.Popen[str] | None = None
+        self.bootstrap = ""
+
+    def command(self) -> list[str]:
+        command = [
+            sys.executable,
+            "-m",
+            "kops",
+            "broker",
+            "start",
+            "--listen",
+            f"{self.host}:{self.port}",
+        ]
+        if self.data_dir is not None:
+            command += ["--data-dir", str(self.data_dir)]
+        for key, value in self.config.items():
+            command += ["--config", f"{key}={value}"]
+        return command + self.extra_args
+
+    def start(self, timeout: float = 60.0) -> str:
+        self.process = subprocess.Popen(
+            self.command(),
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            preexec_fn=self.preexec_fn,
+        )
+        lines: list[str] = []
+        stdout = self.process.stdout
+        assert stdout is not None
+        # readline() has no timeout of its own: a broker that hangs at start
+        # must not hang its caller.
+        reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        match = re.search(r"listening on (\S+):(\d+)", lines[0] if lines else "")
+        if not match:
+            self.kill()
+            code = self.process.returncode
+            raise BrokerStartError(
+                "the bundled broker did not start" + (f" (exit code {code})" if code else "")
+            )
+        self.port = int(match.group(2))
+        self.bootstrap = f"{match.group(1)}:{match.group(2)}"
+        return self.bootstrap
+
+    def exited(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, so the next start recovers the log."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+        if self.process is not None:
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM and wait: a clean shutdown."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from kio.schema.errors import ErrorCode
+
 from kops.broker.log.partition_log import AppendResult, PartitionLog
 
 
@@ -29,6 +31,14 @@ class Partition:
             self.log.high_watermark = self.log.log_end_offset
         self.wake_fetchers()
         return result
+
+    def check_leader_epoch(self, current_leader_epoch: int) -> ErrorCode:
+        """KIP-320: a client naming an older epoch is fenced, a newer one is ahead of us."""
+        if current_leader_epoch < 0 or current_leader_epoch == self.leader_epoch:
+            return ErrorCode.none
+        if current_leader_epoch < self.leader_epoch:
+            return ErrorCode.fenced_leader_epoch
+        return ErrorCode.unknown_leader_epoch
 
     def wake_fetchers(self) -> None:
         waiters, self._waiters = self._waiters, set()

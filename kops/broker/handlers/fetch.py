@@ -63,15 +63,8 @@ def _read_all(ctx: RequestContext, request: object) -> tuple[list, int, bool]:
             partition = broker.partition(topic.topic, wanted.partition)
             if partition is None:
                 code = ErrorCode.unknown_topic_or_partition
-            elif (
-                wanted.current_leader_epoch >= 0
-                and wanted.current_leader_epoch != partition.leader_epoch
-            ):
-                code = (
-                    ErrorCode.fenced_leader_epoch
-                    if wanted.current_leader_epoch < partition.leader_epoch
-                    else ErrorCode.unknown_leader_epoch
-                )
+            elif code := partition.check_leader_epoch(wanted.current_leader_epoch):
+                pass
             else:
                 plog = partition.log
                 hw, log_start = plog.high_watermark, plog.log_start_offset

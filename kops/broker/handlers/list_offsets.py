@@ -31,15 +31,10 @@ async def handle(ctx: RequestContext, request: object) -> object:
         for wanted in topic.partitions:
             code, offset, timestamp, epoch = ErrorCode.none, -1, -1, -1
             partition = ctx.broker.partition(topic.name, wanted.partition_index)
-            current_epoch = getattr(wanted, "current_leader_epoch", -1)
             if partition is None:
                 code = ErrorCode.unknown_topic_or_partition
-            elif current_epoch >= 0 and current_epoch != partition.leader_epoch:
-                code = (
-                    ErrorCode.fenced_leader_epoch
-                    if current_epoch < partition.leader_epoch
-                    else ErrorCode.unknown_leader_epoch
-                )
+            elif code := partition.check_leader_epoch(getattr(wanted, "current_leader_epoch", -1)):
+                pass
             else:
                 plog = partition.log
                 epoch = partition.leader_epoch

@@ -28,15 +28,8 @@ async def handle(ctx: RequestContext, request: object) -> object:
             partition = ctx.broker.partition(topic.topic, wanted.partition)
             if partition is None:
                 code = ErrorCode.unknown_topic_or_partition
-            elif (
-                wanted.current_leader_epoch >= 0
-                and wanted.current_leader_epoch != partition.leader_epoch
-            ):
-                code = (
-                    ErrorCode.fenced_leader_epoch
-                    if wanted.current_leader_epoch < partition.leader_epoch
-                    else ErrorCode.unknown_leader_epoch
-                )
+            elif code := partition.check_leader_epoch(wanted.current_leader_epoch):
+                pass
             else:
                 epoch, end = partition.log.end_offset_for_epoch(wanted.leader_epoch)
             results.append(
