@@ -19,6 +19,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("kops.cli.topic", "topic"),
     ("kops.cli.produce", "produce"),
     ("kops.cli.consume", "consume"),
+    ("kops.cli.group", "group"),
     ("kops.cli.rewind", "rewind"),
     ("kops.cli.replay", "replay"),
     ("kops.cli.lag", "lag"),
