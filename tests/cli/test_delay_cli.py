@@ -81,13 +81,17 @@ def test_send_cancel_status(kops, kafka_broker: str, topic: str, tier_args: list
     res = kops("delay", "send", topic, "--at", "2999-01-01T00:00:00Z", *tiers, input="x\n")
     assert res.returncode == 1 and "longer than the maximum" in res.stderr
 
-    res = kops("delay", "send", topic, "--in", "2s", "--json", *tiers, input="later\n")
+    res = kops("delay", "send", topic, "--in", "30s", "--json", *tiers, input="later\n")
     assert res.returncode == 0 and len(json.loads(res.stdout)["message_ids"]) == 1
 
-    time.sleep(1.2)  # let the forwarders publish a stats record
-    res = kops("delay", "status", "--json", *tier_args)
-    assert res.returncode == 0, res.stderr
-    rows = {r["tier"]: r for r in json.loads(res.stdout)}
+    deadline = time.monotonic() + 15
+    while True:  # the forwarders publish stats every 0.5 s
+        res = kops("delay", "status", "--json", *tier_args)
+        assert res.returncode == 0, res.stderr
+        rows = {r["tier"]: r for r in json.loads(res.stdout)}
+        if rows["1s"]["delivered"] >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
     assert set(rows) == {"1s", "2s"}
     assert rows["2s"]["pending"] == 1 and rows["2s"]["oldest_due_ms"] > time.time() * 1000
     assert rows["1s"]["delivered"] == 2 and rows["1s"]["lateness_p99_ms"] is not None

@@ -249,9 +249,20 @@ def test_cancel_wins_and_status_reports(delay_env: DelayEnv) -> None:
     got = delay_env.collect(2, timeout=4)  # warm-up + keep
     assert keep in got and drop not in got
 
-    rows = {r.tier: r for r in delay_status(delay_env.bootstrap, delay_env.tiers,
-                                            group=delay_env.options.group,
-                                            stats_topic=delay_env.options.stats_topic)}  # fmt: skip
+    def status() -> dict:
+        return {
+            r.tier: r
+            for r in delay_status(
+                delay_env.bootstrap, delay_env.tiers,
+                group=delay_env.options.group, stats_topic=delay_env.options.stats_topic,
+            )
+        }  # fmt: skip
+
+    deadline = time.monotonic() + 10
+    rows = status()
+    while rows["1s"].delivered + rows["2s"].delivered < 1 and time.monotonic() < deadline:
+        time.sleep(0.3)  # the forwarders publish stats every 0.5 s
+        rows = status()
     assert rows["5s"].pending >= 1  # the 40 s record is waiting in the largest tier
     assert rows["5s"].oldest_due_ms is not None and rows["5s"].oldest_due_ms > time.time() * 1000
     assert rows["1s"].delivered + rows["2s"].delivered >= 1
