@@ -2,8 +2,13 @@
 
 The broker treats batches as opaque blobs: it parses only the 61-byte header,
 checks the CRC and rewrites the two fields that sit outside the CRC (base offset
-and partition leader epoch). Records are decoded only for internal topics and
-tests (`decode_records`), never on the produce/fetch hot path.
+and partition leader epoch). Records are decoded only off the produce/fetch hot
+path: internal topics, tests, the log cleaner, and the null-key check of
+compacted topics (`decode_records`, `iter_raw_records`).
+
+Compressed batches are decompressed with cramjam, imported on first use. Codecs
+as clients write them: gzip; snappy either raw (librdkafka) or xerial-framed
+(the Java client, kafka-python); lz4 in the LZ4 frame format; zstd frames.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Iterator
+from types import ModuleType
 from typing import NamedTuple
 
 import crc32c
@@ -22,11 +28,18 @@ __all__ = [
     "UNSUPPORTED_FOR_MESSAGE_FORMAT",
     "BatchHeader",
     "InvalidBatchError",
+    "RawRecord",
     "Record",
     "build_batch",
+    "compress",
     "decode_records",
+    "decompress",
+    "has_null_key",
     "iter_batches",
+    "iter_raw_records",
     "parse_header",
+    "rebuild_batch",
+    "records_body",
     "rewrite_base_offset_and_epoch",
     "set_log_append_time",
     "validate_batches",
@@ -47,6 +60,16 @@ ATTR_COMPRESSION_MASK = 0x07
 ATTR_LOG_APPEND_TIME = 0x08
 ATTR_TRANSACTIONAL = 0x10
 ATTR_CONTROL = 0x20
+
+COMPRESSION_NONE = 0
+COMPRESSION_GZIP = 1
+COMPRESSION_SNAPPY = 2
+COMPRESSION_LZ4 = 3
+COMPRESSION_ZSTD = 4
+# The Java client's snappy framing (xerial snappy-java SnappyOutputStream).
+_XERIAL_MAGIC = b"\x82SNAPPY\x00"
+_XERIAL_HEADER_SIZE = 16
+_XERIAL_CHUNK = struct.Struct(">i")
 
 _HEADER = struct.Struct(">qiibIhiqqqhii")
 _BASE_AND_LENGTH = struct.Struct(">qi")
@@ -145,8 +168,15 @@ def iter_batches(
         pos += size
 
 
-def check_batch(buf: bytes | bytearray | memoryview, pos: int, end: int) -> BatchHeader:
-    """Validate one batch at `pos` (length, magic, CRC and header sanity) and return its header."""
+def check_batch(
+    buf: bytes | bytearray | memoryview, pos: int, end: int, *, strict: bool = True
+) -> BatchHeader:
+    """Validate one batch at `pos` (length, magic, CRC and header sanity) and return its header.
+
+    strict (produce requests) also requires records and, for uncompressed batches, one
+    record per offset. Batches a leader's cleaner compacted legitimately break both, so
+    follower appends pass strict=False.
+    """
     if pos + HEADER_SIZE > end:
         # Pre-v2 message sets can be shorter than our header; sniff magic for a better error.
         if pos + 17 <= end and buf[pos + 16] != MAGIC_V2:
@@ -165,10 +195,12 @@ def check_batch(buf: bytes | bytearray | memoryview, pos: int, end: int) -> Batc
     mv = buf if isinstance(buf, memoryview) else memoryview(buf)
     if crc32c.crc32c(mv[pos + CRC_START : pos + size]) != header.crc:
         raise InvalidBatchError(CORRUPT_MESSAGE, f"CRC mismatch in batch at {pos}")
-    if header.records_count <= 0:
-        raise InvalidBatchError(INVALID_RECORD, "batch has no records")
     if header.last_offset_delta < 0:
         raise InvalidBatchError(INVALID_RECORD, "negative last offset delta")
+    if not strict:
+        return header
+    if header.records_count <= 0:
+        raise InvalidBatchError(INVALID_RECORD, "batch has no records")
     if header.compression == 0 and header.last_offset_delta != header.records_count - 1:
         raise InvalidBatchError(
             INVALID_RECORD,
@@ -177,7 +209,9 @@ def check_batch(buf: bytes | bytearray | memoryview, pos: int, end: int) -> Batc
     return header
 
 
-def validate_batches(buf: bytes | bytearray | memoryview) -> list[tuple[int, BatchHeader]]:
+def validate_batches(
+    buf: bytes | bytearray | memoryview, *, strict: bool = True
+) -> list[tuple[int, BatchHeader]]:
     """Check every batch of a produce `records` blob; returns (position, header) pairs."""
     end = len(buf)
     if end == 0:
@@ -186,7 +220,7 @@ def validate_batches(buf: bytes | bytearray | memoryview) -> list[tuple[int, Bat
     out: list[tuple[int, BatchHeader]] = []
     pos = 0
     while pos < end:
-        header = check_batch(mv, pos, end)
+        header = check_batch(mv, pos, end, strict=strict)
         out.append((pos, header))
         pos += header.batch_length + LENGTH_OVERHEAD
     return out
@@ -253,6 +287,109 @@ def _read_bytes(buf: bytes | memoryview, pos: int) -> tuple[bytes | None, int]:
     return bytes(buf[pos : pos + n]), pos + n
 
 
+def _cramjam() -> ModuleType:
+    try:
+        import cramjam
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise InvalidBatchError(
+            UNSUPPORTED_FOR_MESSAGE_FORMAT, "compressed batches need the cramjam package"
+        ) from exc
+    return cramjam
+
+
+def _xerial_decompress(data: bytes, cramjam: ModuleType) -> bytes:
+    out = bytearray()
+    pos = _XERIAL_HEADER_SIZE
+    end = len(data)
+    while pos < end:
+        if pos + 4 > end:
+            raise InvalidBatchError(CORRUPT_MESSAGE, "truncated xerial snappy chunk length")
+        (length,) = _XERIAL_CHUNK.unpack_from(data, pos)
+        pos += 4
+        if length < 0 or pos + length > end:
+            raise InvalidBatchError(CORRUPT_MESSAGE, "truncated xerial snappy chunk")
+        out += bytes(cramjam.snappy.decompress_raw(data[pos : pos + length]))
+        pos += length
+    return bytes(out)
+
+
+def decompress(codec: int, data: bytes | bytearray | memoryview) -> bytes:
+    """The records region of a batch compressed with `codec` (attribute bits 0-2)."""
+    if codec == COMPRESSION_NONE:
+        return bytes(data)
+    cramjam = _cramjam()
+    raw = bytes(data)
+    try:
+        if codec == COMPRESSION_GZIP:
+            return bytes(cramjam.gzip.decompress(raw))
+        if codec == COMPRESSION_SNAPPY:
+            if raw.startswith(_XERIAL_MAGIC):
+                return _xerial_decompress(raw, cramjam)
+            return bytes(cramjam.snappy.decompress_raw(raw))
+        if codec == COMPRESSION_LZ4:
+            return bytes(cramjam.lz4.decompress(raw))
+        if codec == COMPRESSION_ZSTD:
+            return bytes(cramjam.zstd.decompress(raw))
+    except InvalidBatchError:
+        raise
+    except Exception as exc:  # cramjam raises its own DecompressionError
+        raise InvalidBatchError(CORRUPT_MESSAGE, f"cannot decompress batch: {exc}") from exc
+    raise InvalidBatchError(CORRUPT_MESSAGE, f"unknown compression codec {codec}")
+
+
+def compress(codec: int, data: bytes | bytearray | memoryview) -> bytes:
+    """Compress a records region the way librdkafka does (snappy raw, lz4 frame)."""
+    if codec == COMPRESSION_NONE:
+        return bytes(data)
+    cramjam = _cramjam()
+    raw = bytes(data)
+    if codec == COMPRESSION_GZIP:
+        return bytes(cramjam.gzip.compress(raw))
+    if codec == COMPRESSION_SNAPPY:
+        return bytes(cramjam.snappy.compress_raw(raw))
+    if codec == COMPRESSION_LZ4:
+        return bytes(cramjam.lz4.compress(raw))
+    if codec == COMPRESSION_ZSTD:
+        return bytes(cramjam.zstd.compress(raw))
+    raise ValueError(f"unknown compression codec {codec}")
+
+
+def _pack_batch(
+    body: bytes | bytearray,
+    base_offset: int,
+    leader_epoch: int,
+    attributes: int,
+    last_offset_delta: int,
+    base_timestamp: int,
+    max_timestamp: int,
+    producer_id: int,
+    producer_epoch: int,
+    base_sequence: int,
+    records_count: int,
+) -> bytes:
+    batch = bytearray(HEADER_SIZE)
+    batch += body
+    _HEADER.pack_into(
+        batch,
+        0,
+        base_offset,
+        len(batch) - LENGTH_OVERHEAD,
+        leader_epoch,
+        MAGIC_V2,
+        0,
+        attributes,
+        last_offset_delta,
+        base_timestamp,
+        max_timestamp,
+        producer_id,
+        producer_epoch,
+        base_sequence,
+        records_count,
+    )
+    _CRC.pack_into(batch, 17, crc32c.crc32c(memoryview(batch)[CRC_START:]))
+    return bytes(batch)
+
+
 def build_batch(
     records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]],
     base_offset: int = 0,
@@ -263,8 +400,9 @@ def build_batch(
     leader_epoch: int = -1,
     *,
     attributes: int = 0,
+    compression: int = COMPRESSION_NONE,
 ) -> bytes:
-    """Build a valid uncompressed v2 batch; every record gets the same timestamp."""
+    """Build a valid v2 batch; every record gets the same timestamp."""
     if not records:
         raise ValueError("a batch needs at least one record")
     if timestamp_ms is None:
@@ -283,17 +421,12 @@ def build_batch(
             _write_bytes(rec, hval)
         _write_varint(body, len(rec))
         body += rec
-    batch = bytearray(HEADER_SIZE)
-    batch += body
-    _HEADER.pack_into(
-        batch,
-        0,
+    attrs = (attributes & ~ATTR_COMPRESSION_MASK) | compression
+    return _pack_batch(
+        compress(compression, body),
         base_offset,
-        len(batch) - LENGTH_OVERHEAD,
         leader_epoch,
-        MAGIC_V2,
-        0,
-        attributes & ~ATTR_COMPRESSION_MASK,
+        attrs,
         len(records) - 1,
         timestamp_ms,
         timestamp_ms,
@@ -302,19 +435,121 @@ def build_batch(
         base_sequence,
         len(records),
     )
-    _CRC.pack_into(batch, 17, crc32c.crc32c(memoryview(batch)[CRC_START:]))
-    return bytes(batch)
+
+
+def records_body(batch: bytes | bytearray | memoryview) -> tuple[BatchHeader, bytes]:
+    """A batch's header and its records region, decompressed."""
+    header = parse_header(batch)
+    if header.size > len(batch):
+        raise InvalidBatchError(CORRUPT_MESSAGE, "batch is truncated")
+    return header, decompress(header.compression, memoryview(batch)[HEADER_SIZE : header.size])
+
+
+class RawRecord(NamedTuple):
+    """One record located in a records region, keys decoded, values and headers not."""
+
+    start: int  # position of the record's length varint
+    end: int  # position just past the record
+    offset_delta: int
+    timestamp_delta: int
+    key: bytes | None
+    null_value: bool
+
+
+def iter_raw_records(body: bytes, count: int) -> Iterator[RawRecord]:
+    """Walk `count` records of a (decompressed) records region; copies only keys."""
+    read = _read_varint
+    n = len(body)
+    pos = 0
+    for _ in range(count):
+        start = pos
+        length, pos = read(body, pos)
+        end = pos + length
+        if length < 0 or end > n:
+            raise InvalidBatchError(CORRUPT_MESSAGE, "record overruns batch")
+        pos += 1  # record attributes
+        ts_delta, pos = read(body, pos)
+        off_delta, pos = read(body, pos)
+        key_len, pos = read(body, pos)
+        if key_len < 0:
+            key = None
+        else:
+            if pos + key_len > end:
+                raise InvalidBatchError(CORRUPT_MESSAGE, "record key overruns record")
+            key = body[pos : pos + key_len]
+            pos += key_len
+        value_len, pos = read(body, pos)
+        if pos > end:
+            raise InvalidBatchError(CORRUPT_MESSAGE, "record overruns its length")
+        yield RawRecord(start, end, off_delta, ts_delta, key, value_len < 0)
+        pos = end
+
+
+def has_null_key(batch: bytes | bytearray | memoryview) -> bool:
+    """Whether any record of a (possibly compressed) batch has a null key.
+
+    Runs on every append to a compacted topic, so it only skips over varints.
+    """
+    header, body = records_body(batch)
+    n = len(body)
+    pos = 0
+    try:
+        for _ in range(header.records_count):
+            b = body[pos]
+            pos += 1
+            raw = b & 0x7F
+            shift = 7
+            while b & 0x80:
+                b = body[pos]
+                pos += 1
+                raw |= (b & 0x7F) << shift
+                shift += 7
+            end = pos + ((raw >> 1) ^ -(raw & 1))
+            if end > n or end <= pos:
+                raise InvalidBatchError(CORRUPT_MESSAGE, "record overruns batch")
+            p = pos + 1  # record attributes
+            while body[p] & 0x80:  # timestamp delta
+                p += 1
+            p += 1
+            while body[p] & 0x80:  # offset delta
+                p += 1
+            p += 1
+            if body[p] == 1:  # key length -1, zigzag-encoded
+                return True
+            pos = end
+    except IndexError:
+        raise InvalidBatchError(CORRUPT_MESSAGE, "record overruns batch") from None
+    return False
+
+
+def rebuild_batch(
+    header: BatchHeader, body: bytes | bytearray, records_count: int, max_timestamp: int
+) -> bytes:
+    """An uncompressed copy of a batch holding only the records in `body` (a records region).
+
+    Base offset, last offset delta, base timestamp, producer fields and the leader
+    epoch stay as they were, so each kept record's offset and timestamp deltas stay
+    valid and the batch still spans the same offsets (Kafka's cleaner does the same).
+    """
+    return _pack_batch(
+        body,
+        header.base_offset,
+        header.partition_leader_epoch,
+        header.attributes & ~ATTR_COMPRESSION_MASK,
+        header.last_offset_delta,
+        header.base_timestamp,
+        max_timestamp,
+        header.producer_id,
+        header.producer_epoch,
+        header.base_sequence,
+        records_count,
+    )
 
 
 def decode_records(batch: bytes | bytearray | memoryview) -> list[Record]:
-    """Decode the records of one uncompressed batch (internal topics and tests only)."""
-    header = parse_header(batch)
-    if header.compression != 0:
-        raise InvalidBatchError(
-            UNSUPPORTED_FOR_MESSAGE_FORMAT, "decode_records does not support compression"
-        )
-    mv = memoryview(batch)[: header.size]
-    pos = HEADER_SIZE
+    """Decode the records of one batch, decompressing it if needed (not a hot path)."""
+    header, mv = records_body(batch)
+    pos = 0
     out: list[Record] = []
     for _ in range(header.records_count):
         length, pos = _read_varint(mv, pos)

@@ -4,6 +4,7 @@ Storage knows nothing of sockets or request structs; it deals in raw record
 batches (see kops.protocol.batch) and offsets.
 """
 
+from kops.broker.log.cleaner import CleanStats
 from kops.broker.log.config import (
     AppendResult,
     CorruptRecordError,
@@ -25,6 +26,7 @@ from kops.broker.log.partition_log import PartitionLog
 
 __all__ = [
     "AppendResult",
+    "CleanStats",
     "CorruptRecordError",
     "DuplicateSequenceError",
     "InvalidProducerEpochError",

@@ -36,6 +36,9 @@ class LogConfig:
     message_timestamp_type: str = "CreateTime"
     segment_index_bytes: int = 10 * 1024 * 1024
     max_message_bytes: int = 1048588
+    # Compaction (cleanup.policy=compact); see kops.broker.log.cleaner.
+    delete_retention_ms: int = _DAY_MS
+    min_cleanable_dirty_ratio: float = 0.5
 
     # Kafka config name -> (attribute, parser)
     _KEYS = {
@@ -48,6 +51,8 @@ class LogConfig:
         "message.timestamp.type": ("message_timestamp_type", str),
         "segment.index.bytes": ("segment_index_bytes", int),
         "max.message.bytes": ("max_message_bytes", int),
+        "delete.retention.ms": ("delete_retention_ms", int),
+        "min.cleanable.dirty.ratio": ("min_cleanable_dirty_ratio", float),
     }
 
     @classmethod
@@ -77,6 +82,10 @@ class LogConfig:
             raise ValueError("segment.index.bytes must be at least 12")
         if self.message_timestamp_type not in ("CreateTime", "LogAppendTime"):
             raise ValueError("message.timestamp.type must be CreateTime or LogAppendTime")
+        if self.delete_retention_ms < 0:
+            raise ValueError("delete.retention.ms must be >= 0")
+        if not 0.0 <= self.min_cleanable_dirty_ratio <= 1.0:
+            raise ValueError("min.cleanable.dirty.ratio must be between 0 and 1")
         policies = {p.strip() for p in self.cleanup_policy.split(",")}
         if not policies or not policies <= {"delete", "compact"}:
             raise ValueError("cleanup.policy must be delete and/or compact")
@@ -88,6 +97,11 @@ class LogConfig:
     @property
     def delete_enabled(self) -> bool:
         return "delete" in {p.strip() for p in self.cleanup_policy.split(",")}
+
+    @property
+    def compact_enabled(self) -> bool:
+        # Checked on every append; validate() allows only "delete" and "compact" words.
+        return "compact" in self.cleanup_policy
 
 
 @dataclass(slots=True)

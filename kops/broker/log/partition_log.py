@@ -1,7 +1,14 @@
 """PartitionLog: the segmented on-disk log of one topic partition.
 
 Not thread-safe: the broker serialises calls per partition. The produce and fetch
-paths touch only batch headers and raw byte ranges, never individual records.
+paths touch only batch headers and raw byte ranges, never individual records, with
+one exception: appends to a compacted topic decode every record's key to refuse
+null keys as Kafka does. Compacted topics are low-volume (__consumer_offsets,
+cancel and state topics), so that cost is confined to them.
+
+Compaction (`compact`, or `begin_compaction` / `CleanJob.run` /
+`finish_compaction` to run the heavy part off the event loop) is described in
+kops.broker.log.cleaner.
 """
 
 from __future__ import annotations
@@ -13,6 +20,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from kops.broker.log.checkpoint import fsync_dir
+from kops.broker.log.cleaner import (
+    DEFAULT_MAX_MAP_KEYS,
+    STATE_FILE,
+    CleanerState,
+    CleanJob,
+    CleanStats,
+    Member,
+    commit,
+    finish_interrupted_swaps,
+)
 from kops.broker.log.config import (
     AppendResult,
     CorruptRecordError,
@@ -33,12 +50,13 @@ from kops.broker.log.recovery import (
     rebuild_epoch_cache,
     rebuild_producer_state,
 )
-from kops.broker.log.retention import deletable_segments
+from kops.broker.log.retention import closed_below, deletable_segments
 from kops.broker.log.segment import BatchMeta, LogSegment, whole_batches
 from kops.protocol.batch import (
     HEADER_SIZE,
     BatchHeader,
     InvalidBatchError,
+    has_null_key,
     rewrite_base_offset_and_epoch,
     set_log_append_time,
     validate_batches,
@@ -63,9 +81,27 @@ def _base(segment: LogSegment) -> int:
     return segment.base_offset
 
 
-def _validate(records: bytes | bytearray | memoryview) -> list[tuple[int, BatchHeader]]:
+def _check_keys(
+    records: bytes | bytearray | memoryview, headers: list[tuple[int, BatchHeader]]
+) -> None:
+    """Compacted topics refuse records without a key (Kafka: INVALID_RECORD since 2.5)."""
+    mv = records if isinstance(records, memoryview) else memoryview(records)
+    for pos, header in headers:
+        if header.is_control:
+            continue
+        try:
+            missing = has_null_key(mv[pos : pos + header.size])
+        except InvalidBatchError as exc:
+            raise _BATCH_ERRORS.get(exc.error_code, CorruptRecordError)(exc.message) from exc
+        if missing:
+            raise InvalidRecordError("Compacted topic cannot accept message without key")
+
+
+def _validate(
+    records: bytes | bytearray | memoryview, *, strict: bool = True
+) -> list[tuple[int, BatchHeader]]:
     try:
-        return validate_batches(records)
+        return validate_batches(records, strict=strict)
     except InvalidBatchError as exc:
         raise _BATCH_ERRORS.get(exc.error_code, CorruptRecordError)(exc.message) from exc
 
@@ -95,6 +131,8 @@ class PartitionLog:
         self._producers = ProducerStateManager(self.directory)
         self._unflushed: list[LogSegment] = []  # rolled segments not yet fsynced
         self._closed = False
+        self._cleaning: CleanJob | None = None  # a compaction between begin and finish
+        self._cleaner_state: CleanerState | None = None  # loaded on first use
         # Called after the log start offset moves so the owner can checkpoint it.
         self.on_log_start_offset_change: Callable[[PartitionLog], None] | None = None
         # What replication-offset-checkpoint said at open (set by the LogManager).
@@ -186,6 +224,8 @@ class PartitionLog:
                 raise RecordTooLargeError(
                     f"batch of {header.size} bytes exceeds max.message.bytes {config.max_message_bytes}"
                 )
+        if config.compact_enabled:
+            _check_keys(records, headers)
         # The only copy of the payload; offsets and epochs are patched in place.
         buf = bytearray(records)
         append_time = now if config.log_append_time else -1
@@ -220,7 +260,8 @@ class PartitionLog:
 
     def append_as_follower(self, records: bytes | bytearray | memoryview) -> int:
         """Append batches exactly as the leader stored them; returns the new LEO."""
-        headers = _validate(records)
+        # Not strict: batches compacted by the leader's cleaner may be sparse.
+        headers = _validate(records, strict=False)
         expected = self.log_end_offset
         metas: list[BatchMeta] = []
         for pos, header in headers:
@@ -422,6 +463,7 @@ class PartitionLog:
         if self._epochs.truncate_from_end(leo):
             self._write_epochs()
         rebuild_producer_state(self._producers, self._segments, leo)
+        self._truncate_cleaner_state(leo)
         if self._log_start > leo:
             self._log_start = leo
             self._notify_log_start()
@@ -436,6 +478,7 @@ class PartitionLog:
         self._write_epochs()
         self._producers.clear()
         self._producers.delete_snapshots(self._producers.snapshot_offsets())
+        self._reset_cleaner_state(offset)
         self._notify_log_start()
 
     def _replace_segments(self, offset: int) -> None:
@@ -497,6 +540,128 @@ class PartitionLog:
         if self.on_log_start_offset_change is not None:
             self.on_log_start_offset_change(self)
 
+    # --- compaction -----------------------------------------------------------------------
+
+    @property
+    def cleaner_state(self) -> CleanerState:
+        if self._cleaner_state is None:
+            self._cleaner_state = CleanerState.load(self.directory)
+        return self._cleaner_state
+
+    def compact(self, now_ms: int | None = None, *, force: bool = False) -> CleanStats:
+        """One compaction pass in this thread, if the log is due one (or `force`).
+
+        Raises what the pass raised; the log is unchanged then.
+        """
+        job = self.begin_compaction(_now_ms() if now_ms is None else now_ms, force=force)
+        if job is None:
+            return CleanStats()
+        job.run()
+        stats = self.finish_compaction(job)
+        if job.error is not None:
+            raise job.error
+        return stats
+
+    def begin_compaction(
+        self, now_ms: int, *, force: bool = False, max_map_keys: int = DEFAULT_MAX_MAP_KEYS
+    ) -> CleanJob | None:
+        """Plan a pass over the closed segments below the high watermark (event loop).
+
+        None when the topic isn't compacted, a pass is already running, nothing is
+        cleanable, or (unless `force`) the dirty ratio is below
+        min.cleanable.dirty.ratio and no kept tombstone has become removable.
+        """
+        if self._closed or self._cleaning is not None or not self._config.compact_enabled:
+            return None
+        segments = self._segments
+        n = closed_below(segments, self._hw)
+        if n == 0:
+            return None
+        state = self.cleaner_state
+        total = dirty = 0
+        for segment in segments[:n]:
+            total += segment.size
+            if segment.next_offset > state.dirty_offset:
+                dirty += segment.size
+        due = state.tombstone_due_ms is not None and state.tombstone_due_ms <= now_ms
+        ratio = dirty / total if total else 0.0
+        if total == 0 or not (
+            force or due or (dirty > 0 and ratio >= self._config.min_cleanable_dirty_ratio)
+        ):
+            return None
+        members = [
+            Member(
+                segment,
+                segment.base_offset,
+                segment.size,
+                segment.next_offset,
+                segments[i + 1].base_offset,
+                len(segment.index),
+                len(segment.time_index),
+            )
+            for i, segment in enumerate(segments[:n])
+        ]
+        job = CleanJob(
+            self.directory,
+            members,
+            state.copy(),
+            self._config,
+            now_ms,
+            max_map_keys=max_map_keys,
+        )
+        self._cleaning = job
+        return job
+
+    def finish_compaction(self, job: CleanJob) -> CleanStats:
+        """Swap in what `job.run()` wrote (event loop); discards it if the log changed meanwhile."""
+        if job is not self._cleaning:
+            return CleanStats()  # cancelled meanwhile (close, full truncation)
+        self._cleaning = None
+        if self._closed or not job.finished or job.error is not None or job.new_state is None:
+            job.discard()
+            return CleanStats()
+        try:
+            segments = commit(job, self._segments, self._config)
+        except Exception:
+            log.exception("compaction swap failed in %s; reloading its segments", self.directory)
+            self._reload_segments()
+            raise
+        if segments is None:
+            log.info("segments of %s changed while cleaning; pass discarded", self.directory)
+            job.discard()
+            return CleanStats()
+        kept = {id(segment) for segment in segments}
+        self._unflushed = [s for s in self._unflushed if id(s) in kept]
+        self._segments = segments
+        job.new_state.save(self.directory)
+        self._cleaner_state = job.new_state
+        return job.stats
+
+    def _cancel_compaction(self) -> None:
+        if self._cleaning is not None:
+            self._cleaning.cancel()
+            self._cleaning = None
+
+    def _reload_segments(self) -> None:
+        """Re-read the segment list from disk after a swap failed part-way (not a crash)."""
+        for segment in self._segments:
+            segment.close_handles()
+        finish_interrupted_swaps(self.directory)
+        self._segments, _ = load_segments(self.directory, self._config, recover=False)
+        self._unflushed = list(self._segments[:-1])
+
+    def _truncate_cleaner_state(self, offset: int) -> None:
+        if (self.directory / STATE_FILE).exists() and self.cleaner_state.truncate(offset):
+            self.cleaner_state.save(self.directory)
+
+    def _reset_cleaner_state(self, offset: int) -> None:
+        if self._cleaning is not None:
+            self._cleaning.cancel()
+            self._cleaning = None
+        if (self.directory / STATE_FILE).exists() or self._cleaner_state is not None:
+            self._cleaner_state = CleanerState(dirty_offset=offset)
+            self._cleaner_state.save(self.directory)
+
     # --- durability ---------------------------------------------------------------------
 
     def flush(self) -> None:
@@ -517,6 +682,7 @@ class PartitionLog:
         """Flush, snapshot producer state at the LEO and release file handles."""
         if self._closed:
             return
+        self._cancel_compaction()
         active = self._segments[-1]
         active.on_roll()  # final time-index entry; see LogSegment.on_roll
         self.flush()
@@ -533,6 +699,7 @@ class PartitionLog:
 
     def close_handles(self) -> None:
         """Release file descriptors without a final snapshot (used before deleting the directory)."""
+        self._cancel_compaction()
         for segment in self._segments:
             segment.close_handles()
         self._closed = True

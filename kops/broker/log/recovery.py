@@ -4,7 +4,8 @@ After an unclean shutdown every segment from the one holding the recovery point
 on is re-validated batch by batch (size, offsets, CRC). The log is cut at the
 first bad byte and any later segments are deleted, exactly like Kafka's
 LogLoader. The leader-epoch cache and producer state are then re-derived from
-batch headers.
+batch headers. Before anything else, an interrupted compaction swap (`.cleaned` /
+`.swap` files, see kops.broker.log.cleaner) is rolled back or finished.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from kops.broker.log.cleaner import finish_interrupted_swaps
 from kops.broker.log.config import LogConfig
 from kops.broker.log.epoch_cache import LeaderEpochCache
 from kops.broker.log.producer_state import ProducerStateManager
@@ -66,7 +68,9 @@ def load_segments(
 
     Returns the segments, never empty, and the base offset of the first segment that
     was recovered (None when nothing was), from where derived state must be rebuilt.
+    A compaction swap that a crash interrupted is rolled back or finished first.
     """
+    finish_interrupted_swaps(directory)
     bases = list_segment_bases(directory)
     first_recovered_idx = len(bases)
     if recover and bases:

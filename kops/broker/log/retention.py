@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from kops.broker.log.config import LogConfig
 from kops.broker.log.segment import LogSegment
 
-__all__ = ["deletable_segments", "segment_timestamp"]
+__all__ = ["closed_below", "deletable_segments", "segment_timestamp"]
 
 
 def segment_timestamp(segment: LogSegment) -> int:
@@ -25,7 +25,7 @@ def segment_timestamp(segment: LogSegment) -> int:
         return -1
 
 
-def _candidates(segments: Sequence[LogSegment], high_watermark: int) -> int:
+def closed_below(segments: Sequence[LogSegment], high_watermark: int) -> int:
     """How many leading segments are closed and wholly below the high watermark."""
     n = 0
     for i in range(len(segments) - 1):
@@ -41,7 +41,7 @@ def deletable_segments(
     """Number of leading segments that retention.ms / retention.bytes allow deleting."""
     if not config.delete_enabled:
         return 0
-    limit = _candidates(segments, high_watermark)
+    limit = closed_below(segments, high_watermark)
     by_time = 0
     if config.retention_ms >= 0:
         while (
