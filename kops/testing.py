@@ -25,6 +25,7 @@ TEST_CONFIG = {
     "group.initial.rebalance.delay.ms": "0",
     "group.min.session.timeout.ms": "1000",
     "log.retention.check.interval.ms": "1000",
+    "log.cleaner.backoff.ms": "1000",
 }
 
 

@@ -90,6 +90,7 @@ class Broker:
         )
         await self._server.start()
         self._tasks.append(asyncio.create_task(self._retention_loop()))
+        self._tasks.append(asyncio.create_task(self._cleaner_loop()))
         from kops.broker.groups import attach as attach_groups
 
         await attach_groups(self)
@@ -340,3 +341,14 @@ class Broker:
                 self.logs.apply_retention(now_ms())
             except Exception:
                 log.exception("retention pass failed")
+
+    async def _cleaner_loop(self) -> None:
+        interval = self.config.int("log.cleaner.backoff.ms") / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                # The heavy part runs in a worker thread; planning and the
+                # segment swap stay on the loop, so appends never race it.
+                await self.logs.compact_all_async(now_ms())
+            except Exception:
+                log.exception("log cleaner pass failed")

@@ -27,6 +27,7 @@ BROKER_DEFAULTS: dict[str, str] = {
     "group.max.session.timeout.ms": "1800000",
     "delete.retention.ms": "86400000",
     "log.cleaner.backoff.ms": "15000",
+    "log.cleaner.min.cleanable.ratio": "0.5",
 }
 
 # Topic-level settings and the broker setting each one defaults from.
@@ -41,6 +42,7 @@ TOPIC_DEFAULT_SOURCES: dict[str, str] = {
     "max.message.bytes": "message.max.bytes",
     "min.insync.replicas": "min.insync.replicas",
     "delete.retention.ms": "delete.retention.ms",
+    "min.cleanable.dirty.ratio": "log.cleaner.min.cleanable.ratio",
 }
 
 
@@ -90,6 +92,15 @@ def validate_topic_config(config: Mapping[str, str]) -> None:
             parts = {p.strip() for p in value.split(",")}
             if not parts or not parts <= {"delete", "compact"}:
                 raise ConfigError(f"invalid value {value!r} for cleanup.policy")
+        elif key == "min.cleanable.dirty.ratio":
+            try:
+                ratio = float(value)
+            except ValueError:
+                ratio = -1.0
+            if not 0.0 <= ratio <= 1.0:
+                raise ConfigError(
+                    f"invalid value {value!r} for {key}: expected a number from 0 to 1"
+                )
         elif key == "message.timestamp.type":
             if value not in ("CreateTime", "LogAppendTime"):
                 raise ConfigError(f"invalid value {value!r} for message.timestamp.type")
