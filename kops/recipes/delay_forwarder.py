@@ -169,6 +169,7 @@ class TierForwarder:
         self.cancels = cancels
         self.stats = stats
         self.parts: dict[int, _PartState] = {}
+        self._committed: dict[int, int] = {}  # partition -> offset last committed
         #: Set once the group has given this forwarder its partitions (maybe none).
         self.assigned = threading.Event()
         extra: dict[str, Any] = {
@@ -193,11 +194,31 @@ class TierForwarder:
         log.info("tier %s: assigned partitions %s", self.label, [tp.partition for tp in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Everything forwarded up to the first unforwarded record is committed already
-        # (after each round); forwarded records past it are forwarded again by the next owner,
-        # with the same message id.
+        # Everything forwarded up to the first unforwarded record has been committed (async,
+        # after each round); commit it once more synchronously so the next owner starts
+        # there. Records forwarded past it are forwarded again, with the same message id.
+        self._commit_sync([tp.partition for tp in partitions])
         for tp in partitions:
             self.parts.pop(tp.partition, None)
+            self._committed.pop(tp.partition, None)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:  # no longer ours: committing would be refused
+            self.parts.pop(tp.partition, None)
+            self._committed.pop(tp.partition, None)
+
+    def _commit_sync(self, partitions: Iterable[int]) -> None:
+        offsets = [
+            TopicPartition(self.topic, p, self._committed[p])
+            for p in partitions
+            if p in self._committed
+        ]
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("tier %s: commit: %s", self.label, exc)
 
     # -- main loop
 
@@ -206,7 +227,7 @@ class TierForwarder:
             [self.topic],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
+            on_lost=self._on_lost,
         )
         try:
             while not stop.is_set():
@@ -214,6 +235,7 @@ class TierForwarder:
                 self._forward_due()
                 self._pause_or_resume()
         finally:
+            self._commit_sync(list(self._committed))
             try:
                 self.consumer.close()  # leaves the group at once, so peers take over quickly
             except KafkaException as exc:  # pragma: no cover
@@ -385,6 +407,7 @@ class TierForwarder:
                 last = st.buffer.popleft().msg.offset()
             if last is not None:
                 offsets.append(TopicPartition(self.topic, p, last + 1))
+                self._committed[p] = last + 1
         if offsets:
             try:
                 # Asynchronous: the records are already safe in their destination; a lost
@@ -433,6 +456,7 @@ class DelayForwarders:
         self.forwarders: list[TierForwarder] = []
         self.cancels: CancelView | None = None
         self.ready = threading.Event()
+        self._failed: list[str] = []
 
     def run(self, stop: threading.Event) -> None:
         opts = self.options
@@ -451,6 +475,7 @@ class DelayForwarders:
             self.cancels = CancelView(self.settings, opts.cancel_topic)
             self.cancels.start()
         inner = threading.Event()
+        self._failed: list[str] = []
         threads = []
         try:
             self.forwarders = [
@@ -459,7 +484,7 @@ class DelayForwarders:
             ]
             for fw in self.forwarders:
                 t = threading.Thread(
-                    target=self._run_one, args=(fw, inner, stop), name=f"kops-delay-{fw.label}"
+                    target=self._run_one, args=(fw, inner), name=f"kops-delay-{fw.label}"
                 )
                 t.start()
                 threads.append(t)
@@ -468,7 +493,7 @@ class DelayForwarders:
                 "delay forwarders running: tiers %s, group %s", opts.tiers.describe(), opts.group
             )
             next_stats = time.monotonic() + opts.stats_interval
-            while not stop.wait(0.2):
+            while not stop.wait(0.2) and not self._failed:
                 if opts.stats_topic and opts.stats_interval > 0 and time.monotonic() >= next_stats:
                     self.publish_stats(producer)
                     next_stats = time.monotonic() + opts.stats_interval
@@ -482,6 +507,9 @@ class DelayForwarders:
             if self.cancels is not None:
                 self.cancels.close()
             log.info("delay forwarders stopped")
+        if self._failed:
+            # Raised to the worker, which builds the job again after a backoff.
+            raise RuntimeError(f"tier forwarder failed: {self._failed[0]}")
 
     def wait_assigned(self, timeout: float = 30.0) -> bool:
         """Wait until every tier forwarder has joined the group and got its partitions."""
@@ -492,12 +520,12 @@ class DelayForwarders:
             fw.assigned.wait(max(0.0, deadline - time.monotonic())) for fw in self.forwarders
         )
 
-    def _run_one(self, fw: TierForwarder, inner: threading.Event, outer: threading.Event) -> None:
+    def _run_one(self, fw: TierForwarder, inner: threading.Event) -> None:
         try:
             fw.run(inner)
-        except Exception:
-            log.exception("tier %s forwarder failed; stopping the delay forwarders", fw.label)
-            outer.set()  # the worker's supervisor restarts the whole job
+        except Exception as exc:
+            log.exception("tier %s forwarder failed; stopping every tier", fw.label)
+            self._failed.append(f"tier {fw.label}: {type(exc).__name__}: {exc}")
 
     def publish_stats(self, producer: Producer) -> None:
         """One stats record per tier to the stats topic (key: group|instance|tier)."""
