@@ -37,7 +37,7 @@ def tiers(kafka_broker: str) -> Iterator[DelayTiers]:
     stop = threading.Event()
     thread = threading.Thread(target=forwarders.run, args=(stop,), daemon=True)
     thread.start()
-    assert forwarders.ready.wait(20)
+    assert forwarders.wait_assigned(30)
     yield tiers
     stop.set()
     thread.join(30)
