@@ -1,4 +1,5 @@
-"""A forwarder process killed with SIGKILL mid-stream and restarted loses nothing.
+"""Crashes: a forwarder process killed with SIGKILL mid-stream and restarted loses nothing;
+neither does a broker killed and restarted under running forwarders.
 
 Duplicates are allowed only as copies with the same message id; nothing is early.
 """
@@ -12,12 +13,15 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
 
 from kops import admin
 from kops.recipes import headers as h
 from kops.recipes.delay import DelayTiers, ensure_tier_topics, send_delayed
+from kops.recipes.delay_forwarder import DelayForwarders, ForwarderOptions
+from kops.testing import BrokerProcess
 
 
 class ForwarderProcess:
@@ -120,3 +124,45 @@ def test_sigkill_mid_stream_loses_nothing(kafka_broker: str) -> None:
     missing = set(sent) - set(copies)
     assert not missing, f"{len(missing)} of {len(sent)} records lost"
     assert set(copies) <= set(sent), "a delivered record has an unknown message id"
+
+
+def test_broker_killed_and_restarted_loses_nothing(tmp_path: Path) -> None:
+    broker = BrokerProcess(tmp_path / "broker")
+    bootstrap = broker.start()
+    tiers = DelayTiers.parse("1s,2s")
+    admin.create_topic(bootstrap, "target", 1)
+    fw = DelayForwarders(bootstrap, ForwarderOptions(tiers=tiers, stats_interval=1))
+    stop = threading.Event()
+    thread = threading.Thread(target=fw.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        assert fw.wait_assigned(30)
+        producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+        sent = set()
+        for i in range(60):
+            if i == 30:  # records are pending in the tiers when the broker dies
+                assert producer.flush(10) == 0
+                broker.kill()
+                time.sleep(0.5)
+                broker.start()  # same port and data directory
+            sent.add(send_delayed(producer, "target", b"x", delay=0.5 + (i % 4) * 0.5, tiers=tiers))
+            producer.poll(0)
+        assert producer.flush(20) == 0
+        consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": "reader", "auto.offset.reset": "earliest"}
+        )
+        consumer.subscribe(["target"])
+        got: set[str] = set()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not sent <= got:
+            m = consumer.poll(0.2)
+            if m is None or m.error() is not None:
+                continue
+            assert m.timestamp()[1] >= int(h.get(m.headers(), h.DELAY_DUE_MS) or 0)
+            got.add(h.get(m.headers(), h.MESSAGE_ID) or "")
+        consumer.close()
+        assert sent <= got, f"{len(sent - got)} of {len(sent)} records lost"
+    finally:
+        stop.set()
+        thread.join(30)
+        broker.stop()
