@@ -41,8 +41,15 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from tenacity import (
+    retry,
+    retry_if_exception,
+    stop_after_delay,
+    stop_when_event_set,
+    wait_exponential,
+)
 
-from kops.client import ClientSettings, ErrorWatch
+from kops.client import BrokerUnavailable, ClientSettings, ErrorWatch, KopsClientError
 from kops.recipes import headers as h
 from kops.recipes.delay import (
     CANCEL_TOPIC,
@@ -62,6 +69,26 @@ log = logging.getLogger("kops.delay")
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _transient(exc: BaseException) -> bool:
+    return (
+        isinstance(exc, BrokerUnavailable)
+        or (isinstance(exc, KopsClientError) and exc.retriable)
+        or (isinstance(exc, KafkaException) and bool(exc.args) and exc.args[0].retriable())
+    )
+
+
+def _retry_transient(stop: threading.Event) -> Any:
+    """Start-up calls ride out a broker that is still starting (e.g. under `kops up`);
+    anything else, or a broker still away after a minute, fails the job and the worker
+    retries it later."""
+    return retry(
+        retry=retry_if_exception(_transient),
+        stop=stop_after_delay(60) | stop_when_event_set(stop),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        reraise=True,
+    )
 
 
 def default_instance() -> str:
@@ -461,7 +488,7 @@ class DelayForwarders:
     def run(self, stop: threading.Event) -> None:
         opts = self.options
         if opts.create_topics:
-            ensure_tier_topics(
+            _retry_transient(stop)(ensure_tier_topics)(
                 self.settings, opts.tiers, opts.partitions,
                 cancel_topic=opts.cancel_topic, stats_topic=opts.stats_topic,
             )  # fmt: skip
@@ -473,7 +500,7 @@ class DelayForwarders:
         )
         if opts.cancel_topic:
             self.cancels = CancelView(self.settings, opts.cancel_topic)
-            self.cancels.start()
+            _retry_transient(stop)(self.cancels.start)()
         inner = threading.Event()
         self._failed: list[str] = []
         threads = []
