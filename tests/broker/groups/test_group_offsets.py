@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import struct
 import threading
+import time
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -31,7 +32,7 @@ from kio.schema.sync_group.v3.request import SyncGroupRequest, SyncGroupRequestA
 from kops.broker.groups.storage import OFFSETS_TOPIC, java_string_hash, partition_for
 from kops.testing import BrokerProcess
 from tests.broker.clients import create_topic, produce
-from tests.broker.groups.group_helpers import RawClient, new_group
+from tests.broker.groups.group_helpers import GroupMember, RawClient, new_group, wait_until
 
 SECONDS_6 = datetime.timedelta(seconds=6)
 
@@ -393,4 +394,32 @@ def test_committed_offsets_survive_broker_restart(tmp_path, topic_name: str, how
         broker.start()
         assert _committed(bootstrap, group, topic_name) == (20, "after 19")
     finally:
+        broker.stop()
+
+
+def test_member_rides_through_a_broker_restart_without_rebalancing(
+    tmp_path, topic_name: str
+) -> None:
+    """Group metadata is reloaded too: a live member keeps its generation and assignment."""
+    broker = BrokerProcess(tmp_path)
+    bootstrap = broker.start()
+    group = new_group()
+    member = None
+    try:
+        create_topic(bootstrap, topic_name, 2)
+        produce(bootstrap, topic_name, [(None, f"a{i}".encode(), None, i % 2) for i in range(20)])
+        member = GroupMember(bootstrap, group, [topic_name], sync_commit=True)
+        wait_until(lambda: len(member.messages) == 20, what="the first records")
+        broker.kill()
+        broker.start()
+        produce(bootstrap, topic_name, [(None, f"b{i}".encode(), None, i % 2) for i in range(20)])
+        wait_until(
+            lambda: len(member.messages) == 40, what="the records produced after the restart"
+        )
+        time.sleep(1)  # room for a duplicate or a rebalance to show up
+        assert len(member.messages) == 40
+        assert len(member.assigned) == 1 and member.revoked == []
+    finally:
+        if member is not None:
+            member.close()
         broker.stop()
