@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import socket
-import subprocess
 import sys
-import threading
 import time
 import tomllib
 from pathlib import Path
@@ -19,6 +16,7 @@ import click
 from rich.panel import Panel
 from rich.table import Table
 
+from kops.broker.runner import BrokerProcess, BrokerStartError
 from kops.cli.common import KEY_VALUE, console, echo_err, kafka_options
 from kops.cli.worker import explicit_bootstrap, jobs_table, recipe_files, serve, setup_logging
 from kops.client import ClientSettings
@@ -54,61 +52,6 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     os.setsid()  # our own session: a terminal's Ctrl-C reaches `kops up` only, which stops
     # the worker first (its last commits need the broker) and then the broker.
-
-
-class BrokerChild:
-    """``python -m kops broker start`` as a child process."""
-
-    def __init__(self, host: str, port: int, data_dir: Path | None, config: dict[str, str]):
-        self.command = [
-            sys.executable,
-            "-m",
-            "kops",
-            "broker",
-            "start",
-            "--listen",
-            f"{host}:{port}",
-        ]
-        if data_dir is not None:
-            self.command += ["--data-dir", str(data_dir)]
-        for key, value in config.items():
-            self.command += ["--config", f"{key}={value}"]
-        self.process: subprocess.Popen[str] | None = None
-        self.address = ""
-
-    def start(self, timeout: float = 60.0) -> str:
-        self.process = subprocess.Popen(
-            self.command, stdout=subprocess.PIPE, text=True, preexec_fn=_die_with_parent
-        )
-        line: list[str] = []
-        reader = threading.Thread(
-            target=lambda: line.append(self.process.stdout.readline()),  # type: ignore[union-attr]
-            daemon=True,
-        )
-        reader.start()
-        reader.join(timeout)
-        match = re.search(r"listening on (\S+)", line[0] if line else "")
-        if not match:
-            self.stop()
-            raise click.ClickException(
-                "the bundled broker did not start"
-                + (f" (exit code {self.process.returncode})" if self.process.returncode else "")
-            )
-        self.address = match.group(1)
-        return self.address
-
-    def exited(self) -> int | None:
-        return None if self.process is None else self.process.poll()
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
 
 
 def default_recipe_files() -> list[Path]:
@@ -171,12 +114,22 @@ def up(
         raise click.ClickException(str(exc)) from None
 
     host, port = _first_address(settings.bootstrap)
-    broker: BrokerChild | None = None
+    broker: BrokerProcess | None = None
     if broker_answers(host, port):
         broker_line = f"using the broker already at {settings.bootstrap}"
     elif host in _LOCAL_HOSTS:
-        broker = BrokerChild(host, port, data_dir, dict(broker_configs))
-        address = broker.start()
+        broker = BrokerProcess(
+            data_dir,
+            host=host,
+            port=port,
+            config=dict(broker_configs),
+            stderr=None,  # the broker's log goes to our stderr
+            preexec_fn=_die_with_parent,
+        )
+        try:
+            address = broker.start()
+        except BrokerStartError as exc:
+            raise click.ClickException(str(exc)) from None
         broker_line = f"started: {address} (pid {broker.process.pid})"  # type: ignore[union-attr]
         if data_dir is not None:
             broker_line += f", data in {data_dir}"
