@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from kio.schema.errors import ErrorCode
 
-from kops.broker.groups.group import Group, GroupState, JoinResult, Member, OffsetEntry, SyncResult
+from kops.broker.groups.group import Group, GroupState, JoinResult, Member, SyncResult
 from kops.broker.groups.offsets import OffsetsMixin
 from kops.broker.groups.storage import OFFSETS_TOPIC, OffsetsTopic, group_key, group_value
 
@@ -96,43 +96,12 @@ class GroupCoordinator(OffsetsMixin):
                 self._resolve_sync(member, SyncResult(ErrorCode.not_coordinator))
 
     def _load(self) -> None:
-        state = self.store.load()
-        for group_id in set(state.groups) | set(state.offsets):
-            stored = state.groups.get(group_id)
-            offsets = state.offsets.get(group_id) or {}
-            if stored is None and not offsets:
-                continue
-            group = Group(group_id)
-            group.offsets = offsets
-            if stored is not None:
-                group.generation = stored.generation
-                group.protocol_type = stored.protocol_type
-                group.protocol_name = stored.protocol_name
-                group.state_timestamp = stored.state_timestamp
-                protocol = stored.protocol_name
-                for sm in stored.members:
-                    group.add(
-                        Member(
-                            sm.member_id,
-                            sm.instance_id,
-                            sm.client_id,
-                            sm.client_host,
-                            sm.session_timeout_ms,
-                            sm.rebalance_timeout_ms,
-                            stored.protocol_type or "",
-                            [(protocol, sm.metadata)] if protocol else [],
-                            assignment=sm.assignment,
-                        )
-                    )
-                if stored.leader in group.members:
-                    group.leader = stored.leader
-                if group.members:
-                    # Members keep their generation across a coordinator restart;
-                    # those that do not come back expire after their session timeout.
-                    group.state = S.STABLE
-                    for member in group.members.values():
-                        self._schedule_expiry(group, member)
-            self.groups[group_id] = group
+        self.groups = self.store.load().restore_groups()
+        for group in self.groups.values():
+            # Members keep their generation across a coordinator restart; those
+            # that do not come back expire after their session timeout.
+            for member in group.members.values():
+                self._schedule_expiry(group, member)
         log.info(
             "loaded %d groups from %s (%d partitions)",
             len(self.groups),
@@ -614,8 +583,3 @@ class GroupCoordinator(OffsetsMixin):
             log.exception("could not store group %s", group.group_id)
             return ErrorCode.coordinator_not_available
         return ErrorCode.none
-
-    def offset_entry(self, offset: int, leader_epoch: int, metadata: str | None) -> OffsetEntry:
-        from kops.broker.groups.group import now_ms
-
-        return OffsetEntry(offset, leader_epoch, metadata or "", now_ms())

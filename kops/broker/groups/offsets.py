@@ -69,6 +69,7 @@ class OffsetsMixin:
     groups: dict[str, Group]
     store: OffsetsTopic
     metadata_max_bytes: int
+    loading: bool
     retention_ms: int
     retention_check_ms: int
 
@@ -212,8 +213,8 @@ class OffsetsMixin:
     # ---- ListGroups / DescribeGroups / DeleteGroups -----------------------------------
     def list_groups(self, states: set[str] | None = None) -> tuple[int, list[tuple[str, str, str]]]:
         """(group id, protocol type, state); `states` are lower-case names to keep."""
-        if self.precheck("-"):
-            return self.precheck("-"), []
+        if self.loading:
+            return ErrorCode.coordinator_load_in_progress, []
         listed = []
         for group in self.groups.values():
             if group.is_(S.DEAD):
@@ -280,24 +281,36 @@ class OffsetsMixin:
                 log.exception("offset expiration failed")
 
     def expire_offsets(self, now: int) -> None:
-        """KIP-211: offsets of a group expire once it has been Empty for the retention period."""
+        """KIP-211: offsets of a group expire once it has been Empty for the
+        retention period; offsets of topics that no longer exist go at once."""
         for group in list(self.groups.values()):
-            if not group.is_(S.EMPTY) or group.pending:
-                continue
-            expired = [
-                tp
-                for tp, entry in group.offsets.items()
-                if max(entry.commit_timestamp, group.state_timestamp) + self.retention_ms <= now
-            ]
-            if expired and len(expired) < len(group.offsets):
-                gid = group.group_id
-                try:
-                    self.store.write(gid, [(offset_key(gid, t, p), None) for t, p in expired])
-                except Exception:
-                    log.exception("could not expire offsets of group %s", gid)
-                    continue
-                for tp in expired:
-                    del group.offsets[tp]
-            elif len(expired) == len(group.offsets):
+            expired = [(t, p) for t, p in group.offsets if self.broker.topics.get(t) is None]
+            if group.is_(S.EMPTY) and not group.pending:
+                expired += [
+                    tp
+                    for tp, entry in group.offsets.items()
+                    if max(entry.commit_timestamp, group.state_timestamp) + self.retention_ms <= now
+                ]
+            if group.is_(S.EMPTY) and not group.pending and len(set(expired)) == len(group.offsets):
                 # Nothing left worth keeping: drop the group with its offsets.
                 self._remove_group(group)
+            elif expired:
+                self._delete_offsets(group, sorted(set(expired)))
+
+    def on_topic_deleted(self, topic: str) -> None:
+        """Forget every group's offsets of a deleted topic (a hook for Broker.delete_topic),
+        so a topic re-created under the same name starts without stale commits."""
+        for group in list(self.groups.values()):
+            doomed = [(t, p) for t, p in group.offsets if t == topic]
+            if doomed:
+                self._delete_offsets(group, doomed)
+
+    def _delete_offsets(self, group: Group, partitions: list[tuple[str, int]]) -> None:
+        gid = group.group_id
+        try:
+            self.store.write(gid, [(offset_key(gid, t, p), None) for t, p in partitions])
+        except Exception:
+            log.exception("could not delete offsets of group %s", gid)
+            return
+        for tp in partitions:
+            group.offsets.pop(tp, None)

@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kops.broker.groups.group import Group, OffsetEntry
+from kops.broker.groups.group import Group, GroupState, Member, OffsetEntry
 from kops.protocol.batch import build_batch, decode_records, parse_header
 
 if TYPE_CHECKING:
@@ -179,6 +179,50 @@ class LoadedState:
 
     offsets: dict[str, dict[tuple[str, int], OffsetEntry]]
     groups: dict[str, StoredGroup]
+
+    def restore_groups(self) -> dict[str, Group]:
+        """Groups as the coordinator left them: Stable if they had members, else Empty."""
+        restored: dict[str, Group] = {}
+        for group_id in set(self.groups) | set(self.offsets):
+            stored = self.groups.get(group_id)
+            offsets = self.offsets.get(group_id) or {}
+            if stored is None and not offsets:
+                continue
+            group = Group(group_id)
+            group.offsets = offsets
+            if stored is not None:
+                _restore_metadata(group, stored)
+            restored[group_id] = group
+        return restored
+
+
+def _restore_metadata(group: Group, stored: StoredGroup) -> None:
+    group.generation = stored.generation
+    group.protocol_type = stored.protocol_type
+    group.protocol_name = stored.protocol_name
+    group.state_timestamp = stored.state_timestamp
+    protocol = stored.protocol_name
+    for sm in stored.members:
+        # Only the chosen protocol's metadata is stored (as Kafka does); a
+        # member rejoining with its full list triggers an ordinary rebalance.
+        group.add(
+            Member(
+                sm.member_id,
+                sm.instance_id,
+                sm.client_id,
+                sm.client_host,
+                sm.session_timeout_ms,
+                sm.rebalance_timeout_ms,
+                stored.protocol_type or "",
+                [(protocol, sm.metadata)] if protocol else [],
+                assignment=sm.assignment,
+            )
+        )
+    if stored.leader in group.members:
+        group.leader = stored.leader
+    if group.members:
+        # Loading is not a state transition: the group resumes where it was.
+        group.state = GroupState.STABLE
 
 
 class OffsetsTopic:

@@ -10,6 +10,7 @@ import time
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from kio.schema.errors import ErrorCode
 from kio.schema.heartbeat.v3.request import HeartbeatRequest
 from kio.schema.join_group.v5.request import JoinGroupRequest, JoinGroupRequestProtocol
@@ -29,8 +30,10 @@ from kio.schema.offset_fetch.v1.request import OffsetFetchRequestTopic as Offset
 from kio.schema.offset_fetch.v5.request import OffsetFetchRequest, OffsetFetchRequestTopic
 from kio.schema.sync_group.v3.request import SyncGroupRequest, SyncGroupRequestAssignment
 
+from kops.broker.groups.group import now_ms
 from kops.broker.groups.storage import OFFSETS_TOPIC, java_string_hash, partition_for
-from kops.testing import BrokerProcess
+from kops.broker.runner import BrokerThread
+from kops.testing import TEST_CONFIG, BrokerProcess
 from tests.broker.clients import create_topic, produce
 from tests.broker.groups.group_helpers import GroupMember, RawClient, new_group, wait_until
 
@@ -423,3 +426,30 @@ def test_member_rides_through_a_broker_restart_without_rebalancing(
         if member is not None:
             member.close()
         broker.stop()
+
+
+def test_offsets_of_deleted_topics_and_idle_groups_expire(tmp_path, topic_name: str) -> None:
+    runner = BrokerThread(tmp_path, config=TEST_CONFIG)
+    bootstrap = runner.start()
+    client = RawClient(bootstrap)
+    group = new_group()
+    try:
+        create_topic(bootstrap, topic_name, 1)
+        create_topic(bootstrap, topic_name + "-gone", 1)
+        assert commit(client, group, -1, "", topic_name, 1) == ErrorCode.none
+        assert commit(client, group, -1, "", topic_name + "-gone", 2) == ErrorCode.none
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin.delete_topics([topic_name + "-gone"])[topic_name + "-gone"].result(10)
+
+        coordinator = runner.broker.groups
+        runner.call(lambda: coordinator.expire_offsets(now_ms()))
+        assert set(fetch_all(client, group)) == {(topic_name, 0)}
+
+        # Empty for longer than offsets.retention.minutes (7 days): the group goes.
+        week = 7 * 24 * 3600 * 1000
+        runner.call(lambda: coordinator.expire_offsets(now_ms() + week + 1000))
+        assert fetch_all(client, group) == {}
+        assert group not in runner.call(lambda: set(coordinator.groups))
+    finally:
+        client.close()
+        runner.stop()
