@@ -230,6 +230,9 @@ class Broker:
             if partition is not None:
                 partition.wake_fetchers()
             self.logs.delete_partition(name, index)
+        if self.groups is not None:
+            # Commits for a deleted topic must not leak into a re-created one.
+            self.groups.on_topic_deleted(name)
         log.info("deleted topic %s", name)
 
     def create_partitions(self, name: str, count: int, *, validate_only: bool = False) -> None:
@@ -284,6 +287,10 @@ class Broker:
         for partition in self.partitions_of(name):
             partition.log.update_config(config)
             self._apply_policy(partition, record)
+
+    def is_internal(self, name: str) -> bool:
+        record = self.topics.get(name)
+        return record is not None and record.internal
 
     def auto_create(self, name: str) -> TopicRecord | None:
         if not self.config.bool("auto.create.topics.enable") or topic_name_error(name):

@@ -117,3 +117,20 @@ def test_unknown_partition_is_reported(kafka_broker: str, topic_name: str) -> No
         errors.append(exc.args[0])
     assert len(errors) == 1 and errors[0] is not None
     assert "partition" in str(errors[0]).lower()
+
+
+def test_clients_cannot_produce_to_internal_topics(kafka_broker: str) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    topics = AdminClient({"bootstrap.servers": kafka_broker}).list_topics(timeout=10).topics
+    assert "__consumer_offsets" in topics
+    producer = Producer(
+        {"bootstrap.servers": kafka_broker, "message.timeout.ms": 5000, "retries": 0}
+    )
+    errors = []
+    producer.produce(
+        "__consumer_offsets", value=b"x", partition=0, on_delivery=lambda e, m: errors.append(e)
+    )
+    producer.flush(10)
+    assert len(errors) == 1 and errors[0] is not None
+    assert errors[0].code() == 17  # INVALID_TOPIC_EXCEPTION

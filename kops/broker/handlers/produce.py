@@ -43,6 +43,10 @@ async def handle(ctx: RequestContext, request: object) -> object | None:
                 code, message = ErrorCode.invalid_request, "transactions are not supported by kops"
             elif partition is None:
                 code = ErrorCode.unknown_topic_or_partition
+            elif broker.is_internal(topic.name):
+                # Only the broker writes its internal topics (as in Kafka).
+                code = ErrorCode.invalid_topic_exception
+                message = f"cannot produce to internal topic {topic.name}"
             elif data.records is None or not len(data.records):
                 code, message = ErrorCode.corrupt_message, "no record batch in the request"
             elif len(data.records) > partition.max_message_bytes:
