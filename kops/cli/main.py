@@ -27,6 +27,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("kops.cli.delay", "delay"),
     ("kops.cli.worker", "worker"),
     ("kops.cli.dlq", "dlq"),
+    ("kops.cli.backlog", "backlog"),
 ]
 
 

@@ -1,0 +1,203 @@
+"""The ``backlog-fanout`` worker job: the fan-out plus N drain consumers, in one job.
+
+Options of its ``[[job]]`` table (``recipes/backlog-fanout.toml`` documents them for users):
+
+- ``from``, ``group``, ``to`` (required): source topic, source group, target topic;
+- ``partitions`` (64), ``rate`` (records/s, unlimited), ``create`` (true),
+  ``replication_factor``, ``until_caught_up`` (false: keep following the source);
+- ``drain_consumers`` (0): consumers of the target started by the job, each a
+  :class:`kops.recipes.parallel.ParallelConsumer` with ``drain_workers`` threads (1);
+- ``drain_group`` (``<to>.drain``), ``drain_handler`` (``"module:function"``, required with
+  drain consumers), ``python_path`` (where to import it from, relative to the recipe);
+- ``dedup``: a SQLite path (relative to the recipe) or ``redis://`` URL; the drain handler is
+  then wrapped in :class:`kops.recipes.idempotent.Idempotent`, so records the fan-out forwarded
+  twice (after a crash) are applied once.
+
+Wire it with ``"backlog-fanout": "kops.recipes.fanout.jobs:backlog_fanout_job"`` in
+:data:`kops.worker.registry.BUILTIN_KINDS`.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer
+
+from kops.recipes.fanout.forward import BacklogFanout
+from kops.worker.registry import JobContext, RecipeError, take_options
+
+__all__ = ["BacklogFanoutJob", "backlog_fanout_job", "print_record"]
+
+_ALLOWED = {
+    "from",
+    "group",
+    "to",
+    "partitions",
+    "rate",
+    "create",
+    "replication_factor",
+    "until_caught_up",
+    "drain_consumers",
+    "drain_workers",
+    "drain_group",
+    "drain_handler",
+    "python_path",
+    "dedup",
+}
+
+
+class BacklogFanoutJob:
+    """Long-running: forwards (until caught up, or forever) and drains until stopped."""
+
+    def __init__(
+        self,
+        context: JobContext,
+        fanout: BacklogFanout,
+        *,
+        until_caught_up: bool,
+        drain_consumers: int,
+        drain_workers: int,
+        drain_group: str,
+        handler: Callable[[Any], Any] | None,
+    ) -> None:
+        self.context = context
+        self.fanout = fanout
+        self.until_caught_up = until_caught_up
+        self.drain_consumers = drain_consumers
+        self.drain_workers = drain_workers
+        self.drain_group = drain_group
+        self.handler = handler
+        self.report: Any = None
+        self.errors: list[BaseException] = []
+
+    def run(self, stop: threading.Event) -> None:
+        from kops.recipes.parallel import ParallelConsumer
+
+        log = self.context.log
+        self.fanout.ensure_target()  # the drain consumers subscribe to it right away
+        failed = threading.Event()
+        drains = []
+        for _ in range(self.drain_consumers):
+            consumer = Consumer(self.context.settings.consumer_config(self.drain_group))
+            assert self.handler is not None
+            pc = ParallelConsumer(consumer, self.handler, workers=self.drain_workers)
+            pc.subscribe([self.fanout.target])
+            drains.append(pc)
+
+        def guarded(name: str, body: Callable[[], Any]) -> threading.Thread:
+            def target() -> None:
+                try:
+                    body()
+                except BaseException as exc:
+                    log.error("%s: %s failed: %s", self.context.name, name, exc)
+                    self.errors.append(exc)
+                    failed.set()
+
+            thread = threading.Thread(target=target, name=f"{self.context.name}-{name}")
+            thread.start()
+            return thread
+
+        def forward() -> None:
+            self.report = self.fanout.run(until_caught_up=self.until_caught_up)
+            log.info("%s: fan-out finished: %s", self.context.name, self.report.to_dict())
+
+        threads = [guarded("fanout", forward)]
+        for i, pc in enumerate(drains):
+
+            def drain(pc: Any = pc) -> None:
+                try:
+                    pc.run()
+                finally:
+                    pc.consumer.close()
+
+            threads.append(guarded(f"drain-{i}", drain))
+        # Until stopped, a part fails, or everything ended by itself (a fan-out that caught up
+        # with no drain consumers).
+        while not stop.wait(0.2) and not failed.is_set():
+            if not any(t.is_alive() for t in threads):
+                break
+        self.fanout.stop()
+        for pc in drains:
+            pc.stop()
+        for thread in threads:
+            thread.join()
+        if self.errors:
+            raise self.errors[0]
+
+
+def backlog_fanout_job(options: dict[str, Any], context: JobContext) -> BacklogFanoutJob:
+    """Factory for the ``backlog-fanout`` kind (see the module docstring for the options)."""
+    kind = context.kind
+    opts = take_options(options, _ALLOWED, kind, required={"from", "group", "to"})
+    if context.periodic:
+        raise RecipeError(f"{kind} is long-running: remove every/cron")
+    base = context.recipe.parent if context.recipe is not None else Path.cwd()
+    drain_consumers = int(opts.get("drain_consumers", 0))
+    drain_group = str(opts.get("drain_group") or f"{opts['to']}.drain")
+    handler = None
+    if drain_consumers:
+        handler = _load_handler(opts, base, kind)
+        if opts.get("dedup"):
+            from kops.recipes.idempotent import Idempotent
+
+            store = str(opts["dedup"])
+            if "://" not in store:
+                store = str((base / store).resolve())
+            handler = Idempotent(store, namespace=drain_group)(handler)
+    try:
+        rate = opts.get("rate")
+        fanout = BacklogFanout(
+            context.settings,
+            str(opts["from"]),
+            str(opts["group"]),
+            str(opts["to"]),
+            int(opts.get("partitions", 64)),
+            rate=None if rate is None else float(rate),
+            drain_group=drain_group,
+            create=bool(opts.get("create", True)),
+            replication_factor=opts.get("replication_factor"),
+        )
+    except (ValueError, TypeError) as exc:
+        raise RecipeError(f"{kind}: {exc}") from None
+    return BacklogFanoutJob(
+        context,
+        fanout,
+        until_caught_up=bool(opts.get("until_caught_up", False)),
+        drain_consumers=drain_consumers,
+        drain_workers=max(int(opts.get("drain_workers", 1)), 1),
+        drain_group=drain_group,
+        handler=handler,
+    )
+
+
+def print_record(record: Any) -> None:
+    """A placeholder drain handler: one line per record on stdout. Replace it with yours."""
+    key = record.key()
+    print(
+        f"{record.topic()}[{record.partition()}]@{record.offset()} "
+        f"key={key.decode('utf-8', 'replace') if key is not None else None}",
+        flush=True,
+    )
+
+
+def _load_handler(opts: dict[str, Any], base: Path, kind: str) -> Callable[[Any], Any]:
+    from kops.recipes.retry import import_object
+
+    if "drain_handler" not in opts:
+        raise RecipeError(f"{kind}: drain_consumers needs drain_handler = 'module:function'")
+    paths = opts.get("python_path", [])
+    for entry in [paths] if isinstance(paths, str) else paths:
+        path = str((base / entry).resolve())
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    try:
+        handler = import_object(str(opts["drain_handler"]))
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise RecipeError(f"{kind}: drain_handler: {exc}") from None
+    if not callable(handler):
+        raise RecipeError(f"{kind}: drain_handler {opts['drain_handler']!r} is not callable")
+    return handler
