@@ -3,8 +3,9 @@
 The broker treats batches as opaque blobs: it parses only the 61-byte header,
 checks the CRC and rewrites the two fields that sit outside the CRC (base offset
 and partition leader epoch). Records are decoded only off the produce/fetch hot
-path: internal topics, tests, the log cleaner, and the null-key check of
-compacted topics (`decode_records`, `iter_raw_records`).
+path: internal topics, tests, the log cleaner, ListOffsets by timestamp (one
+batch) and the null-key check of compacted topics (`decode_records`,
+`iter_raw_records`).
 
 Compressed batches are decompressed with cramjam, imported on first use. Codecs
 as clients write them: gzip; snappy either raw (librdkafka) or xerial-framed
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import ModuleType
 from typing import NamedTuple
 
@@ -401,17 +402,31 @@ def build_batch(
     *,
     attributes: int = 0,
     compression: int = COMPRESSION_NONE,
+    record_timestamps: Sequence[int] | None = None,
 ) -> bytes:
-    """Build a valid v2 batch; every record gets the same timestamp."""
+    """Build a valid v2 batch.
+
+    Every record gets `timestamp_ms` unless `record_timestamps` gives one per record
+    (then the base timestamp is the first record's and the max timestamp the largest;
+    deltas may be negative, as a client's out-of-order timestamps make them).
+    """
     if not records:
         raise ValueError("a batch needs at least one record")
-    if timestamp_ms is None:
-        timestamp_ms = int(time.time() * 1000)
+    if record_timestamps is not None:
+        if len(record_timestamps) != len(records):
+            raise ValueError("record_timestamps needs one timestamp per record")
+        base_ts, max_ts = record_timestamps[0], max(record_timestamps)
+        ts_deltas = [t - base_ts for t in record_timestamps]
+    else:
+        if timestamp_ms is None:
+            timestamp_ms = int(time.time() * 1000)
+        base_ts = max_ts = timestamp_ms
+        ts_deltas = [0] * len(records)
     body = bytearray()
     for delta, (key, value, headers) in enumerate(records):
         rec = bytearray()
         rec.append(0)  # record attributes (unused)
-        _write_varint(rec, 0)  # timestamp delta
+        _write_varint(rec, ts_deltas[delta])
         _write_varint(rec, delta)
         _write_bytes(rec, key)
         _write_bytes(rec, value)
@@ -428,8 +443,8 @@ def build_batch(
         leader_epoch,
         attrs,
         len(records) - 1,
-        timestamp_ms,
-        timestamp_ms,
+        base_ts,
+        max_ts,
         producer_id,
         producer_epoch,
         base_sequence,

@@ -45,7 +45,7 @@ async def handle(ctx: RequestContext, request: object) -> object:
                 elif wanted.timestamp < 0:
                     code = ErrorCode.invalid_request
                 else:
-                    found = plog.offset_for_timestamp(wanted.timestamp)
+                    found = plog.offset_for_timestamp(wanted.timestamp, plog.high_watermark)
                     if found is not None and found[0] < plog.high_watermark:
                         offset, timestamp = found
             partitions.append(

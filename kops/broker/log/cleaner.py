@@ -45,7 +45,9 @@ Segments and the swap
     Consecutive cleanable segments are merged into groups of at most segment.bytes
     (original sizes) and a 2^31 offset span; each group is written as one segment
     named after the group's first segment, in `<base>.log.cleaned` (+ `.index`,
-    `.timeindex`), fsynced. It then replaces the group as Kafka does:
+    `.timeindex`), fsynced, with the newest member's modification time (retention
+    goes by it when a segment has no record timestamps). It then replaces the group
+    as Kafka does:
       1. trailing members left with no records are deleted outright (their records
          are all superseded by later, durable ones: deleting them is safe at any time);
       2. `.index.cleaned` / `.timeindex.cleaned` are renamed to `.swap`, then
@@ -593,6 +595,10 @@ class CleanJob:
             for path in paths.values():
                 path.unlink(missing_ok=True)
             return
+        # Keep the newest member's modification time, as Kafka does: retention falls
+        # back to it for a segment without record timestamps (an emptied one, say).
+        mtime = max(os.stat(member.log_path).st_mtime_ns for member in group.members)
+        os.utime(paths["log"], ns=(mtime, mtime))
         index = OffsetIndex(paths["index"], group.base, max(1, len(idx_offsets)))
         index.replace_all(idx_offsets, idx_positions)
         index.flush()

@@ -119,8 +119,12 @@ class LogManager:
     # --- housekeeping -------------------------------------------------------------------
 
     def apply_retention(self, now_ms: int) -> None:
-        for plog in list(self._logs.values()):
-            plog.apply_retention(now_ms)
+        """Retention for every log; one log's failure (logged) doesn't stop the others."""
+        for key, plog in list(self._logs.items()):
+            try:
+                plog.apply_retention(now_ms)
+            except Exception:
+                log.exception("retention of %s-%d failed", *key)
 
     def compact_all(self, now_ms: int) -> CleanStats:
         """One compaction pass over every compacted log that is due one (in this thread)."""
@@ -158,8 +162,12 @@ class LogManager:
         return total
 
     def maybe_roll_all(self, now_ms: int) -> None:
-        for plog in self._logs.values():
-            plog.maybe_roll(now_ms)
+        """Roll every active segment idle for segment.ms, so retention and the cleaner reach it."""
+        for key, plog in list(self._logs.items()):
+            try:
+                plog.maybe_roll(now_ms)
+            except Exception:
+                log.exception("rolling %s-%d failed", *key)
 
     def flush_all(self) -> None:
         for plog in self._logs.values():

@@ -56,6 +56,7 @@ from kops.protocol.batch import (
     HEADER_SIZE,
     BatchHeader,
     InvalidBatchError,
+    decode_records,
     has_null_key,
     rewrite_base_offset_and_epoch,
     set_log_append_time,
@@ -402,21 +403,50 @@ class PartitionLog:
     def offset_for_timestamp(
         self, timestamp_ms: int, upper_bound: int | None = None
     ) -> tuple[int, int] | None:
-        """(offset, timestamp) of the first batch whose max timestamp is >= timestamp_ms.
+        """(offset, timestamp) of the first record whose timestamp is >= timestamp_ms.
 
-        Batch granularity: the offset is the batch's base offset (clamped to the log
-        start) and the timestamp its max timestamp. None if there is no such batch
-        (or, with upper_bound, none that starts before it).
+        What Kafka's ListOffsets answers: the time index finds the first batch whose
+        max timestamp reaches the target, and only that batch is decoded (decompressed
+        if need be) to pick its first record, in offset order, at or after the target
+        and at or after the log start. Should none of its records qualify (a client's
+        max timestamp that its records don't bear out), the search carries on with the
+        next such batch. LogAppendTime records all carry their batch's max timestamp.
+        None if there is no such record, or, with upper_bound, none before it.
         """
+        log_start = self._log_start
         for segment in self._segments:
-            if segment.max_timestamp < timestamp_ms or segment.next_offset <= self._log_start:
+            if segment.max_timestamp < timestamp_ms or segment.next_offset <= log_start:
                 continue
-            header = segment.find_by_timestamp(timestamp_ms, self._log_start)
-            if header is not None:
-                offset = max(header.base_offset, self._log_start)
-                if upper_bound is not None and offset >= upper_bound:
+            for position, header in segment.batches_by_timestamp(timestamp_ms, log_start):
+                if upper_bound is not None and max(header.base_offset, log_start) >= upper_bound:
                     return None
-                return offset, header.max_timestamp
+                found = self._first_record_at(segment, position, header, timestamp_ms)
+                if found is not None:
+                    if upper_bound is not None and found[0] >= upper_bound:
+                        return None
+                    return found
+        return None
+
+    def _first_record_at(
+        self, segment: LogSegment, position: int, header: BatchHeader, timestamp_ms: int
+    ) -> tuple[int, int] | None:
+        """(offset, timestamp) of the batch's first record at or after the target and log start."""
+        raw = segment.read(position, header.size)
+        try:
+            records = decode_records(raw)
+        except InvalidBatchError as exc:
+            # Unreadable here means unreadable to consumers too; answer as a batch.
+            log.warning(
+                "ListOffsets: cannot decode the batch at offset %d in %s (%s); "
+                "answering with its base offset",
+                header.base_offset,
+                segment.log_path,
+                exc.message,
+            )
+            return max(header.base_offset, self._log_start), header.max_timestamp
+        for record in records:
+            if record.timestamp >= timestamp_ms and record.offset >= self._log_start:
+                return record.offset, record.timestamp
         return None
 
     def max_timestamp_and_offset(self) -> tuple[int, int] | None:

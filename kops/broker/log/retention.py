@@ -44,10 +44,14 @@ def deletable_segments(
     limit = closed_below(segments, high_watermark)
     by_time = 0
     if config.retention_ms >= 0:
-        while (
-            by_time < limit and now_ms - segment_timestamp(segments[by_time]) > config.retention_ms
-        ):
-            by_time += 1
+        for i in range(limit):
+            if now_ms - segment_timestamp(segments[i]) > config.retention_ms:
+                by_time = i + 1
+            elif segments[i].size:
+                break
+            # An empty segment (the cleaner keeps the log's first one when nothing in it
+            # survives) has nothing to keep: it goes with the next expired segment, and
+            # never holds retention up while its own file time is recent.
     by_size = 0
     if config.retention_bytes >= 0:
         excess = sum(s.size for s in segments) - config.retention_bytes

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import struct
+import time
 from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -83,7 +84,7 @@ class LogSegment:
         self.offset_of_max_timestamp = -1
         self.bytes_since_last_index = 0
         # Time-based rolling counts from here: wall clock of the first append, or after a
-        # reopen the first batch's timestamp (what Kafka does).
+        # reopen the first batch's timestamp (see _reset_rolling_basis).
         self.rolling_basis_ms: int | None = None
         self._fd: int | None = None
 
@@ -245,14 +246,20 @@ class LogSegment:
                 return position, header
         return None
 
-    def find_by_timestamp(self, timestamp: int, min_offset: int) -> BatchHeader | None:
-        """First batch (with last offset >= min_offset) whose max timestamp is >= `timestamp`."""
+    def batches_by_timestamp(
+        self, timestamp: int, min_offset: int
+    ) -> Iterator[tuple[int, BatchHeader]]:
+        """(position, header) of the batches, in offset order, that may hold a record with a
+        timestamp >= `timestamp`: max timestamp >= `timestamp`, last offset >= min_offset.
+
+        Starts where the time index says the first such batch can be; callers usually
+        stop at the first batch (its records decide).
+        """
         start = self.time_index.offset_before(timestamp)
         start = min_offset if start is None else max(start, min_offset)
-        for _, header in self.iter_headers(self.index.lookup(start)):
+        for position, header in self.iter_headers(self.index.lookup(start)):
             if header.max_timestamp >= timestamp and header.last_offset >= min_offset:
-                return header
-        return None
+                yield position, header
 
     def first_header(self) -> BatchHeader | None:
         if self.size < HEADER_SIZE:
@@ -308,8 +315,7 @@ class LogSegment:
             self.size = end
         self.next_offset = next_offset
         self.bytes_since_last_index = self.size - start
-        first = self.first_header()
-        self.rolling_basis_ms = first.max_timestamp if first is not None else None
+        self._reset_rolling_basis()
 
     def recover(
         self,
@@ -387,9 +393,23 @@ class LogSegment:
         self.max_timestamp, self.offset_of_max_timestamp = max_ts, max_ts_offset
         self.bytes_since_last_index = since_index
         self.next_offset = expected if self.size else self.base_offset
-        first = self.first_header()
-        self.rolling_basis_ms = first.max_timestamp if first is not None else None
+        self._reset_rolling_basis()
         return truncated
+
+    def _reset_rolling_basis(self) -> None:
+        """segment.ms counts from the first batch's timestamp after a reopen (Kafka's rule).
+
+        A missing (-1) or future timestamp would make an idle segment roll at once or
+        not for ages, so the time of loading stands in for it then (Kafka: the segment's
+        creation time).
+        """
+        first = self.first_header()
+        if first is None:
+            self.rolling_basis_ms = None
+            return
+        now = time.time_ns() // 1_000_000
+        ts = first.max_timestamp
+        self.rolling_basis_ms = ts if 0 <= ts <= now else now
 
     # --- truncation ---------------------------------------------------------------------
 

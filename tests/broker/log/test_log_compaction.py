@@ -178,6 +178,30 @@ def test_partial_batches_keep_offsets_and_span(tmp_path: Path) -> None:
     assert follower.log_end_offset == log.log_end_offset
 
 
+def test_list_offsets_by_time_inside_a_cleaned_batch(tmp_path: Path) -> None:
+    log = open_log(tmp_path, segment_bytes=1 << 20)
+    keys = [b"a", b"b", b"c", b"d"]
+    log.append(
+        build_batch(
+            [(k, k + b"1", []) for k in keys],
+            record_timestamps=[100, 110, 120, 130],
+            compression=COMPRESSION_LZ4,
+        ),
+        0,
+    )
+    log.append(build_batch([(b"a", b"a2", []), (b"c", b"c2", [])], timestamp_ms=140), 0)
+    log.roll()
+    log.append(one(b"z", b"z1", ts=150), 0)
+    log.high_watermark = log.log_end_offset
+    log.compact(now_ms=1_000)
+    assert [r[0] for r in records(log)] == [1, 3, 4, 5, 6]
+    # The records at 0 and 2 are gone: their times find the next survivor, exactly.
+    assert log.offset_for_timestamp(100) == (1, 110)
+    assert log.offset_for_timestamp(111) == (3, 130)
+    assert log.offset_for_timestamp(131) == (4, 140)
+    assert log.offset_for_timestamp(141) == (6, 150)
+
+
 @pytest.mark.parametrize(
     "codec", [COMPRESSION_GZIP, COMPRESSION_SNAPPY, COMPRESSION_LZ4, COMPRESSION_ZSTD]
 )
