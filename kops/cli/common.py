@@ -16,12 +16,9 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import sys
-import time
 import traceback
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
@@ -40,6 +37,7 @@ from rich.progress import (
 from rich.text import Text
 
 from kops.client import DEFAULT_BOOTSTRAP, ClientSettings, KopsClientError
+from kops.timeparse import parse_duration, parse_timestamp
 
 __all__ = [
     "DURATION",
@@ -62,6 +60,8 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 # --------------------------------------------------------------------------- parsing
+# Durations and timestamps are parsed in kops.timeparse (no click there) so
+# recipes and the worker share the one parser with the CLI.
 
 
 def parse_key_value(text: str, *, allow_empty_value: bool = True) -> tuple[str, str]:
@@ -73,75 +73,6 @@ def parse_key_value(text: str, *, allow_empty_value: bool = True) -> tuple[str, 
     if not value and not allow_empty_value:
         raise ValueError(f"missing value in {text!r}")
     return key, value
-
-
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a duration: ``30s``, ``5m``, ``1h``, ``2d``, ``1w``, ``500ms``, ``1h30m``.
-
-    A bare number is seconds.
-    """
-    s = text.strip().lower().replace(" ", "")
-    if not s:
-        raise ValueError("empty duration")
-    try:
-        value = float(s)
-    except ValueError:
-        pass
-    else:
-        if value < 0:
-            raise ValueError(f"duration must not be negative, got {text!r}")
-        return value
-    pos = 0
-    total = 0.0
-    for m in _DURATION_RE.finditer(s):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(s) or pos == 0:
-        raise ValueError(
-            f"invalid duration {text!r}: use a number with a unit, e.g. 500ms, 30s, 5m, 1h, 2d"
-        )
-    return total
-
-
-def parse_timestamp(text: str, *, now_ms: int | None = None) -> int:
-    """Epoch milliseconds from one of:
-
-    - epoch milliseconds: ``1714564800000``
-    - ISO-8601: ``2024-05-01T12:00:00Z``, ``2024-05-01 12:00:00+02:00``, ``2024-05-01``
-      (no offset means UTC)
-    - ``now``, or a duration meaning that long ago: ``15m``, ``2h``, ``1d``
-    """
-    s = text.strip()
-    if now_ms is None:
-        now_ms = int(time.time() * 1000)
-    if not s:
-        raise ValueError("empty timestamp")
-    if s.lower() == "now":
-        return now_ms
-    if re.fullmatch(r"\d+", s):
-        return int(s)
-    try:
-        dt = datetime.fromisoformat(s)
-    except ValueError:
-        pass
-    else:
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-        return int(dt.timestamp() * 1000)
-    try:
-        ago = parse_duration(s)
-    except ValueError:
-        raise ValueError(
-            f"invalid timestamp {text!r}: use ISO-8601 (2024-05-01T12:00:00Z), epoch "
-            "milliseconds, 'now', or a duration ago (15m, 2h, 1d)"
-        ) from None
-    return now_ms - int(ago * 1000)
 
 
 class _KeyValueType(click.ParamType):

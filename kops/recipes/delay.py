@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -42,6 +41,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from kops.client import AdminSession, ClientSettings, TopicAlreadyExists, translate_error
 from kops.recipes import headers as h
+from kops.timeparse import parse_duration
 
 __all__ = [
     "CANCEL_TOPIC",
@@ -76,17 +76,6 @@ STATS_TOPIC = "kops.delay.stats"
 FORWARDER_GROUP = "kops.delay.forwarders"
 
 _UNITS = (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0))
-_TIER_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-
-
-def _parse_seconds(text: str) -> float:
-    m = _TIER_RE.match(text.lower())
-    if m:
-        return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"invalid tier {text!r}: use e.g. 500ms, 1s, 5m, 2h") from None
 
 
 def format_tier(seconds: float) -> str:
@@ -108,7 +97,7 @@ def _as_seconds(value: float | timedelta | str) -> float:
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, str):
-        return _parse_seconds(value)
+        return parse_duration(value)
     return float(value)
 
 
@@ -120,7 +109,7 @@ class DelayTiers:
     when integral) and ``{ms}``.
     """
 
-    seconds: tuple[float, ...] = tuple(_parse_seconds(t) for t in DEFAULT_TIERS)
+    seconds: tuple[float, ...] = tuple(parse_duration(t) for t in DEFAULT_TIERS)
     template: str = DEFAULT_TEMPLATE
     max_delay: float = DEFAULT_MAX_DELAY
 

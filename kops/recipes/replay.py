@@ -6,7 +6,7 @@ partitions assigned directly and nothing is ever committed.
 
 Example::
 
-    from kops.cli.common import parse_timestamp
+    from kops.timeparse import parse_timestamp
     from kops.recipes.replay import replay
     report = replay(bootstrap, "orders", "orders-replay",
                     parse_timestamp("2024-05-01T10:00Z"), parse_timestamp("2024-05-01T11:00Z"))

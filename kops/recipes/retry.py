@@ -138,9 +138,9 @@ def duration_seconds(value: Any) -> float:
     """Seconds from a number or a duration such as ``"500ms"``, ``"10s"``, ``"1h"``."""
     if isinstance(value, int | float):
         return float(value)
-    from kops.recipes.delay import _parse_seconds  # one spelling of durations with the tiers
+    from kops.timeparse import parse_duration  # one spelling of durations with the tiers
 
-    return _parse_seconds(str(value))
+    return parse_duration(str(value))
 
 
 @dataclass(frozen=True)

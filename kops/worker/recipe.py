@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from apscheduler.triggers.cron import CronTrigger
 
-from kops.cli.common import parse_duration
+from kops.timeparse import parse_duration
 from kops.worker.registry import RecipeError
 
 __all__ = ["JobSpec", "Recipe", "Schedule", "load_recipe", "load_recipes", "parse_recipe"]
