@@ -2,9 +2,9 @@
 
 - timestamp -1 (latest) answers the high watermark (the last stable offset is
   the same: kops has no transactions); -2 (earliest) the log start offset.
-- Any other timestamp finds, through the time index, the first batch whose
-  timestamp is at or after it, never beyond the high watermark; none gives
-  offset -1.
+- Any other timestamp finds the first record whose timestamp is at or after
+  it (the time index finds the batch; only that batch is decoded), never at
+  or beyond the high watermark; none gives offset -1.
 - v4+: leader_epoch; current_leader_epoch is checked.
 """
 
@@ -46,7 +46,7 @@ async def handle(ctx: RequestContext, request: object) -> object:
                     code = ErrorCode.invalid_request
                 else:
                     found = plog.offset_for_timestamp(wanted.timestamp, plog.high_watermark)
-                    if found is not None and found[0] < plog.high_watermark:
+                    if found is not None:
                         offset, timestamp = found
             partitions.append(
                 ctx.make(
