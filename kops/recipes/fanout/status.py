@@ -35,10 +35,15 @@ class Side:
     #: log ends grew at (new records arriving).
     consume_rate: float | None = None
     produce_rate: float | None = None
+    #: Records in partitions of these topics the group has no commit on yet (whole
+    #: partitions still to read; the lag rows only cover committed partitions).
+    not_started: int = 0
 
     @property
     def total_lag(self) -> int | None:
-        return None if self.lag is None else self.lag.total_lag
+        if self.lag is None:
+            return self.not_started or None
+        return self.lag.total_lag + self.not_started
 
     @property
     def eta_seconds(self) -> float | None:
@@ -60,6 +65,7 @@ class Side:
             "members": None if self.lag is None else self.lag.members,
             "status": None if self.lag is None else self.lag.status,
             "lag": self.total_lag,
+            "not_started": self.not_started,
             "max_lag_seconds": None if self.lag is None else self.lag.max_lag_seconds,
             "consume_rate": _round(self.consume_rate),
             "produce_rate": _round(self.produce_rate),
@@ -206,12 +212,30 @@ def backlog_status(
     # The source side is every topic the group commits except the target (should the group
     # ever have read it); the drain side is the target only.
     source = side(group, lambda t: t != target)
+    drain = side(drain_group, lambda t: t == target) if drain_group else None
+    with AdminSession(settings) as session:
+        _count_not_started(session, source, source.topics)
+        if drain is not None and partitions is not None and target is not None:
+            _count_not_started(session, drain, [target])
     return BacklogStatus(
         group=group,
         source=source,
         target=target,
         target_partitions=partitions,
         forwarded=forwarded,
-        drain=side(drain_group, lambda t: t == target) if drain_group else None,
+        drain=drain,
         notes=notes,
     )
+
+
+def _count_not_started(session: AdminSession, side: Side, topics: list[str]) -> None:
+    """Fill ``side.not_started``: records of the partitions the group never committed."""
+    seen = {(p.topic, p.partition) for p in side.lag.partitions} if side.lag else set()
+    missing = [(t, p) for t in topics for p in topic_partitions(session, t) if (t, p) not in seen]
+    if not missing:
+        return
+    starts = log_offsets(session, missing, OffsetSpec.earliest())
+    ends = log_offsets(session, missing, OffsetSpec.latest())
+    side.not_started = sum(max((ends[k] or 0) - (starts[k] or 0), 0) for k in missing)
+    if side.not_started and not side.topics:
+        side.topics = sorted(topics)
