@@ -2,6 +2,7 @@
 
     python examples/idempotent_consumer.py --topic payments --group ledger --db ledger.db
     python examples/idempotent_consumer.py ... --mode external --effects-file sent.log
+    python examples/idempotent_consumer.py ... --mode external --store redis://127.0.0.1:6379/0
 
 Each record is a payment ``{"account": ..., "amount": ...}``.
 
@@ -14,7 +15,8 @@ file ``--db``, in the same transaction as the helper's done-mark
 appended to ``--effects-file``, standing in for an HTTP call or an email). The helper claims
 each message with a lease before the effect and marks it done after: redeliveries are
 skipped, nothing is silently lost, and only a crash between the effect and the done-mark
-can repeat an effect (at-least-once plus dedup).
+can repeat an effect (at-least-once plus dedup). ``--store redis://...`` keeps the claims in
+Redis instead of the SQLite file, for consumers spread over several machines.
 
 Offsets are committed only every ``--commit-every`` records, so a crash makes Kafka
 redeliver up to that many records: the helper is what keeps them from applying twice.
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--topic", required=True)
     parser.add_argument("--group", required=True)
     parser.add_argument("--db", required=True, help="SQLite file: dedup store (and ledger)")
+    parser.add_argument("--store", help="redis:// URL for the claims (--mode external only)")
     parser.add_argument("--mode", choices=["exactly-once", "external"], default="exactly-once")
     parser.add_argument("--effects-file", help="where --mode external appends its effects")
     parser.add_argument("--lease", type=float, default=30.0, help="claim lease in seconds")
@@ -105,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    once = Idempotent(open_ledger(args.db), namespace=args.group, lease=args.lease)
+    if args.store and args.mode != "external":
+        parser.error("--store needs --mode external: exactly-once needs the SQLite ledger")
+    store = args.store or open_ledger(args.db)
+    once = Idempotent(store, namespace=args.group, lease=args.lease)
     handle = make_handler(once, args.mode, args.effects_file, args.handler_delay)
 
     extra = {"session.timeout.ms": 6000}

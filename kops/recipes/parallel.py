@@ -325,7 +325,11 @@ class ParallelConsumer:
     sets it): commits happen here, at most every ``commit_interval`` seconds and on revoke.
     ``max_in_flight`` bounds records polled but not done; past it polling stops until half of
     them finish, and if that takes longer than ``max_poll_gap`` seconds the assignment is
-    paused and polled, so rebalances are still served promptly.
+    paused and polled, so rebalances are still served promptly. ``before_commit`` runs before
+    every commit: pass the DLQ wrapper's ``flush`` so dead letters are acknowledged first::
+
+        retrying = kops.recipes.retry.wrap(handle, producer, group="billing")
+        ParallelConsumer(consumer, retrying, workers=8, before_commit=retrying.flush)
     """
 
     def __init__(
@@ -340,6 +344,7 @@ class ParallelConsumer:
         commit_interval: float = 1.0,
         revoke_timeout: float = 30.0,
         max_poll_gap: float = 1.0,
+        before_commit: Callable[[], None] | None = None,
     ) -> None:
         self.consumer = consumer
         self.executor = KeyedExecutor(handler, workers, ordering=ordering, on_error=on_error)
@@ -347,6 +352,7 @@ class ParallelConsumer:
         self.commit_interval = commit_interval
         self.revoke_timeout = revoke_timeout
         self.max_poll_gap = max_poll_gap
+        self.before_commit = before_commit
         self._committed: dict[TP, int] = {}
         self._paused = False
         self._applied: tuple[bool, frozenset[TP]] | None = None
@@ -406,6 +412,11 @@ class ParallelConsumer:
         ]
         if not todo:
             return
+        if self.before_commit is not None:
+            # E.g. the DLQ wrapper's flush(): dead letters and retries must be acknowledged
+            # before the offsets of their records are committed. If it raises, nothing is
+            # committed and the records are consumed again.
+            self.before_commit()
         try:
             self.consumer.commit(offsets=todo, asynchronous=False)
         except KafkaException as exc:

@@ -13,6 +13,7 @@ forward). At the end:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -27,6 +28,9 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
+
+# pytest puts this directory on sys.path (no __init__.py): reuse the redis-server helper.
+from test_idempotent_stores import redis_server
 
 from kops import admin
 from kops.client import ClientSettings
@@ -112,10 +116,17 @@ def test_exactly_once_when_effects_share_the_sqlite_transaction(
     assert stats["duplicates"] > 0
 
 
-def test_external_effects_at_least_once_with_dedup(kafka_broker: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_external_effects_at_least_once_with_dedup(
+    kafka_broker: str, tmp_path: Path, store: str
+) -> None:
     effects = tmp_path / "effects.log"
     args, topic = _base_args(kafka_broker, tmp_path, "external")
-    _run_with_kills([*args, "--effects-file", str(effects)], seed=7)
+    args += ["--effects-file", str(effects)]
+    with contextlib.ExitStack() as stack:
+        if store == "redis":
+            args += ["--store", stack.enter_context(redis_server())]
+        _run_with_kills(args, seed=7)
     rows = []
     for line in effects.read_text().splitlines():
         _, p, o = line.split()[0].split("/")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -33,9 +34,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A real redis-server on a free loopback port (CI installs it via .ci/run)."""
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A real redis-server on a free loopback port (CI installs it via .ci/run); skips the
+    test when redis-server or the redis package is missing."""
     server = shutil.which("redis-server")
     if server is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
@@ -60,6 +62,12 @@ def redis_url() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with redis_server() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from kops import admin
 from kops.client import ClientSettings
+from kops.consume import StartAt, consume
 from kops.recipes.idempotent import Idempotent, Record, as_record
 from kops.recipes.parallel import KeyedExecutor, OffsetTracker, ParallelConsumer
 
@@ -245,3 +246,41 @@ def test_rebalance_between_two_parallel_consumers_loses_nothing(
         assert values == sorted(values)
     # Revocations drain and commit first, so a hand-over should redeliver (almost) nothing.
     assert len(seen) - 4000 <= 50
+
+
+def test_with_the_dlq_wrapper_and_idempotent_helper(
+    kafka_broker: str, topic: str, tmp_path: Path
+) -> None:
+    from kops.recipes.retry import wrap
+
+    admin.create_topic(kafka_broker, f"{topic}.dlq", 1)
+    _produce(kafka_broker, topic, 600, keys=30)
+    handled: list[int] = []
+    lock = threading.Lock()
+
+    def handler(msg) -> None:  # type: ignore[no-untyped-def]
+        n = int(msg.value())
+        if n % 100 == 7:
+            raise ValueError(f"poison record {n}")
+        with lock:
+            handled.append(n)
+
+    producer = Producer(ClientSettings(kafka_broker).producer_config())
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    # No retry tiers: a failing record goes straight to <topic>.dlq.
+    retrying = wrap(handler, producer, group=group, attempts=1, ladder=())
+    once = Idempotent(tmp_path / "dedup.db", namespace=group)
+    pc = ParallelConsumer(
+        _consumer(kafka_broker, group), once(retrying), workers=4, before_commit=retrying.flush
+    )
+    pc.subscribe([topic])
+    pc.run(max_records=600)
+    pc.consumer.close()
+    assert sorted(handled) == [n for n in range(600) if n % 100 != 7]
+    dead = [
+        int(r.value)
+        for r in consume(kafka_broker, f"{topic}.dlq", start=StartAt.beginning(), idle_timeout=2)
+    ]
+    assert sorted(dead) == [7, 107, 207, 307, 407, 507]
+    ends = {p.partition: p.end_offset for p in admin.describe_topic(kafka_broker, topic).partitions}
+    assert _committed(kafka_broker, group, topic, 4) == ends
