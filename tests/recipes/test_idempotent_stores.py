@@ -312,3 +312,22 @@ def test_records_from_other_clients() -> None:
         assert message_id(raw) == "id:x1"
     with pytest.raises(TypeError):
         as_record(object())
+
+
+def test_a_frozen_holder_loses_its_claim_and_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    frozen = Idempotent(path, lease=0.2)
+    frozen.store.renew = lambda *a: True  # type: ignore[method-assign]  # heartbeat stalls
+    other = Idempotent(path, lease=5)
+    calls: list[str] = []
+
+    def slow(record: Record) -> None:
+        calls.append("frozen")
+        time.sleep(0.4)  # past the lease: the other consumer takes the message over
+        taken = other.process(record, lambda r: calls.append("other"))
+        assert taken.taken_over and taken.attempts == 2
+
+    outcome = frozen.process(rec(1), slow)
+    assert outcome.lost_claim and frozen.stats.lost_claims == 1
+    assert calls == ["frozen", "other"]  # at least once: the effect ran twice, reported
+    assert frozen.store.state(frozen.identity(rec(1))) == "done"

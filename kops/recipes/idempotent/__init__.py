@@ -106,7 +106,7 @@ class MessageBusy(Exception):
     """Another live consumer holds the message and ``busy="raise"`` (or the wait timed out)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Outcome:
     """What :meth:`Idempotent.process` did with one record."""
 
@@ -156,7 +156,7 @@ def open_store(target: DedupStore | str | Path) -> DedupStore:
 
 
 class Idempotent:
-    """Run a handler at most once per message id, and never skip one that did not finish.
+    """Run a handler once per message id: never again once done, never skipped unfinished.
 
     ``store``: a :class:`DedupStore`, a SQLite path, or a ``redis://`` URL.
     ``key``: identity for records without a ``kops.message.id`` header.
@@ -236,6 +236,7 @@ class Idempotent:
             raise
         self._untrack(token)
         if not self.store.complete(key, token, self.ttl) or lost[0]:
+            outcome.lost_claim = True
             self.stats.add(lost_claims=1)
             log.warning(
                 "claim on %s was lost while the handler ran (longer than the %.1fs lease "
@@ -250,14 +251,8 @@ class Idempotent:
         with self.claim(record) as outcome:
             if outcome.duplicate:
                 return outcome
-            result = handler(record, *args, **kwargs)
-        return Outcome(
-            outcome.key,
-            "processed",
-            result=result,
-            attempts=outcome.attempts,
-            taken_over=outcome.taken_over,
-        )
+            outcome.result = handler(record, *args, **kwargs)
+        return outcome
 
     def __call__(self, handler: Callable[..., R]) -> Callable[..., R | None]:
         """Decorator: the wrapped handler returns the handler's result, or None for a duplicate."""
@@ -293,7 +288,7 @@ class Idempotent:
         lost = [False]
         with self._active_lock:
             self._active[token] = (key, lost)
-            if self._heartbeat is None or not self._heartbeat.is_alive():
+            if self._heartbeat is None:
                 self._heartbeat = threading.Thread(
                     target=self._beat, name="kops-idempotent-heartbeat", daemon=True
                 )
@@ -307,6 +302,10 @@ class Idempotent:
     def _beat(self) -> None:
         while not self._closed.wait(self.lease / 3):
             with self._active_lock:
+                if not self._active:
+                    # Idle: end the thread; the next claim starts a new one (same lock).
+                    self._heartbeat = None
+                    return
                 active = list(self._active.items())
             for token, (key, lost) in active:
                 try:
@@ -314,6 +313,8 @@ class Idempotent:
                         lost[0] = True
                 except Exception:
                     log.warning("lease renewal failed for %s", key, exc_info=True)
+        with self._active_lock:
+            self._heartbeat = None
 
     def close(self) -> None:
         """Stop the heartbeat and close the store."""
