@@ -171,6 +171,8 @@ class BacklogFanout:
     ) -> None:
         if source == target:
             raise KopsClientError("source and target topics must differ")
+        if drain_group is not None and drain_group == group:
+            raise KopsClientError("the drain group must differ from the source group")
         if partitions < 1:
             raise KopsClientError("partitions must be at least 1")
         if rate is not None and rate <= 0:
