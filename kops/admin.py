@@ -29,8 +29,10 @@ from confluent_kafka.admin import (
     OffsetSpec,
     ResourceType,
 )
+from kio.schema.describe_log_dirs.v1.request import DescribableLogDirTopic, DescribeLogDirsRequest
 
 from kops.client import AdminSession, ClientSettings, KopsClientError
+from kops.protocol.client import RequestError, send_request
 
 __all__ = [
     "ConfigValue",
@@ -89,8 +91,8 @@ class TopicInfo:
     internal: bool
     partitions: list[PartitionInfo]
     configs: list[ConfigValue] | None
-    #: Bytes on disk. Always None for now: confluent-kafka's AdminClient (2.16) has no
-    #: DescribeLogDirs call.
+    #: Bytes on disk over every replica (DescribeLogDirs), or None when the brokers
+    #: could not be asked (see warnings).
     size_bytes: int | None = None
     #: Non-fatal problems met while assembling the description (e.g. configs unavailable).
     warnings: list[str] = field(default_factory=list)
@@ -242,14 +244,48 @@ def describe_topic(target: ClientSettings | str, name: str) -> TopicInfo:
             configs = None
             warnings.append(f"configs unavailable: {exc}")
         topic_id = _topic_id(getattr(desc, "topic_id", None))
+        size_bytes = _size_on_disk(admin, name, ids, warnings)
         return TopicInfo(
             name=name,
             topic_id=topic_id,
             internal=bool(desc.is_internal),
             partitions=partitions,
             configs=configs,
+            size_bytes=size_bytes,
             warnings=warnings,
         )
+
+
+def _size_on_disk(
+    admin: AdminSession, name: str, partitions: list[int], warnings: list[str]
+) -> int | None:
+    """Sum of the topic's partition sizes on every broker, via DescribeLogDirs.
+
+    confluent-kafka's AdminClient has no DescribeLogDirs call, so this sends the
+    request itself (kio schemas, plain TCP); on TLS/SASL listeners it gives up
+    with a warning rather than guess at credentials.
+    """
+    protocol = str(admin.settings.config.get("security.protocol", "plaintext")).lower()
+    if protocol != "plaintext":
+        warnings.append("size on disk needs a plaintext listener")
+        return None
+    request = DescribeLogDirsRequest(
+        topics=(DescribableLogDirTopic(topic=name, partitions=tuple(partitions)),)
+    )
+    total = 0
+    for broker in admin.metadata(name).brokers.values():
+        try:
+            response = send_request(
+                broker.host, broker.port, request, timeout=admin.settings.timeout
+            )
+        except RequestError as exc:
+            warnings.append(f"size on disk unavailable: {exc}")
+            return None
+        for result in response.results:
+            for topic in result.topics:
+                if topic.name == name:
+                    total += sum(p.partition_size for p in topic.partitions)
+    return total
 
 
 def _topic_id(uuid: Any) -> str | None:

@@ -45,6 +45,7 @@ def _handler_modules() -> list[ModuleType]:
         delete_topics,
         describe_cluster,
         describe_configs,
+        describe_log_dirs,
         fetch,
         incremental_alter_configs,
         init_producer_id,
@@ -69,6 +70,7 @@ def _handler_modules() -> list[ModuleType]:
         create_partitions,
         incremental_alter_configs,
         describe_cluster,
+        describe_log_dirs,
     ]
     from kops.broker.groups import handler_modules as group_handler_modules
 

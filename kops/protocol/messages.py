@@ -19,6 +19,8 @@ from kio.index import load_payload_module, load_request_schema, load_response_sc
 from kio.schema.errors import ErrorCode
 from kio.schema.request_header.v1.header import RequestHeader as RequestHeaderV1
 from kio.schema.request_header.v2.header import RequestHeader as RequestHeaderV2
+from kio.schema.response_header.v0.header import ResponseHeader as ResponseHeaderV0
+from kio.schema.response_header.v1.header import ResponseHeader as ResponseHeaderV1
 from kio.serial import entity_reader, entity_writer
 from kio.static.constants import EntityType
 
@@ -77,6 +79,11 @@ def response_module(api_key: int, api_version: int) -> ModuleType:
 @cache
 def _body_reader(api_key: int, api_version: int) -> Any:
     return entity_reader(request_type(api_key, api_version))
+
+
+@cache
+def _reader(cls: type) -> Any:
+    return entity_reader(cls)
 
 
 @cache
@@ -172,6 +179,15 @@ def encode_request(correlation_id: int, body: Any, client_id: str | None = "kops
     _INT32.pack_into(data, 0, len(data) - 4)
     del data
     return buffer.getvalue()
+
+
+def decode_response(frame: bytes | memoryview, response_cls: type) -> tuple[int, Any]:
+    """(correlation id, body) of a response frame without its size prefix."""
+    flexible = response_cls.__flexible__ and response_cls.__api_key__ != API_VERSIONS_KEY
+    header_cls = ResponseHeaderV1 if flexible else ResponseHeaderV0
+    header, offset = _reader(header_cls)(frame, 0)
+    body, _ = _reader(response_cls)(frame, offset)
+    return header.correlation_id, body
 
 
 @cache

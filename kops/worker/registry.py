@@ -78,6 +78,7 @@ BUILTIN_KINDS: dict[str, str] = {
     "call": "kops.worker.jobs:call",
     "retry-consumer": "kops.recipes.dlq.jobs:retry_consumer_job",
     "dlq-replay": "kops.recipes.dlq.jobs:dlq_replay_job",
+    "backlog-fanout": "kops.recipes.fanout.jobs:backlog_fanout_job",
 }
 
 _registered: dict[str, JobFactory] = {}

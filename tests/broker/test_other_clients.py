@@ -143,3 +143,27 @@ def test_kcat_metadata_produce_consume(kafka_broker: str, topic_name: str) -> No
     assert got.returncode == 0, got.stderr
     assert got.stdout.splitlines() == [f"key{i}=value{i}" for i in range(20)]
     assert len(consume_all(kafka_broker, topic_name, 20)) == 20
+
+
+def test_kafka_python_describe_log_dirs_reports_segment_bytes(tmp_path) -> None:
+    kafka = pytest.importorskip("kafka")
+    from kops.testing import run_broker
+
+    with run_broker(tmp_path) as bootstrap:
+        create_topic(bootstrap, "sized", partitions=2)
+        produce(bootstrap, "sized", [(None, b"x" * 100, None, i % 2) for i in range(20)])
+        admin = kafka.KafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            response = admin.describe_log_dirs()
+        finally:
+            admin.close()
+        sizes = {
+            (topic["name"], part["partition_index"]): part["partition_size"]
+            for broker in response
+            for log_dir in broker["log_dirs"]
+            for topic in log_dir["topics"]
+            for part in topic["partitions"]
+        }
+        for index in range(2):
+            on_disk = sum(p.stat().st_size for p in (tmp_path / f"sized-{index}").glob("*.log"))
+            assert sizes[("sized", index)] == on_disk > 0

@@ -287,10 +287,9 @@ def test_recipe_file_fans_out_and_starts_drain_consumers(
     kafka_broker: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from kops.worker.recipe import parse_recipe
-    from kops.worker.registry import JobContext, job_factory, job_kinds, register_job_kind
+    from kops.worker.registry import JobContext, job_factory, job_kinds
 
-    if "backlog-fanout" not in job_kinds():
-        register_job_kind("backlog-fanout", "kops.recipes.fanout.jobs:backlog_fanout_job")
+    assert "backlog-fanout" in job_kinds()
     source = f"bl-{uuid.uuid4().hex[:8]}"
     _produce_backlog(kafka_broker, source, 3000)
 
