@@ -109,7 +109,16 @@ def produce_run(bootstrap: str, topic: str, count: int, size: int) -> float:
 
 def consume_run(bootstrap: str, topic: str, count: int) -> float:
     consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "bench", "enable.auto.commit": False}
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "bench",
+            "enable.auto.commit": False,
+            # librdkafka stops fetching for fetch.queue.backoff.ms (1 s) whenever its
+            # queue passes queued.min.messages; with 100-byte records one round of
+            # 1 MiB partition fetches does that, and the consumer then idles. Same
+            # setting for every broker measured.
+            "fetch.queue.backoff.ms": 10,
+        }
     )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
     got = 0
