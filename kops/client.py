@@ -24,13 +24,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 
 __all__ = [
     "DEFAULT_BOOTSTRAP",
@@ -260,6 +260,28 @@ class AdminSession:
     @property
     def request_timeout(self) -> float:
         return self.settings.timeout
+
+    def ensure_topics(self, wanted: Sequence[NewTopic]) -> list[str]:
+        """Create the topics in `wanted` that do not exist yet; return the names created.
+
+        Another process may create the same topic at the same moment (two workers
+        starting together): that counts as success, not an error.
+        """
+        existing = set(self.metadata().topics)
+        missing = [t for t in wanted if t.topic not in existing]
+        if not missing:
+            return []
+        futures = self.client.create_topics(
+            missing, request_timeout=self.request_timeout, operation_timeout=self.request_timeout
+        )
+        created = []
+        for name, future in futures.items():
+            try:
+                self.wait(future, "create topic", name)
+                created.append(name)
+            except TopicAlreadyExists:
+                pass
+        return created
 
     def wait(
         self,

@@ -26,7 +26,6 @@ duplicates by message id.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -314,17 +313,7 @@ def ensure_tier_topics(
         session = admin_or_bootstrap
     else:
         session = AdminSession(admin_or_bootstrap)
-    existing = set(session.metadata().topics)
-    missing = [n for n in wanted if n.topic not in existing]
-    if not missing:
-        return
-    futures = session.client.create_topics(
-        missing, request_timeout=session.request_timeout, operation_timeout=session.request_timeout
-    )
-    for name, fut in futures.items():
-        # Another worker may create the same topics at the same moment: that is fine.
-        with contextlib.suppress(TopicAlreadyExists):
-            session.wait(fut, "create topic", name)
+    session.ensure_topics(wanted)
 
 
 def _create_missing_raw(client: AdminClient, wanted: list[NewTopic], timeout: float = 10.0) -> None:

@@ -36,7 +36,6 @@ Example::
 from __future__ import annotations
 
 import builtins
-import contextlib
 import enum
 import importlib
 import json
@@ -59,7 +58,6 @@ from kops.client import (
     ClientSettings,
     ErrorWatch,
     KopsClientError,
-    TopicAlreadyExists,
     fetch_metadata,
     translate_error,
 )
@@ -428,15 +426,7 @@ def ensure_retry_topics(
             wanted[policy.dlq_for(topic)] = parts
             if policy.retry_topic:
                 wanted[policy.retry_target(topic)] = parts
-        missing = [NewTopic(t, num_partitions=n) for t, n in wanted.items() if t not in md.topics]
-        if not missing:
-            return
-        futures = admin.client.create_topics(
-            missing, request_timeout=admin.request_timeout, operation_timeout=admin.request_timeout
-        )
-        for name, fut in futures.items():
-            with contextlib.suppress(TopicAlreadyExists):
-                admin.wait(fut, "create topic", name)
+        admin.ensure_topics([NewTopic(t, num_partitions=n) for t, n in wanted.items()])
 
 
 # --------------------------------------------------------------------------- consumer loop

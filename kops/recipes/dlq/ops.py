@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 import uuid
@@ -14,7 +13,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import NewTopic, OffsetSpec
 
 from kops.admin import is_internal_topic
-from kops.client import AdminSession, ClientSettings, TopicAlreadyExists, UnknownTopic
+from kops.client import AdminSession, ClientSettings, UnknownTopic
 from kops.consume import StartAt, consume
 from kops.recipes.dlq.records import (
     EXCEPTION_HEADERS,
@@ -147,15 +146,7 @@ def load_markers(settings: ClientSettings, dlq_topic: str) -> dict[str, str]:
 def ensure_state_topic(admin: AdminSession, dlq_topic: str) -> None:
     """Create the compacted ``<dlq>.replayed`` marker topic when missing."""
     name = replay_state_topic(dlq_topic)
-    if name in admin.metadata().topics:
-        return
-    futures = admin.client.create_topics(
-        [NewTopic(name, num_partitions=1, config={"cleanup.policy": "compact"})],
-        request_timeout=admin.request_timeout,
-        operation_timeout=admin.request_timeout,
-    )
-    with contextlib.suppress(TopicAlreadyExists):
-        admin.wait(futures[name], "create topic", name)
+    admin.ensure_topics([NewTopic(name, num_partitions=1, config={"cleanup.policy": "compact"})])
 
 
 # --------------------------------------------------------------------------- inspect
