@@ -327,7 +327,7 @@ class PartitionLog:
 
     def read(
         self, offset: int, max_bytes: int, upper_bound: int, *, min_one_batch: bool = True
-    ) -> bytes:
+    ) -> bytes | memoryview:
         """Raw whole batches from the one containing `offset`, each ending before upper_bound.
 
         At most max_bytes, except that with min_one_batch an oversized first batch is
@@ -359,12 +359,14 @@ class PartitionLog:
         if header.size > max_bytes:
             return segment.read(pos, header.size) if min_one_batch else b""
         budget = max_bytes
-        chunks: list[bytes] = []
+        chunks: list[bytes | memoryview] = []
         while True:
             data = segment.read(pos, min(budget, segment.size - pos))
             cut, _ = whole_batches(data, upper)
             if cut:
-                chunks.append(data if cut == len(data) else data[:cut])
+                # A view, not a slice: fetch responses carry megabytes and the
+                # connection writes these bytes without another copy.
+                chunks.append(data if cut == len(data) else memoryview(data)[:cut])
                 budget -= cut
             # Carry on into the next segment only if this one was consumed to its end.
             if cut < len(data) or pos + cut < segment.size or budget < HEADER_SIZE:
