@@ -315,9 +315,11 @@ def test_recipe_file_fans_out_and_starts_drain_consumers(
     thread = threading.Thread(target=runner.run, args=(stop,))
     thread.start()
     try:
+        printed: list[str] = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             time.sleep(0.5)
+            printed += [line for line in capsys.readouterr().out.splitlines() if "key=" in line]
             try:
                 status = backlog_status(kafka_broker, f"g-{source}")
             except KopsClientError:  # nothing committed yet: the group is unknown
@@ -329,13 +331,16 @@ def test_recipe_file_fans_out_and_starts_drain_consumers(
                 and drain.lag is not None
                 and drain.total_lag == 0
                 and len(drain.lag.partitions) == 8
+                and len(printed) >= 3000
             ):
                 break
         else:
-            pytest.fail("fan-out and drain did not finish in 60 s")
+            pytest.fail(
+                f"fan-out and drain did not finish in 60 s ({len(printed)} of 3000 printed)"
+            )
     finally:
         stop.set()
         thread.join(30)
     assert not runner.errors
-    printed = [line for line in capsys.readouterr().out.splitlines() if "key=" in line]
+    printed += [line for line in capsys.readouterr().out.splitlines() if "key=" in line]
     assert len(printed) == 3000

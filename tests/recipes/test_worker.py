@@ -213,6 +213,9 @@ def test_worker_run_recipe_and_sigterm(kafka_broker: str, tmp_path: Path) -> Non
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert '"report"' in first and '"delay-forwarders"' in first
+        # Keep reading stdout: the every-second report would otherwise fill the
+        # pipe and block the worker mid-write, so SIGTERM could not stop it.
+        threading.Thread(target=lambda: proc.stdout.read(), daemon=True).start()  # type: ignore[union-attr]
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             text = "".join(lines)
