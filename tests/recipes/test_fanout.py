@@ -115,7 +115,9 @@ def _drain(bootstrap: str, topic: str, group: str, handler: Any, consumers: int 
         pc = ParallelConsumer(c, handler, workers=2, max_in_flight=500)
         pc.subscribe([topic])
         pcs.append(pc)
-    threads = [threading.Thread(target=pc.run, kwargs={"idle_timeout": 2}) for pc in pcs]
+    # The idle timeout must outlast a rebalance on a loaded machine, or a consumer
+    # could give up while partitions it is about to be given still hold records.
+    threads = [threading.Thread(target=pc.run, kwargs={"idle_timeout": 6}) for pc in pcs]
     for t in threads:
         t.start()
     for t in threads:

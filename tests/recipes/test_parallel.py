@@ -227,10 +227,10 @@ def test_rebalance_between_two_parallel_consumers_loses_nothing(
     b = ParallelConsumer(_consumer(kafka_broker, group), handler("b"), workers=2, max_in_flight=200)
     a.subscribe([topic])
     b.subscribe([topic])
-    ta = threading.Thread(target=a.run, kwargs={"idle_timeout": 2.5})
+    ta = threading.Thread(target=a.run, kwargs={"idle_timeout": 6})
     ta.start()
     time.sleep(0.3)  # b joins while a is busy: a's revoke must finish and commit
-    tb = threading.Thread(target=b.run, kwargs={"idle_timeout": 2.5})
+    tb = threading.Thread(target=b.run, kwargs={"idle_timeout": 6})
     tb.start()
     ta.join(60)
     tb.join(60)
