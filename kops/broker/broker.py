@@ -64,7 +64,6 @@ class Broker:
         self._tasks: list[asyncio.Task] = []
         self._next_producer_id = 0
         self._producer_id_ceiling = 0
-        self.started = asyncio.Event()
         # Extension points filled by other parts (group coordinator).
         self.groups = None
 
@@ -94,7 +93,6 @@ class Broker:
         from kops.broker.groups import attach as attach_groups
 
         await attach_groups(self)
-        self.started.set()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -131,10 +129,12 @@ class Broker:
             return []
         return [self._partitions[(topic, i)] for i in range(record.partitions)]
 
+    def effective_topic_config(self, record: TopicRecord) -> dict[str, str]:
+        """The topic's settings over the broker's defaults."""
+        return {**self.config.topic_defaults(), **record.configs}
+
     def log_config(self, record: TopicRecord) -> LogConfig:
-        merged = self.config.topic_defaults()
-        merged.update(record.configs)
-        return LogConfig.from_topic_config(merged)
+        return LogConfig.from_topic_config(self.effective_topic_config(record))
 
     def _open_partition(self, record: TopicRecord, index: int) -> Partition:
         partition_log = self.logs.open_partition(record.name, index, self.log_config(record))
@@ -156,10 +156,10 @@ class Broker:
         return partition
 
     def _apply_policy(self, partition: Partition, record: TopicRecord) -> None:
-        merged = self.config.topic_defaults()
-        merged.update(record.configs)
-        partition.max_message_bytes = int(merged["max.message.bytes"])
-        partition.min_insync_replicas = int(merged["min.insync.replicas"])
+        # max.message.bytes lives in the log's own config; only replication
+        # policy is the partition's.
+        settings = self.effective_topic_config(record)
+        partition.min_insync_replicas = int(settings["min.insync.replicas"])
 
     def _drop_orphan_logs(self) -> None:
         for topic, index in self.logs.existing_partitions():
@@ -257,10 +257,10 @@ class Broker:
         record = self.topics.get(name)
         if record is None:
             raise TopicError(ErrorCode.unknown_topic_or_partition, f"unknown topic {name!r}")
-        result = {key: (value, True) for key, value in self.config.topic_defaults().items()}
-        for key, value in record.configs.items():
-            result[key] = (value, False)
-        return result
+        return {
+            key: (value, key not in record.configs)
+            for key, value in self.effective_topic_config(record).items()
+        }
 
     def alter_topic_configs(
         self, name: str, changes: Iterable[tuple[str, str | None]], *, validate_only: bool = False

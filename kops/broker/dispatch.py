@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import cache
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -78,6 +79,7 @@ def _handler_modules() -> list[ModuleType]:
     return modules
 
 
+@cache
 def api_table() -> dict[int, Api]:
     table: dict[int, Api] = {}
     for module in _handler_modules():
@@ -101,7 +103,7 @@ class Dispatcher:
         if api_key == API_VERSIONS_KEY and not api.min_version <= api_version <= api.max_version:
             from kops.broker.handlers import api_versions
 
-            return encode_response(correlation_id, api_versions.unsupported_version_reply(self))
+            return encode_response(correlation_id, api_versions.unsupported_version_reply())
         if not api.min_version <= api_version <= api.max_version:
             raise FrameError(f"api {api_key} v{api_version} is outside the advertised range")
         try:

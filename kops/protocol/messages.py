@@ -77,18 +77,8 @@ def response_module(api_key: int, api_version: int) -> ModuleType:
 
 
 @cache
-def _body_reader(api_key: int, api_version: int) -> Any:
-    return entity_reader(request_type(api_key, api_version))
-
-
-@cache
 def _reader(cls: type) -> Any:
     return entity_reader(cls)
-
-
-@cache
-def _header_reader(flexible: bool) -> Any:
-    return entity_reader(RequestHeaderV2 if flexible else RequestHeaderV1)
 
 
 @cache
@@ -101,8 +91,9 @@ def decode_request(frame: bytes | memoryview) -> RequestFrame:
     api_key, api_version, _ = peek_key_version(frame)
     cls = request_type(api_key, api_version)
     try:
-        header, offset = _header_reader(cls.__flexible__)(frame, 0)
-        body, _end = _body_reader(api_key, api_version)(frame, offset)
+        header_cls = RequestHeaderV2 if cls.__flexible__ else RequestHeaderV1
+        header, offset = _reader(header_cls)(frame, 0)
+        body, _ = _reader(cls)(frame, offset)
     except Exception as exc:
         raise MalformedRequestError(f"cannot decode api {api_key} v{api_version}: {exc}") from exc
     return RequestFrame(api_key, api_version, header.correlation_id, header.client_id, body)

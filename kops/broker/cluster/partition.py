@@ -20,7 +20,6 @@ class Partition:
     replicas: list[int]
     isr: list[int]
     leader_epoch: int = 0
-    max_message_bytes: int = 1048588
     min_insync_replicas: int = 1
     _waiters: set[asyncio.Future] = field(default_factory=set, repr=False)
 

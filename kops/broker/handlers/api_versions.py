@@ -43,7 +43,7 @@ async def handle(ctx: RequestContext, request: object) -> object:
     )
 
 
-def unsupported_version_reply(dispatcher: object) -> object:
+def unsupported_version_reply() -> object:
     return ApiVersionsResponseV0(
         error_code=ErrorCode.unsupported_version,
         api_keys=(ApiVersionV0(api_key=API_KEY, min_version=MIN_VERSION, max_version=MAX_VERSION),),

@@ -49,7 +49,7 @@ async def handle(ctx: RequestContext, request: object) -> object | None:
                 message = f"cannot produce to internal topic {topic.name}"
             elif data.records is None or not len(data.records):
                 code, message = ErrorCode.corrupt_message, "no record batch in the request"
-            elif len(data.records) > partition.max_message_bytes:
+            elif len(data.records) > partition.log.config.max_message_bytes:
                 code = ErrorCode.message_too_large
             elif acks == -1 and len(partition.isr) < partition.min_insync_replicas:
                 code = ErrorCode.not_enough_replicas
