@@ -32,7 +32,7 @@ from confluent_kafka import Consumer, Producer
 from kops import admin
 from kops.recipes import headers as h
 from kops.recipes.delay import DelayTiers, ensure_tier_topics, send_delayed
-from kops.recipes.delay_status import delay_status, percentiles
+from kops.recipes.delay.status import delay_status, percentiles
 
 DELAYS = (1.0, 2.0, 5.0, 7.5)
 

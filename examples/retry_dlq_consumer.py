@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     forwarders = None
     if args.run_forwarders:
-        from kops.recipes.delay_forwarder import DelayForwarders, ForwarderOptions
+        from kops.recipes.delay.forwarder import DelayForwarders, ForwarderOptions
 
         forwarders = threading.Thread(
             target=DelayForwarders(settings, ForwarderOptions(tiers=tiers, stats_interval=0)).run,

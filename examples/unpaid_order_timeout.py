@@ -34,7 +34,7 @@ from kops import admin
 from kops.cli.common import parse_duration
 from kops.client import TopicAlreadyExists
 from kops.recipes.delay import DelayTiers, ensure_tier_topics, send_delayed
-from kops.recipes.delay_forwarder import DelayForwarders, ForwarderOptions
+from kops.recipes.delay.forwarder import DelayForwarders, ForwarderOptions
 
 ORDERS, PAYMENTS, CHECKS, CANCELLED = (
     "orders",

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from kops.broker.runner import BrokerProcess as _BrokerProcess
@@ -27,6 +28,62 @@ TEST_CONFIG = {
     "log.retention.check.interval.ms": "1000",
     "log.cleaner.backoff.ms": "1000",
 }
+
+
+class WaitTimeout(AssertionError):
+    """A condition waited on did not come true in time."""
+
+
+def wait_until(
+    condition: Callable[[], object],
+    timeout: float = 10.0,
+    *,
+    interval: float = 0.02,
+    message: str | Callable[[], str] | None = None,
+) -> object:
+    """Poll `condition` until it returns something truthy; return that value.
+
+    Raises WaitTimeout (an AssertionError, so pytest shows it as a failed
+    check) naming what was awaited. The poll interval grows from `interval`
+    to at most 0.25 s so a long wait costs little CPU and a short one is quick.
+    """
+    deadline = time.monotonic() + timeout
+    pause = interval
+    while True:
+        value = condition()
+        if value:
+            return value
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            text = message() if callable(message) else message
+            what = text or getattr(condition, "__name__", "condition")
+            raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(min(pause, remaining))
+        pause = min(pause * 1.5, 0.25)
+
+
+async def async_wait_until(
+    condition: Callable[[], object],
+    timeout: float = 10.0,
+    *,
+    interval: float = 0.02,
+    message: str | None = None,
+) -> object:
+    """`wait_until` for asyncio code: polls without blocking the event loop."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    pause = interval
+    while True:
+        value = condition()
+        if value:
+            return value
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            what = message or getattr(condition, "__name__", "condition")
+            raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}")
+        await asyncio.sleep(min(pause, remaining))
+        pause = min(pause * 1.5, 0.25)
 
 
 @contextlib.contextmanager

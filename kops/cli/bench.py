@@ -24,8 +24,8 @@ from kops.cli.common import (
 from kops.client import ClientSettings
 from kops.recipes.bench import BenchResult, bench_consume, bench_produce
 from kops.recipes.bench import Progress as BenchProgress
-from kops.recipes.bench_sweep import SweepResult, plot_sweep
-from kops.recipes.bench_sweep import sweep as run_sweep
+from kops.recipes.bench.sweep import SweepResult, plot_sweep
+from kops.recipes.bench.sweep import sweep as run_sweep
 
 _ACKS = click.Choice(["all", "-1", "0", "1"])
 

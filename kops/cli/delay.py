@@ -1,7 +1,7 @@
 """``kops delay ...``: send, inspect and cancel delayed records; run the tier forwarders.
 
-Logic is in :mod:`kops.recipes.delay` (sending, cancel), :mod:`kops.recipes.delay_forwarder`
-and :mod:`kops.recipes.delay_status`.
+Logic is in :mod:`kops.recipes.delay` (sending, cancel), :mod:`kops.recipes.delay.forwarder`
+and :mod:`kops.recipes.delay.status`.
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ def status(
     time - due time) comes from the stats the running forwarders publish every few seconds
     to kops.delay.stats; a tier's lateness is counted where records leave for their target.
     """
-    from kops.recipes.delay_status import delay_status
+    from kops.recipes.delay.status import delay_status
 
     rows = delay_status(settings, tiers, group=group, stats_topic=stats_topic)
     if as_json:

@@ -73,12 +73,12 @@ JobFactory = Callable[[dict[str, Any], JobContext], "LongRunningJob | Callable[[
 
 #: kind -> "module:attribute" of its factory. One line per kind; other engineers add theirs.
 BUILTIN_KINDS: dict[str, str] = {
-    "delay-forwarders": "kops.worker.jobs:delay_forwarders",
-    "delay-status": "kops.worker.jobs:delay_status_report",
-    "call": "kops.worker.jobs:call",
-    "retry-consumer": "kops.recipes.dlq.jobs:retry_consumer_job",
-    "dlq-replay": "kops.recipes.dlq.jobs:dlq_replay_job",
-    "backlog-fanout": "kops.recipes.fanout.jobs:backlog_fanout_job",
+    "delay-forwarders": "kops.worker.jobs.delay:delay_forwarders",
+    "delay-status": "kops.worker.jobs.delay:delay_status_report",
+    "call": "kops.worker.jobs.call:call",
+    "retry-consumer": "kops.worker.jobs.dlq:retry_consumer_job",
+    "dlq-replay": "kops.worker.jobs.dlq:dlq_replay_job",
+    "backlog-fanout": "kops.worker.jobs.fanout:backlog_fanout_job",
 }
 
 _registered: dict[str, JobFactory] = {}

@@ -14,7 +14,7 @@ from confluent_kafka import Consumer
 from kops import admin
 from kops.recipes import headers as h
 from kops.recipes.delay import DelayTiers
-from kops.recipes.delay_forwarder import DelayForwarders, ForwarderOptions
+from kops.recipes.delay.forwarder import DelayForwarders, ForwarderOptions
 
 
 @pytest.fixture

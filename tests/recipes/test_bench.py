@@ -10,7 +10,7 @@ import pytest
 
 from kops import admin
 from kops.recipes.bench import BenchResult, LatencyStats, bench_consume, bench_produce
-from kops.recipes.bench_sweep import SweepPoint, SweepResult, plot_sweep, sweep
+from kops.recipes.bench.sweep import SweepPoint, SweepResult, plot_sweep, sweep
 
 # --------------------------------------------------------------------------- no broker
 

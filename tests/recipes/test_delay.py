@@ -26,8 +26,8 @@ from kops.recipes.delay import (
     format_tier,
     send_delayed,
 )
-from kops.recipes.delay_forwarder import DelayForwarders, ForwarderOptions
-from kops.recipes.delay_status import delay_status, percentiles
+from kops.recipes.delay.forwarder import DelayForwarders, ForwarderOptions
+from kops.recipes.delay.status import delay_status, percentiles
 
 # --------------------------------------------------------------------------- no broker
 

@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, Producer
 from kops import admin
 from kops.recipes import headers as h
 from kops.recipes.delay import DelayTiers, ensure_tier_topics, send_delayed
-from kops.recipes.delay_forwarder import DelayForwarders, ForwarderOptions
+from kops.recipes.delay.forwarder import DelayForwarders, ForwarderOptions
 from kops.testing import BrokerProcess
 
 

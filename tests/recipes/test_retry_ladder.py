@@ -20,7 +20,7 @@ from confluent_kafka import Producer
 from kops.admin import create_topic
 from kops.recipes import headers as h
 from kops.recipes.delay import DelayTiers
-from kops.recipes.delay_forwarder import DelayForwarders, ForwarderOptions
+from kops.recipes.delay.forwarder import DelayForwarders, ForwarderOptions
 from kops.recipes.dlq import read_dead_letters
 from kops.recipes.retry import DeserializationError, Outcome, RetryPolicy, run_retrying_consumer
 

@@ -33,7 +33,7 @@ record is re-sent (state ``started``) and completed after delivery (``done``), s
 between never replays twice; such records are reported as in doubt instead.
 
 Retry headers (``kops.retry.*``), the Spring/Connect mapping and the worker job kinds
-(``retry-consumer``, ``dlq-replay`` in :mod:`kops.recipes.dlq.jobs`): ``recipes/dlq.md``.
+(``retry-consumer``, ``dlq-replay`` in :mod:`kops.worker.jobs.dlq`): ``recipes/dlq.md``.
 """
 
 from kops.recipes.dlq.ops import (

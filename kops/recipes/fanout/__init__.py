@@ -11,7 +11,7 @@ reads the backlog once, from the group's committed offsets, and writes it to a t
     print(backlog_status("127.0.0.1:9092", "billing").to_dict())
 
 The CLI is ``kops backlog fanout`` / ``kops backlog status``; the worker job kind
-``backlog-fanout`` (:mod:`kops.recipes.fanout.jobs`) also starts the drain consumers.
+``backlog-fanout`` (:mod:`kops.worker.jobs.fanout`) also starts the drain consumers.
 
 Guarantees:
 
@@ -48,6 +48,7 @@ from kops.recipes.fanout.forward import (
     murmur2,
     parse_metadata,
     partition_for_key,
+    print_record,
 )
 from kops.recipes.fanout.status import BacklogStatus, Side, backlog_status
 
@@ -63,4 +64,5 @@ __all__ = [
     "murmur2",
     "parse_metadata",
     "partition_for_key",
+    "print_record",
 ]

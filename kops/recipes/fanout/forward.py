@@ -503,3 +503,13 @@ def fanout(
     """One call: :class:`BacklogFanout` (``options`` go to it) run until caught up."""
     job = BacklogFanout(settings, source, group, target, partitions, **options)
     return job.run(until_caught_up=until_caught_up, progress=progress)
+
+
+def print_record(record: Any) -> None:
+    """A placeholder drain handler: one line per record on stdout. Replace it with yours."""
+    key = record.key()
+    print(
+        f"{record.topic()}[{record.partition()}]@{record.offset()} "
+        f"key={key.decode('utf-8', 'replace') if key is not None else None}",
+        flush=True,
+    )

@@ -3,7 +3,7 @@
 Kafka has no per-record delay, so kops uses a ladder of *tier topics*, one per fixed delay
 (RocketMQ's 18 levels by default: 1s 5s 10s ... 1h 2h). A record sent with a delay goes to
 the largest tier not longer than the delay; the tier's forwarder (see
-:mod:`kops.recipes.delay_forwarder`) moves it on when it is due: to its target topic, or to a
+:mod:`kops.recipes.delay.forwarder`) moves it on when it is due: to its target topic, or to a
 smaller tier when time remains ("cascading"), so any delay up to ``max_delay`` works.
 
 Everything here speaks only the Kafka protocol, so it runs unchanged against a real cluster::

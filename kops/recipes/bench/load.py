@@ -8,7 +8,7 @@ as Kafka's tools) and latency percentiles.
 - Consume latency is each record's age when it reaches the consumer (now - its create
   time): end-to-end latency while consuming live, the backlog's age when draining one.
 
-The partition-count sweep built on these is in :mod:`kops.recipes.bench_sweep`.
+The partition-count sweep built on these is in :mod:`kops.recipes.bench.sweep`.
 
 Example::
 

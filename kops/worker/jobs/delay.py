@@ -1,16 +1,11 @@
-"""Built-in job kinds (registered by name in :data:`kops.worker.registry.BUILTIN_KINDS`).
+"""Delay job kinds (registered by name in :data:`kops.worker.registry.BUILTIN_KINDS`).
 
 - ``delay-forwarders`` (long-running): every tier forwarder of a delay ladder.
 - ``delay-status`` (periodic): log one line per tier: pending, oldest due, lateness p50/p99.
-- ``call`` (either): call ``target = "package.module:function"`` with ``args``; periodic when
-  the job has ``every``/``cron``, otherwise the function is called once per run with a
-  ``stop`` event (``function(stop, **args)``) and must return when it is set.
 """
 
 from __future__ import annotations
 
-import importlib
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,10 +18,10 @@ from kops.recipes.delay import (
     STATS_TOPIC,
     DelayTiers,
 )
-from kops.recipes.delay_forwarder import DelayForwarders, ForwarderOptions
+from kops.recipes.delay.forwarder import DelayForwarders, ForwarderOptions
 from kops.worker.registry import JobContext, RecipeError, take_options
 
-__all__ = ["call", "delay_forwarders", "delay_status_report", "tiers_from_options"]
+__all__ = ["delay_forwarders", "delay_status_report", "tiers_from_options"]
 
 _TIER_KEYS = {"tiers", "template", "max_delay"}
 
@@ -81,7 +76,7 @@ def delay_forwarders(options: dict[str, Any], context: JobContext) -> DelayForwa
 
 
 def delay_status_report(options: dict[str, Any], context: JobContext) -> Callable[[], None]:
-    from kops.recipes.delay_status import delay_status
+    from kops.recipes.delay.status import delay_status
 
     opts = take_options(options, _TIER_KEYS | {"group", "stats_topic"}, context.kind)
     tiers = tiers_from_options(opts)
@@ -107,26 +102,3 @@ def delay_status_report(options: dict[str, Any], context: JobContext) -> Callabl
             )  # fmt: skip
 
     return report
-
-
-class _CallLoop:
-    def __init__(self, fn: Callable[..., Any], args: dict[str, Any]):
-        self.fn, self.args = fn, args
-
-    def run(self, stop: threading.Event) -> None:
-        self.fn(stop, **self.args)
-
-
-def call(options: dict[str, Any], context: JobContext) -> Any:
-    opts = take_options(options, {"target", "args"}, context.kind, required={"target"})
-    module_name, _, attr = str(opts["target"]).partition(":")
-    if not attr:
-        raise RecipeError("target must look like 'package.module:function'")
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise RecipeError(f"cannot load {opts['target']}: {exc}") from None
-    args = dict(opts.get("args", {}))
-    if context.periodic:
-        return lambda: fn(**args)
-    return _CallLoop(fn, args)

@@ -16,7 +16,7 @@ not held longer than it needs. Before anything is delivered to its target the fo
 catches up with the cancel topic, so a cancel acknowledged before the due time always wins.
 
 Lateness (delivery time - due time, in ms) is kept per tier in memory and published every
-``stats_interval`` seconds to the compacted stats topic (see :mod:`kops.recipes.delay_status`).
+``stats_interval`` seconds to the compacted stats topic (see :mod:`kops.recipes.delay.status`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ from tenacity import (
 
 from kops.client import BrokerUnavailable, ClientSettings, ErrorWatch, KopsClientError
 from kops.recipes import headers as h
-from kops.recipes.delay import (
+from kops.recipes.delay.cancel import CancelView
+from kops.recipes.delay.status import SAMPLES_PUBLISHED, LatenessStats
+from kops.recipes.delay.tiers import (
     CANCEL_TOPIC,
     FORWARDER_GROUP,
     STATS_TOPIC,
@@ -59,8 +61,6 @@ from kops.recipes.delay import (
     ensure_tier_topics,
     format_tier,
 )
-from kops.recipes.delay_cancel import CancelView
-from kops.recipes.delay_status import SAMPLES_PUBLISHED, LatenessStats
 
 __all__ = ["CancelView", "DelayForwarders", "ForwarderOptions", "LatenessStats", "TierForwarder"]
 

@@ -8,7 +8,7 @@ the smallest count that actually reached t.
 
 Example::
 
-    from kops.recipes.bench_sweep import sweep
+    from kops.recipes.bench.sweep import sweep
     result = sweep(bootstrap, [1, 2, 4, 8], records=50_000, record_size=1024, consumers=4)
     print(result.recommend(target_mb_s=50).text)
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 from kops import admin as topics_admin
 from kops.client import ClientSettings, KopsClientError
-from kops.recipes.bench import BenchResult, Progress, bench_consume, bench_produce
+from kops.recipes.bench.load import BenchResult, Progress, bench_consume, bench_produce
 
 __all__ = ["Recommendation", "SweepPoint", "SweepResult", "plot_sweep", "sweep"]
 

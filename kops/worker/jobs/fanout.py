@@ -13,7 +13,7 @@ Options of its ``[[job]]`` table (``recipes/backlog-fanout.toml`` documents them
   then wrapped in :class:`kops.recipes.idempotent.Idempotent`, so records the fan-out forwarded
   twice (after a crash) are applied once.
 
-Wire it with ``"backlog-fanout": "kops.recipes.fanout.jobs:backlog_fanout_job"`` in
+Wired as ``"backlog-fanout": "kops.worker.jobs.fanout:backlog_fanout_job"`` in
 :data:`kops.worker.registry.BUILTIN_KINDS`.
 """
 
@@ -30,7 +30,7 @@ from confluent_kafka import Consumer
 from kops.recipes.fanout.forward import BacklogFanout
 from kops.worker.registry import JobContext, RecipeError, take_options
 
-__all__ = ["BacklogFanoutJob", "backlog_fanout_job", "print_record"]
+__all__ = ["BacklogFanoutJob", "backlog_fanout_job"]
 
 _ALLOWED = {
     "from",
@@ -171,16 +171,6 @@ def backlog_fanout_job(options: dict[str, Any], context: JobContext) -> BacklogF
         drain_workers=max(int(opts.get("drain_workers", 1)), 1),
         drain_group=drain_group,
         handler=handler,
-    )
-
-
-def print_record(record: Any) -> None:
-    """A placeholder drain handler: one line per record on stdout. Replace it with yours."""
-    key = record.key()
-    print(
-        f"{record.topic()}[{record.partition()}]@{record.offset()} "
-        f"key={key.decode('utf-8', 'replace') if key is not None else None}",
-        flush=True,
     )
 
 

@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from kops.client import ClientSettings, ErrorWatch, KopsClientError, fetch_metadata, translate_error
 from kops.recipes import headers as h
-from kops.recipes.delay import FORWARDER_GROUP, STATS_TOPIC, DelayTiers, format_tier
+from kops.recipes.delay.tiers import FORWARDER_GROUP, STATS_TOPIC, DelayTiers, format_tier
 
 __all__ = [
     "LatenessStats",

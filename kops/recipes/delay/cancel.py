@@ -17,7 +17,7 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from kops.client import ClientSettings, ErrorWatch
-from kops.recipes.delay import CANCEL_TOPIC
+from kops.recipes.delay.tiers import CANCEL_TOPIC
 
 __all__ = ["CancelView"]
 

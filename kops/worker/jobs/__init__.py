@@ -1,0 +1,8 @@
+"""Recipe-to-worker glue: one module per recipe, each building jobs from a recipe file's
+``[[job]]`` options (:data:`kops.worker.registry.BUILTIN_KINDS` names them).
+
+- `delay`: ``delay-forwarders``, ``delay-status``;
+- `dlq`: ``retry-consumer``, ``dlq-replay``;
+- `fanout`: ``backlog-fanout``;
+- `call`: ``call``, any function of yours.
+"""
