@@ -45,8 +45,14 @@ __all__ = [
     "delete_topic",
     "describe_topic",
     "is_internal_topic",
+    "list_offsets",
     "list_topics",
+    "offsets_for_time",
+    "watermarks",
 ]
+
+#: ``(topic, partition)``: how the offset helpers key their answers.
+TopicPartitionKey = tuple[str, int]
 
 
 @dataclass(frozen=True)
@@ -173,19 +179,49 @@ def list_topics(target: ClientSettings | str, include_internal: bool = False) ->
     return sorted(out, key=lambda t: t.name)
 
 
-def _list_offsets(
-    admin: AdminSession, name: str, partitions: Iterable[int], spec: OffsetSpec
-) -> dict[int, int | None]:
-    parts = list(partitions)
-    if not parts:
+# --------------------------------------------------------------------------- ListOffsets
+# The one place that asks the broker for log start/end offsets and offsets for a time; the
+# recipes (lag, rewind, replay, fan-out status, dlq) use these.
+
+
+def list_offsets(
+    admin: AdminSession, keys: Iterable[TopicPartitionKey], spec: OffsetSpec
+) -> dict[TopicPartitionKey, int | None]:
+    """ListOffsets for many partitions (of any topics) in one round.
+
+    ``spec`` is ``OffsetSpec.earliest()``, ``latest()`` or ``for_timestamp(ms)``; None means
+    the broker found no such offset (for a timestamp: no record at or after it).
+    """
+    request = {TopicPartition(t, p): spec for t, p in dict.fromkeys(keys)}
+    if not request:
         return {}
-    req = {TopicPartition(name, p): spec for p in parts}
-    futures = admin.client.list_offsets(req, request_timeout=admin.request_timeout)
-    out: dict[int, int | None] = {}
+    futures = admin.client.list_offsets(request, request_timeout=admin.request_timeout)
+    out: dict[TopicPartitionKey, int | None] = {}
     for tp, fut in futures.items():
-        res = admin.wait(fut, "list offsets", name)
-        out[tp.partition] = res.offset if res.offset >= 0 else None
+        res = admin.wait(fut, "list offsets", tp.topic)
+        out[(tp.topic, tp.partition)] = res.offset if res.offset >= 0 else None
     return out
+
+
+def watermarks(
+    admin: AdminSession, keys: Iterable[TopicPartitionKey]
+) -> tuple[dict[TopicPartitionKey, int], dict[TopicPartitionKey, int]]:
+    """``(log starts, log ends)`` of many partitions; a partition the broker has no offset
+    for counts as 0 (empty)."""
+    keys = list(dict.fromkeys(keys))
+    starts = list_offsets(admin, keys, OffsetSpec.earliest())
+    ends = list_offsets(admin, keys, OffsetSpec.latest())
+    return (
+        {k: starts.get(k) or 0 for k in keys},
+        {k: ends.get(k) or 0 for k in keys},
+    )
+
+
+def offsets_for_time(
+    admin: AdminSession, keys: Iterable[TopicPartitionKey], timestamp_ms: int
+) -> dict[TopicPartitionKey, int | None]:
+    """The first offset at or after ``timestamp_ms`` per partition (None: no such record)."""
+    return list_offsets(admin, keys, OffsetSpec.for_timestamp(int(timestamp_ms)))
 
 
 def _describe_configs(admin: AdminSession, name: str) -> list[ConfigValue]:
@@ -222,17 +258,17 @@ def describe_topic(target: ClientSettings | str, name: str) -> TopicInfo:
             TopicCollection([name]), request_timeout=admin.request_timeout
         )
         desc = admin.wait(futures[name], "describe topic", name)
-        ids = [p.id for p in desc.partitions]
-        starts = _list_offsets(admin, name, ids, OffsetSpec.earliest())
-        ends = _list_offsets(admin, name, ids, OffsetSpec.latest())
+        keys = [(name, p.id) for p in desc.partitions]
+        starts = list_offsets(admin, keys, OffsetSpec.earliest())
+        ends = list_offsets(admin, keys, OffsetSpec.latest())
         partitions = [
             PartitionInfo(
                 partition=p.id,
                 leader=p.leader.id if p.leader is not None else None,
                 replicas=[r.id for r in p.replicas],
                 isr=[r.id for r in p.isr],
-                start_offset=starts.get(p.id),
-                end_offset=ends.get(p.id),
+                start_offset=starts.get((name, p.id)),
+                end_offset=ends.get((name, p.id)),
             )
             for p in sorted(desc.partitions, key=lambda p: p.id)
         ]
@@ -244,7 +280,7 @@ def describe_topic(target: ClientSettings | str, name: str) -> TopicInfo:
             configs = None
             warnings.append(f"configs unavailable: {exc}")
         topic_id = _topic_id(getattr(desc, "topic_id", None))
-        size_bytes = _size_on_disk(admin, name, ids, warnings)
+        size_bytes = _size_on_disk(admin, name, [p.id for p in desc.partitions], warnings)
         return TopicInfo(
             name=name,
             topic_id=topic_id,

@@ -24,13 +24,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from kops.errors import KopsError
 
 __all__ = [
     "DEFAULT_BOOTSTRAP",
@@ -63,7 +65,7 @@ _UNREACHABLE_CODES = frozenset(
 )
 
 
-class KopsClientError(Exception):
+class KopsClientError(KopsError):
     """A Kafka operation failed. ``str(e)`` is a single line suitable for an operator.
 
     ``code`` is the librdkafka/Kafka error name (e.g. ``"TOPIC_ALREADY_EXISTS"``) when known.
@@ -159,13 +161,40 @@ class ErrorWatch:
     request timeout.
     """
 
-    def __init__(self, bootstrap: str):
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        log: logging.Logger | None = None,
+        what: str = "client",
+        log_every: float = 30.0,
+        notify: Callable[[str], None] | None = None,
+    ):
         self.bootstrap = bootstrap
         self.last_error: KafkaError | None = None
         self.all_down = False
         self._lock = threading.Lock()
+        # Long-running clients (forwarders, workers, followers) pass `log` (or `notify`, a
+        # function of one line): an unreachable cluster is then a warning at once and every
+        # `log_every` seconds while it lasts, never silence.
+        self.log = log
+        self.notify = notify
+        self.what = what
+        self.log_every = log_every
+        self._logged_at = -1e9
 
     def __call__(self, err: KafkaError) -> None:
+        if (self.log is not None or self.notify is not None) and err.code() in _UNREACHABLE_CODES:
+            now = time.monotonic()
+            if now - self._logged_at >= self.log_every:
+                self._logged_at = now
+                text = (
+                    f"{self.what}: cannot reach Kafka at {self.bootstrap}: {err.str()} (retrying)"
+                )
+                if self.log is not None:
+                    self.log.warning("%s", text)
+                if self.notify is not None:
+                    self.notify(text)
         with self._lock:
             code = err.code()
             # Keep the specific cause ("Connection refused", "Failed to resolve") over the

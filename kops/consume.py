@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -236,6 +236,7 @@ def consume(
     idle_timeout: float | None = None,
     stop_at_end: bool = False,
     config: dict[str, Any] | None = None,
+    on_unreachable: Callable[[str], None] | None = None,
 ) -> Iterator[ConsumedRecord]:
     """Yield records from ``topic`` until a stop condition holds.
 
@@ -245,7 +246,10 @@ def consume(
     or to the group's committed offsets when ``group`` is given.
 
     With ``group`` and no ``partitions`` the consumer subscribes (group rebalancing); with
-    ``partitions`` it assigns them directly. Raises :class:`kops.client.KopsClientError`.
+    ``partitions`` it assigns them directly. Raises :class:`kops.client.KopsClientError`
+    (at once when no broker answers at start). When the cluster goes away later, reading
+    goes on retrying; ``on_unreachable`` is then called with a one-line reason (at most
+    every 10 s while it lasts), so a follower is never silently stuck.
     """
     settings = ClientSettings.of(target)
     if start is None:
@@ -304,6 +308,10 @@ def consume(
         else:
             consumer.assign(_resolve_start(consumer, topic, selected, start, settings.timeout))
 
+        if on_unreachable is not None:  # from now on, an outage is reported, not fatal
+            watch.what = f"consume {topic}"
+            watch.log_every = 10.0
+            watch.notify = on_unreachable
         yield from _poll_loop(
             consumer,
             selected=None if (group and not partitions) else set(selected),

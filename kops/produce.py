@@ -1,5 +1,13 @@
 """Produce records with confluent-kafka: acks=all, every delivery checked.
 
+Two helpers every producing piece of kops uses (CLI, recipes, worker jobs):
+
+- :func:`produce_with_room`: ``Producer.produce`` that, when the local queue is full
+  (``BufferError``), serves delivery reports until there is room and tries again. It never
+  drops the record.
+- :class:`DeliveryTracker`: an ``on_delivery`` callback that checks every delivery report,
+  counts deliveries and failures and keeps the first few distinct errors.
+
 Example::
 
     from kops.produce import OutgoingRecord, produce_records, records_from_lines
@@ -14,25 +22,132 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
 from kops.client import ClientSettings, ErrorWatch, KopsClientError, fetch_metadata
+from kops.errors import KopsError
 
 __all__ = [
+    "DeliveryTracker",
     "InputError",
     "OutgoingRecord",
     "ProduceReport",
     "produce_records",
+    "produce_with_room",
     "records_from_lines",
 ]
 
 _MAX_ERRORS_KEPT = 5
 
 
-class InputError(ValueError):
+def produce_with_room(
+    producer: Producer,
+    topic: str,
+    *args: Any,
+    poll_timeout: float = 0.1,
+    on_full: Callable[[], None] | None = None,
+    **kwargs: Any,
+) -> None:
+    """``producer.produce(topic, *args, **kwargs)``, waiting for room when the queue is full.
+
+    librdkafka raises ``BufferError`` when ``queue.buffering.max.messages`` (or ``.kbytes``)
+    records are waiting; then this serves delivery reports (``poll(poll_timeout)``) and tries
+    again, as long as it takes: the record is never dropped. Every queued record leaves the
+    queue within ``delivery.timeout.ms`` (delivered or failed), so the wait ends. ``on_full``
+    runs after each wait: raise from it to give up (e.g. when a delivery already failed).
+    """
+    while True:
+        try:
+            producer.produce(topic, *args, **kwargs)
+            return
+        except BufferError:
+            producer.poll(poll_timeout)
+            if on_full is not None:
+                on_full()
+
+
+class DeliveryTracker:
+    """An ``on_delivery`` callback that checks every delivery report.
+
+    Counts ``delivered`` and ``failed`` records (and delivered records per partition), keeps
+    the first ``max_errors`` distinct errors as one-line texts and the first
+    ``KafkaError``. Call :meth:`sent` for each record handed to the producer to know how many
+    are still ``outstanding``. ``then`` is called with each report after it is counted.
+    Callbacks may run on any thread polling the producer: counting is locked.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_errors: int = 5,
+        then: Callable[[KafkaError | None, Message], None] | None = None,
+    ):
+        self.max_errors = max_errors
+        self.then = then
+        self.queued = 0
+        self.delivered = 0
+        self.failed = 0
+        self.errors: list[str] = []
+        self.first_error: KafkaError | None = None
+        self.partitions: Counter[int] = Counter()
+        self._lock = threading.Lock()
+
+    def __call__(self, err: KafkaError | None, msg: Message) -> None:
+        with self._lock:
+            if err is not None:
+                self.failed += 1
+                if self.first_error is None:
+                    self.first_error = err
+                self._note(f"{err.str()} ({err.name()})")
+            else:
+                self.delivered += 1
+                self.partitions[msg.partition()] += 1
+        if self.then is not None:
+            self.then(err, msg)
+
+    def _note(self, text: str) -> None:
+        if text not in self.errors and len(self.errors) < self.max_errors:
+            self.errors.append(text)
+
+    def sent(self, n: int = 1) -> None:
+        """Count ``n`` records handed to the producer with this tracker as callback."""
+        with self._lock:
+            self.queued += n
+
+    @property
+    def outstanding(self) -> int:
+        """Records sent whose delivery report has not come yet."""
+        with self._lock:
+            return self.queued - self.delivered - self.failed
+
+    @property
+    def undelivered(self) -> int:
+        """Records sent and not (yet) delivered: failed or still outstanding."""
+        with self._lock:
+            return self.queued - self.delivered
+
+    def flush(self, producer: Producer, timeout: float) -> int:
+        """Flush ``producer``; return the records not delivered (failed or not acknowledged
+        within ``timeout``)."""
+        left = producer.flush(timeout)
+        with self._lock:
+            if left:
+                self._note(f"{left} record(s) not acknowledged within {timeout:g}s")
+            return self.queued - self.delivered
+
+    def summary(self, what: str = "records") -> str:
+        """``"3 of 2000 records not delivered: <first error>; ..."``."""
+        with self._lock:
+            n = self.queued - self.delivered
+            detail = "; ".join(self.errors) or "not acknowledged"
+            return f"{n} of {self.queued} {what} not delivered: {detail}"
+
+
+class InputError(KopsError, ValueError):
     """A line of input could not be turned into a record (e.g. no key separator)."""
 
 
@@ -51,6 +166,7 @@ class ProduceReport:
     topic: str
     sent: int = 0
     delivered: int = 0
+    #: Records sent and not delivered: failed, or not acknowledged before the flush timeout.
     failed: int = 0
     #: The first few distinct delivery errors, one line each.
     errors: list[str] = field(default_factory=list)
@@ -62,6 +178,13 @@ class ProduceReport:
     @property
     def ok(self) -> bool:
         return self.failed == 0 and self.input_error is None and self.delivered == self.sent
+
+    def summary(self) -> str:
+        """``"3 of 2000 records not delivered: <errors>"`` (empty when all were delivered)."""
+        if self.failed == 0 and self.delivered == self.sent:
+            return ""
+        detail = "; ".join(self.errors) or "not acknowledged"
+        return f"{self.sent - self.delivered} of {self.sent} records not delivered: {detail}"
 
 
 def records_from_lines(
@@ -111,19 +234,7 @@ def produce_records(
     settings = ClientSettings.of(target)
     watch = ErrorWatch(settings.bootstrap)
     report = ProduceReport(topic)
-    lock = threading.Lock()
-
-    def on_delivery(err: KafkaError | None, msg: Message) -> None:
-        with lock:
-            if err is not None:
-                report.failed += 1
-                text = f"{err.str()} ({err.name()})"
-                if text not in report.errors and len(report.errors) < _MAX_ERRORS_KEPT:
-                    report.errors.append(text)
-            else:
-                report.delivered += 1
-                report.partitions[msg.partition()] += 1
-
+    tracker = DeliveryTracker(max_errors=_MAX_ERRORS_KEPT)
     producer = Producer(settings.producer_config(watch, **(config or {})))
     md = fetch_metadata(producer, watch, settings.timeout, topic)
     n_partitions = len(md.topics[topic].partitions)
@@ -136,7 +247,7 @@ def produce_records(
                     f"{n_partitions} partition{'s' if n_partitions != 1 else ''}",
                     code="UNKNOWN_TOPIC_OR_PART",
                 )
-            kwargs: dict[str, object] = {"on_delivery": on_delivery}
+            kwargs: dict[str, object] = {"on_delivery": tracker}
             if rec.key is not None:
                 kwargs["key"] = rec.key
             if rec.headers:
@@ -145,23 +256,19 @@ def produce_records(
                 kwargs["partition"] = rec.partition
             if rec.timestamp is not None:
                 kwargs["timestamp"] = rec.timestamp
-            while True:
-                try:
-                    producer.produce(topic, rec.value, **kwargs)
-                    break
-                except BufferError:
-                    producer.poll(0.1)  # local queue full: let deliveries drain
-            report.sent += 1
+            produce_with_room(producer, topic, rec.value, **kwargs)
+            tracker.sent()
             producer.poll(0)
     except InputError as exc:
         report.input_error = str(exc)
     finally:
         timeout_s = float(producer_timeout_ms(settings, config)) / 1000 + 5
-        left = producer.flush(timeout_s)
-        if left:
-            with lock:
-                report.failed += left
-                report.errors.append(f"{left} record(s) still undelivered after {timeout_s:g}s")
+        tracker.flush(producer, timeout_s)
+        report.sent = tracker.queued
+        report.delivered = tracker.delivered
+        report.failed = tracker.undelivered
+        report.errors = list(tracker.errors)
+        report.partitions = Counter(tracker.partitions)
     return report
 
 

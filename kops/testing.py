@@ -20,6 +20,7 @@ from pathlib import Path
 
 from kops.broker.runner import BrokerProcess as _BrokerProcess
 from kops.broker.runner import BrokerThread
+from kops.errors import KopsError
 
 # Fast defaults for tests: no initial rebalance delay, quick retention checks.
 TEST_CONFIG = {
@@ -30,7 +31,7 @@ TEST_CONFIG = {
 }
 
 
-class WaitTimeout(AssertionError):
+class WaitTimeout(KopsError, AssertionError):
     """A condition waited on did not come true in time."""
 
 

@@ -43,6 +43,45 @@ def parse_duration(text: str) -> float:
     return total
 
 
+class DurationNotInstant(ValueError):
+    """A duration was given where a point in time is needed."""
+
+
+def parse_instant(text: str) -> int:
+    """Epoch milliseconds of an absolute point in time, and nothing relative:
+
+    - epoch milliseconds: ``1714564800000``
+    - ISO-8601: ``2024-05-01T12:00:00Z``, ``2024-05-01 12:00:00+02:00``, ``2024-05-01``
+      (no offset means UTC)
+
+    A duration (``1h``) is refused (:class:`DurationNotInstant`, a ValueError): for a due
+    time it is ambiguous (ago? from now?).
+    """
+    s = text.strip()
+    if not s:
+        raise ValueError("empty time")
+    if re.fullmatch(r"\d+", s):
+        return int(s)
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError:
+        pass
+    else:
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return int(dt.timestamp() * 1000)
+    try:
+        parse_duration(s)
+    except ValueError:
+        raise ValueError(
+            f"invalid time {text!r}: use ISO-8601 (2030-01-01T09:00:00Z) or epoch milliseconds"
+        ) from None
+    raise DurationNotInstant(
+        f"{text!r} is a duration, not a point in time: give ISO-8601 "
+        "(2030-01-01T09:00:00Z) or epoch milliseconds"
+    )
+
+
 def parse_timestamp(text: str, *, now_ms: int | None = None) -> int:
     """Epoch milliseconds from one of:
 

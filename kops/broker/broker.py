@@ -1,39 +1,40 @@
 """The broker: composes storage, the topic registry, partitions and the server.
 
-Handlers reach Kafka state only through this object's methods; it knows
-nothing of request or response structs.
+Handlers reach Kafka state only through this object's methods (the
+`BrokerApi` protocol in kops.broker.handlers), and through Partition for a
+partition's data; it knows nothing of request or response structs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import base64
 import logging
 import os
 import time
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from kio.schema.errors import ErrorCode
 
-from kops.broker.cluster.metadata import TopicRecord, TopicRegistry, topic_name_error
-from kops.broker.cluster.partition import Partition
+from kops.broker.aio import cancel_and_wait
+from kops.broker.cluster.metadata import TopicError, TopicRecord, TopicRegistry, topic_name_error
+from kops.broker.cluster.partition import Partition, TopicPartition
 from kops.broker.config import BrokerConfig, ConfigError, validate_topic_config
-from kops.broker.log.manager import LogManager
-from kops.broker.log.partition_log import LogConfig
+from kops.broker.dispatch import Dispatcher
+from kops.broker.groups.coordinator import GroupCoordinator
+from kops.broker.housekeeping import compact_all_async
+from kops.broker.log import LogConfig, LogManager
+from kops.broker.purgatory import Purgatory
 from kops.broker.server import FrameServer
+
+__all__ = ["DEFAULT_DATA_DIR", "Broker", "TopicError"]
 
 log = logging.getLogger("kops.broker")
 
 DEFAULT_DATA_DIR = Path(os.environ.get("KOPS_DATA_DIR", "~/.local/share/kops/broker")).expanduser()
-
-
-class TopicError(Exception):
-    def __init__(self, error_code: int, message: str) -> None:
-        super().__init__(message)
-        self.error_code = error_code
-        self.message = message
 
 
 def now_ms() -> int:
@@ -61,16 +62,17 @@ class Broker:
         self.logs: LogManager
         self._partitions: dict[tuple[str, int], Partition] = {}
         self._server: FrameServer | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[Any]] = []
         self._next_producer_id = 0
         self._producer_id_ceiling = 0
-        # Extension points filled by other parts (group coordinator).
-        self.groups = None
+        # Fetches waiting for min.bytes, keyed by the partitions they read.
+        self.fetches: Purgatory[TopicPartition] = Purgatory("fetch", batch_events=True)
+        # Set at start, before groups load, so requests meanwhile get
+        # COORDINATOR_LOAD_IN_PROGRESS; None before (COORDINATOR_NOT_AVAILABLE).
+        self.groups: GroupCoordinator | None = None
 
     # ---- lifecycle -------------------------------------------------------
     async def start(self) -> None:
-        from kops.broker.dispatch import Dispatcher
-
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.cluster_id = self._load_cluster_id()
         self.logs = LogManager(self.data_dir)
@@ -90,20 +92,16 @@ class Broker:
         await self._server.start()
         self._tasks.append(asyncio.create_task(self._retention_loop()))
         self._tasks.append(asyncio.create_task(self._cleaner_loop()))
-        from kops.broker.groups import attach as attach_groups
-
-        await attach_groups(self)
+        self.groups = GroupCoordinator(self)
+        await self.groups.start()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(self._tasks)
         if self.groups is not None:
             await self.groups.stop()
         if self._server is not None:
             await self._server.stop()
+        self.fetches.cancel_all()
         self.logs.close()
 
     @property
@@ -119,9 +117,22 @@ class Broker:
         host = self._host if self._host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         return host, self.port
 
-    # ---- partitions ------------------------------------------------------
+    # ---- what handlers and the coordinator ask -----------------------------
     def partition(self, topic: str, index: int) -> Partition | None:
         return self._partitions.get((topic, index))
+
+    def topic(self, name: str) -> TopicRecord | None:
+        return self.topics.get(name)
+
+    def topic_names(self) -> list[str]:
+        return [record.name for record in self.topics]
+
+    def coordinator(self, key: str | None = None) -> GroupCoordinator | None:
+        """The group coordinator for a group id, or this broker's (key None).
+
+        On one broker both are this broker's; None before it is created.
+        """
+        return self.groups
 
     def partitions_of(self, topic: str) -> list[Partition]:
         record = self.topics.get(topic)
@@ -133,33 +144,24 @@ class Broker:
         """The topic's settings over the broker's defaults."""
         return {**self.config.topic_defaults(), **record.configs}
 
-    def log_config(self, record: TopicRecord) -> LogConfig:
-        return LogConfig.from_topic_config(self.effective_topic_config(record))
-
     def _open_partition(self, record: TopicRecord, index: int) -> Partition:
-        partition_log = self.logs.open_partition(record.name, index, self.log_config(record))
+        settings = self.effective_topic_config(record)
+        partition_log = self.logs.open_partition(
+            record.name, index, LogConfig.from_topic_config(settings)
+        )
         partition = Partition(
-            topic=record.name,
-            index=index,
-            log=partition_log,
+            record.name,
+            index,
+            partition_log,
             leader=self.node_id,
             replicas=list(record.replicas[index]),
             isr=[self.node_id],
+            fetches=self.fetches,
+            min_insync_replicas=int(settings["min.insync.replicas"]),
         )
-        self._apply_policy(partition, record)
-        # A lone replica has every local record committed, including after an
-        # unclean shutdown (the log was recovered to its last valid batch).
-        partition_log.high_watermark = partition_log.log_end_offset
-        epoch = partition_log.latest_epoch()
-        partition.leader_epoch = epoch if epoch is not None else 0
+        partition.mark_committed_to_end()
         self._partitions[(record.name, index)] = partition
         return partition
-
-    def _apply_policy(self, partition: Partition, record: TopicRecord) -> None:
-        # max.message.bytes lives in the log's own config; only replication
-        # policy is the partition's.
-        settings = self.effective_topic_config(record)
-        partition.min_insync_replicas = int(settings["min.insync.replicas"])
 
     def _drop_orphan_logs(self) -> None:
         for topic, index in self.logs.existing_partitions():
@@ -228,7 +230,7 @@ class Broker:
         for index in range(record.partitions):
             partition = self._partitions.pop((name, index), None)
             if partition is not None:
-                partition.wake_fetchers()
+                partition.wake()
             self.logs.delete_partition(name, index)
         if self.groups is not None:
             # Commits for a deleted topic must not leak into a re-created one.
@@ -283,10 +285,10 @@ class Broker:
             return
         record.configs = updated
         self.topics.save()
-        config = self.log_config(record)
+        settings = self.effective_topic_config(record)
+        config = LogConfig.from_topic_config(settings)
         for partition in self.partitions_of(name):
-            partition.log.update_config(config)
-            self._apply_policy(partition, record)
+            partition.update_config(config, int(settings["min.insync.replicas"]))
 
     def is_internal(self, name: str) -> bool:
         record = self.topics.get(name)
@@ -330,8 +332,6 @@ class Broker:
             for line in path.read_text().splitlines():
                 if line.startswith("cluster.id="):
                     return line.split("=", 1)[1]
-        import base64
-
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         path.write_text(f"version=1\ncluster.id={cluster_id}\nnode.id={self.node_id}\n")
         return cluster_id
@@ -356,6 +356,6 @@ class Broker:
             try:
                 # The heavy part runs in a worker thread; planning and the
                 # segment swap stay on the loop, so appends never race it.
-                await self.logs.compact_all_async(now_ms())
+                await compact_all_async(self.logs, now_ms())
             except Exception:
                 log.exception("log cleaner pass failed")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
+
+from kio.schema.errors import ErrorCode
+
+from kops.errors import ApiError
 
 BROKER_DEFAULTS: dict[str, str] = {
     "node.id": "0",
@@ -48,8 +53,10 @@ TOPIC_DEFAULT_SOURCES: dict[str, str] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(ApiError, ValueError):
     """A setting name or value that the broker does not accept."""
+
+    error_code = ErrorCode.invalid_config
 
 
 class BrokerConfig:
@@ -75,7 +82,7 @@ class BrokerConfig:
         return self._values[key].strip().lower() == "true"
 
     @property
-    def node_id(self) -> int:
+    def node_id(self) -> builtins.int:
         return int(self._values.get("broker.id", self._values["node.id"]))
 
     def topic_defaults(self) -> dict[str, str]:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from kops.broker.broker import Broker
+from kops.errors import KopsError
 
 log = logging.getLogger("kops.broker")
 
@@ -85,7 +86,7 @@ class BrokerThread:
             self._loop.close()
 
 
-class BrokerStartError(RuntimeError):
+class BrokerStartError(KopsError, RuntimeError):
     """The broker child exited or stayed silent instead of announcing its address."""
 
 

@@ -14,6 +14,10 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
+
+from kops.broker.aio import cancel_and_wait
+from kops.errors import KopsError
 
 log = logging.getLogger("kops.broker.server")
 
@@ -26,7 +30,7 @@ class Peer:
     port: int
 
 
-class FrameError(Exception):
+class FrameError(KopsError):
     """A frame that must close its connection (oversized, undecodable)."""
 
 
@@ -43,12 +47,13 @@ class FrameServer:
         self._port = port
         self._max_frame_bytes = max_frame_bytes
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task] = set()
+        self._connections: set[asyncio.Task[Any]] = set()
 
     @property
     def port(self) -> int:
         assert self._server is not None
-        return self._server.sockets[0].getsockname()[1]
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
@@ -58,11 +63,7 @@ class FrameServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._connections):
-            task.cancel()
-        for task in list(self._connections):
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(list(self._connections))
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 1)

@@ -3,20 +3,23 @@ Logic is in kops.recipes.fanout."""
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import sys
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import click
 from rich.console import Group
 from rich.table import Table
 
-from kops.cli.common import DURATION, console, echo_err, kafka_options, print_json, progress_bar
+from kops.cli.common import (
+    DURATION,
+    console,
+    echo_err,
+    graceful_stop,
+    kafka_options,
+    print_json,
+    progress_bar,
+)
 from kops.cli.lag import format_age
-from kops.client import ClientSettings
+from kops.client import ClientSettings, KopsClientError
 from kops.recipes.fanout import BacklogFanout, BacklogStatus, FanoutProgress, Side, backlog_status
 
 
@@ -28,26 +31,6 @@ def backlog() -> None:
       kops backlog fanout --from orders --group billing --to orders.fanout --partitions 64
       kops backlog status --group billing
     """
-
-
-@contextlib.contextmanager
-def _stop_on_signals(job: BacklogFanout) -> Iterator[list[int]]:
-    """SIGINT/SIGTERM ask the fan-out to flush, commit and return; yields the signals seen."""
-    seen: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield seen
-        return
-
-    def handler(signum: int, _frame: Any) -> None:
-        seen.append(signum)
-        job.stop()
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield seen
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 @backlog.command("fanout")
@@ -76,6 +59,15 @@ def _stop_on_signals(job: BacklogFanout) -> Iterator[list[int]]:
     help="At most this many records per second [default: as fast as possible].",
 )
 @click.option(
+    "--start",
+    "start",
+    metavar="earliest|latest|TIME",
+    default=None,
+    help="Where partitions GROUP never committed begin: earliest (the whole topic), latest "
+    "(only new records) or a time (ISO-8601, epoch ms, 2h ago). Required when GROUP has no "
+    "committed offsets on --from; committed partitions always resume.",
+)
+@click.option(
     "--until-caught-up",
     is_flag=True,
     help="Stop once the backlog found at start is forwarded [default: keep following].",
@@ -100,6 +92,7 @@ def fanout(
     target: str,
     partitions: int,
     rate: float | None,
+    start: str | None,
     until_caught_up: bool,
     drain_group: str | None,
     replication_factor: int | None,
@@ -122,11 +115,19 @@ def fanout(
         target,
         partitions,
         rate=rate,
+        start=start,
         drain_group=drain_group,
         create=not no_create,
         replication_factor=replication_factor,
     )
-    with _stop_on_signals(job) as signals, progress_bar() as bar:
+    try:
+        job.check_start()
+    except KopsClientError as exc:
+        if exc.code != "NO_COMMITTED_OFFSETS":
+            raise
+        raise click.ClickException(f"{exc} with --start earliest|latest|TIME") from None
+    # SIGTERM/Ctrl-C ask the fan-out to flush, commit and return; then exit 143/130.
+    with graceful_stop(on_stop=job.stop, exit_on_signal=False) as stop, progress_bar() as bar:
         task = bar.add_task(f"{source} -> {target}", total=None)
 
         def on_progress(p: FanoutProgress) -> None:
@@ -141,8 +142,7 @@ def fanout(
         f"to {target}{created} in {report.elapsed:.1f}s ({report.rate:,.0f}/s); "
         + ("caught up" if report.caught_up else "progress committed on group " + group)
     )
-    if signals:
-        sys.exit(130 if signals[0] == signal.SIGINT else 143)
+    stop.exit_if_stopped()
 
 
 def _rate(value: float | None) -> str:

@@ -15,8 +15,10 @@ from kops import admin
 from kops.cli.common import (
     KEY_VALUE,
     POSITIVE_INT_LIST,
+    GracefulStop,
     console,
     echo_err,
+    graceful_stop,
     kafka_options,
     print_json,
     progress_bar,
@@ -58,13 +60,21 @@ def _producer_options(f):  # type: ignore[no-untyped-def]
     return f
 
 
+#: Printed when SIGTERM/Ctrl-C stop a bench before it has figures (exit 143/130).
+_INTERRUPTED = "bench stopped before it finished: no figures (scratch topics deleted)"
+
+
 @contextlib.contextmanager
-def _progress() -> Iterator[BenchProgress]:
-    """A bar per bench phase (produce, consume; per partition count in a sweep)."""
+def _progress(stop: GracefulStop | None = None) -> Iterator[BenchProgress]:
+    """A bar per bench phase (produce, consume; per partition count in a sweep). After a
+    stop signal the next update raises StopRequested, so the bench unwinds cleanly (its
+    clients close, scratch topics are deleted)."""
     with progress_bar() as bar:
         tasks: dict[str, TaskID] = {}
 
         def update(phase: str, done: int, total: int) -> None:
+            if stop is not None:
+                stop.check()
             if phase not in tasks:
                 tasks[phase] = bar.add_task(phase, total=total)
             bar.update(tasks[phase], completed=done, total=total)
@@ -154,27 +164,28 @@ def produce(
         raise click.UsageError("--throughput must be positive, or -1 for no limit")
     scratch = topic is None
     name = topic or f"kops-bench-{uuid.uuid4().hex[:10]}"
-    if scratch:
-        admin.create_topic(settings, name, partitions)
-    try:
-        with _progress() as update:
-            result = bench_produce(
-                settings,
-                name,
-                records=num_records,
-                record_size=record_size,
-                throughput=None if throughput < 0 else throughput,
-                acks=acks,
-                batch_size=batch_size,
-                linger_ms=linger_ms,
-                compression=compression,
-                config=dict(producer_props),
-                progress=update,
-            )
-    finally:
-        if scratch and not keep_topic:
-            admin.delete_topic(settings, name)
-    _report(result, as_json)
+    with graceful_stop(interrupted=_INTERRUPTED) as stop:
+        if scratch:
+            admin.create_topic(settings, name, partitions)
+        try:
+            with _progress(stop) as update:
+                result = bench_produce(
+                    settings,
+                    name,
+                    records=num_records,
+                    record_size=record_size,
+                    throughput=None if throughput < 0 else throughput,
+                    acks=acks,
+                    batch_size=batch_size,
+                    linger_ms=linger_ms,
+                    compression=compression,
+                    config=dict(producer_props),
+                    progress=update,
+                )
+        finally:
+            if scratch and not keep_topic:
+                admin.delete_topic(settings, name)
+        _report(result, as_json)
 
 
 @bench.command("consume")
@@ -221,17 +232,18 @@ def consume(
     committed). Latency is each record's age on arrival: end-to-end latency while a
     producer runs, the backlog's age otherwise.
     """
-    with _progress() as update:
-        result = bench_consume(
-            settings,
-            topic,
-            records=num_records,
-            consumers=consumers,
-            timeout=timeout,
-            fetch_max_bytes=fetch_max_bytes,
-            progress=update,
-        )
-    _report(result, as_json)
+    with graceful_stop(interrupted=_INTERRUPTED) as stop:
+        with _progress(stop) as update:
+            result = bench_consume(
+                settings,
+                topic,
+                records=num_records,
+                consumers=consumers,
+                timeout=timeout,
+                fetch_max_bytes=fetch_max_bytes,
+                progress=update,
+            )
+        _report(result, as_json)
 
 
 def _report(result: BenchResult, as_json: bool) -> None:
@@ -293,13 +305,16 @@ def sweep(
 ) -> None:
     """Measure produce and consume throughput for each partition count and recommend one.
 
-    The recommendation follows Confluent's rule: partitions >= max(t/p, t/c), where p and c
-    are the produce and consume MB/s per partition measured at the smallest count and t is
-    --target-throughput. The smallest count that actually reached t is shown too.
+    The recommendation follows Confluent's rule: partitions = ceil(max(t/p, t/c)), where p
+    and c are the produce and consume MB/s per partition measured by this sweep at its
+    smallest count and t is --target-throughput. The smallest count that actually reached t
+    is shown too. The table, the recommendation line (on stderr, also with --json), the JSON
+    and the --plot chart (throughput and p99 latency per count, recommendation marked) all
+    come from the same figures.
     """
     if plot is not None:
         _check_matplotlib()
-    with _progress() as update:
+    with graceful_stop(interrupted=_INTERRUPTED) as stop, _progress(stop) as update:
         result = run_sweep(
             settings,
             counts,
@@ -313,15 +328,18 @@ def sweep(
             keep_topics=keep_topics,
             progress=update,
         )
+    rec = result.recommend(target_throughput)
     if plot is not None:
-        plot_sweep(result, plot, target_throughput)
+        plot_sweep(result, plot, target_throughput)  # marks the same recommendation
     if as_json:
         data = result.to_dict(target_throughput)
-        data["plot"] = plot
+        data["plot"] = (
+            None if plot is None else {"path": plot, "recommended_partitions": rec.partitions}
+        )
         print_json(data)
-        return
-    console().print(_sweep_table(result))
-    echo_err(result.recommend(target_throughput).text)
+    else:
+        console().print(_sweep_table(result))
+    echo_err(rec.text)
     if plot is not None:
         echo_err(f"wrote {plot}")
 
@@ -332,9 +350,10 @@ def _sweep_table(result: SweepResult) -> Table:
         "PARTITIONS",
         "PRODUCE-MB/S",
         "PRODUCE-REC/S",
-        "P99-MS",
+        "PRODUCE-P99-MS",
         "CONSUME-MB/S",
         "CONSUME-REC/S",
+        "CONSUME-P99-MS",
         "MB/S-PER-PARTITION",
     ):
         table.add_column(col, justify="right")
@@ -346,6 +365,7 @@ def _sweep_table(result: SweepResult) -> Table:
             "-" if pt.produce.latency is None else f"{pt.produce.latency.p99:.1f}",
             f"{pt.consume.mb_per_sec:.2f}",
             f"{pt.consume.records_per_sec:,.0f}",
+            "-" if pt.consume.latency is None else f"{pt.consume.latency.p99:.1f}",
             f"{pt.mb_per_sec / pt.partitions:.2f}",
         )
     return table

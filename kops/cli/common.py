@@ -6,6 +6,8 @@
   ``error: ...`` line on stderr and exit code 1 (full traceback only with ``KOPS_DEBUG=1``).
 - :func:`print_json`, :func:`console`, :func:`echo_err`: output helpers. JSON never goes
   through rich; rich is for tables meant for people.
+- :func:`graceful_stop`: SIGTERM and SIGINT ask a long-running command to stop cleanly
+  (finish or hand back the current work, commit, close consumers) and exit 143 / 130.
 - Parsers, each also a click parameter type: ``key=value`` (:data:`KEY_VALUE`), durations
   like ``30s``/``5m``/``1h``/``2d`` (:data:`DURATION`), and timestamps as ISO-8601, epoch
   milliseconds or "a duration ago" (:data:`TIMESTAMP`).
@@ -13,12 +15,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -36,7 +41,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from kops.client import DEFAULT_BOOTSTRAP, ClientSettings, KopsClientError
+from kops.client import DEFAULT_BOOTSTRAP, ClientSettings
+from kops.errors import KopsError
 from kops.timeparse import parse_duration, parse_timestamp
 
 __all__ = [
@@ -45,9 +51,12 @@ __all__ = [
     "KEY_VALUE",
     "POSITIVE_INT_LIST",
     "TIMESTAMP",
+    "GracefulStop",
     "KopsGroup",
+    "StopRequested",
     "console",
     "echo_err",
+    "graceful_stop",
     "kafka_options",
     "parse_duration",
     "parse_int_list",
@@ -224,9 +233,9 @@ class KopsGroup(click.Group):
     """Root group: every failure becomes ``error: <one line>`` on stderr and exit code 1.
 
     - click usage errors (missing or bad option values) -> exit 1 with a pointer to --help
-    - :class:`kops.client.KopsClientError` (broker and Kafka errors) -> exit 1
+    - :class:`kops.errors.KopsError` (broker, Kafka and kops errors) -> exit 1
     - anything unexpected -> exit 1, and a full traceback only when ``KOPS_DEBUG=1``
-    - Ctrl-C -> exit 130
+    - Ctrl-C -> exit 130 (long-running commands stop cleanly first: :func:`graceful_stop`)
     """
 
     def main(  # type: ignore[override]
@@ -263,7 +272,7 @@ class KopsGroup(click.Group):
         except click.Abort:
             echo_err("error: interrupted")
             code = 130
-        except KopsClientError as exc:
+        except KopsError as exc:
             if _debug():
                 traceback.print_exc()
             echo_err(f"error: {_one_line(str(exc))}")
@@ -286,27 +295,34 @@ class KopsGroup(click.Group):
 
 
 def parse_int_list(text: str, *, minimum: int = 0) -> list[int]:
-    """``"0,2, 5"`` -> ``[0, 2, 5]`` (duplicates dropped, order kept); each >= ``minimum``."""
-    out: list[int] = []
+    """``"0,2, 5"`` -> ``[0, 2, 5]``, ``"0,1,3-5"`` -> ``[0, 1, 3, 4, 5]`` (duplicates
+    dropped, order kept); each >= ``minimum``. The one parser of number lists (partitions,
+    partition counts) for every command."""
+    out: dict[int, None] = {}
     for part in text.split(","):
         part = part.strip()
         if not part:
             continue
+        lo_text, dash, hi_text = part.partition("-")
         try:
-            n = int(part)
+            lo = int(lo_text)
+            hi = int(hi_text) if dash else lo
         except ValueError:
-            raise ValueError(f"expected comma-separated integers, got {part!r}") from None
-        if n < minimum:
-            raise ValueError(f"each number must be >= {minimum}, got {n}")
-        if n not in out:
-            out.append(n)
+            raise ValueError(
+                f"expected comma-separated integers or ranges (0,1,3-5), got {part!r}"
+            ) from None
+        if lo < minimum:
+            raise ValueError(f"each number must be >= {minimum}, got {lo}")
+        if hi < lo:
+            raise ValueError(f"range {part!r} ends before it starts")
+        out.update(dict.fromkeys(range(lo, hi + 1)))
     if not out:
         raise ValueError("expected at least one number")
-    return out
+    return list(out)
 
 
 class _IntListType(click.ParamType):
-    name = "N[,N...]"
+    name = "N[,N-M...]"
 
     def __init__(self, minimum: int = 0):
         self.minimum = minimum
@@ -352,3 +368,151 @@ def progress_bar(*, transient: bool = False) -> Progress:
         transient=transient,
         disable=not err.is_terminal,
     )
+
+
+# --------------------------------------------------------------------------- signals
+# One way for every long-running command (consume, delay worker, worker run, up, backlog
+# fanout, replay, lag --watch, bench) to treat SIGTERM like Ctrl-C.
+
+#: Exit status after a clean stop on a signal: the shell's 128 + signal number.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopRequested(BaseException):
+    """Raised out of a blocking call by :func:`graceful_stop` (``interrupt=True`` or inside
+    :meth:`GracefulStop.interruptible`). A BaseException, so library ``except Exception``
+    blocks let it through while their ``finally`` blocks (flush, commit, close) run.
+    :func:`graceful_stop` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class GracefulStop:
+    """What :func:`graceful_stop` yields: the stop event and the signals seen."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signals: list[int] = []
+        self._raise_on_signal = False
+        self._raised = False
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep up to ``timeout`` seconds, waking at once on a stop signal."""
+        return self.event.wait(timeout)
+
+    @property
+    def exit_code(self) -> int | None:
+        """128 + the first signal's number (130 SIGINT, 143 SIGTERM); None when none came."""
+        return 128 + self.signals[0] if self.signals else None
+
+    @property
+    def signal_name(self) -> str | None:
+        return signal.Signals(self.signals[0]).name if self.signals else None
+
+    def check(self) -> None:
+        """Raise :class:`StopRequested` if a stop signal came (for progress callbacks)."""
+        if self.signals and not self._raised:
+            self._raised = True
+            raise StopRequested(self.signals[0])
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Inside, a stop signal raises :class:`StopRequested` where the code is blocked (a
+        poll waiting for records), instead of only setting the event; raises at once when
+        a signal already came."""
+        self.check()
+        self._raise_on_signal = True
+        try:
+            yield
+        finally:
+            self._raise_on_signal = False
+
+    def exit_if_stopped(self) -> None:
+        """Exit with :attr:`exit_code` when a stop signal came (no traceback, no message)."""
+        if self.exit_code is not None:
+            raise click.exceptions.Exit(self.exit_code)
+
+    # -- called from the signal handler (main thread, between bytecodes)
+
+    def _on_signal(self, signum: int, on_stop: Callable[[], None] | None) -> None:
+        if self.event.is_set():
+            if signum == signal.SIGINT:
+                _exit_now(signum)
+            return  # a repeated SIGTERM: already stopping
+        self.signals.append(signum)
+        self.event.set()
+        _write_err(f"{signal.Signals(signum).name}: stopping (Ctrl-C again to exit at once)\n")
+        if on_stop is not None:
+            on_stop()
+        if self._raise_on_signal:
+            self.check()
+
+
+def _write_err(text: str) -> None:
+    # os.write, not sys.stderr: a handler can run while the main thread is inside a
+    # buffered write to stderr, and re-entering it would raise RuntimeError.
+    with contextlib.suppress(OSError):
+        os.write(2, text.encode("utf-8", errors="replace"))
+
+
+def _exit_now(signum: int) -> None:
+    """A second Ctrl-C: exit at once, without waiting for the clean stop."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    _write_err("interrupted again: exiting without cleanup\n")
+    os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def graceful_stop(
+    on_stop: Callable[[], None] | None = None,
+    *,
+    interrupt: bool = False,
+    exit_on_signal: bool = True,
+    interrupted: str | None = None,
+) -> Iterator[GracefulStop]:
+    """SIGTERM and SIGINT ask the block to stop cleanly; a second Ctrl-C exits at once.
+
+    The first signal sets ``stop.event`` and calls ``on_stop`` (e.g. a job's ``stop``);
+    with ``interrupt=True`` (or inside ``stop.interruptible()``) it also raises
+    :class:`StopRequested` from wherever the block is waiting, so ``finally`` blocks below
+    flush, commit and close; the exception ends the block quietly. Leaving the block after
+    a signal exits with 130 (SIGINT) or 143 (SIGTERM) unless ``exit_on_signal=False`` (then
+    call ``stop.exit_if_stopped()`` when done). ``interrupted`` is printed on stderr when a
+    :class:`StopRequested` ended the block. Outside the main thread (signals cannot be
+    caught there) nothing is installed.
+
+    ::
+
+        with graceful_stop(on_stop=job.stop) as stop:
+            report = job.run()
+            print(report)
+        # exits 143 here after SIGTERM, 130 after Ctrl-C
+    """
+    stop = GracefulStop()
+    stop._raise_on_signal = interrupt
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        stop._on_signal(signum, on_stop)
+
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        try:
+            yield stop
+        except StopRequested:
+            if interrupted:
+                echo_err(interrupted)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if exit_on_signal:
+        stop.exit_if_stopped()

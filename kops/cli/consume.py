@@ -4,31 +4,28 @@ from __future__ import annotations
 
 import click
 
-from kops.cli.common import DURATION, TIMESTAMP, echo_err, kafka_options, print_json
+from kops.cli.common import (
+    DURATION,
+    TIMESTAMP,
+    StopRequested,
+    echo_err,
+    graceful_stop,
+    kafka_options,
+    parse_int_list,
+    print_json,
+)
 from kops.client import ClientSettings
 from kops.consume import ConsumedRecord, StartAt, format_timestamp
 from kops.consume import consume as consume_records
 
 
 def _parse_partitions(values: tuple[str, ...]) -> list[int]:
-    out: list[int] = []
-    for value in values:
-        for part in value.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            try:
-                n = int(part)
-            except ValueError:
-                raise click.BadParameter(
-                    f"expected partition numbers, got {part!r}", param_hint="'--partition'"
-                ) from None
-            if n < 0:
-                raise click.BadParameter(
-                    f"partition must be >= 0, got {n}", param_hint="'--partition'"
-                )
-            out.append(n)
-    return out
+    if not values:
+        return []
+    try:
+        return parse_int_list(",".join(values))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--partition'") from None
 
 
 def _text(data: bytes | None) -> str:
@@ -114,7 +111,8 @@ def consume(
     Starts at the end (new records only) unless --from-beginning, --offset or --timestamp is
     given; with --group and none of those it resumes from the group's committed offsets
     (--from-beginning then only applies when the group has none, as in Kafka's console
-    consumer). Runs until Ctrl-C unless --max-messages, --timeout or --exit-at-end stops it.
+    consumer). Runs until Ctrl-C or SIGTERM (exit 130 / 143, offsets of printed records
+    committed) unless --max-messages, --timeout or --exit-at-end stops it.
 
     Output per record: offset, partition, timestamp (UTC), key, headers, value, with bytes
     shown as UTF-8. With --json, one JSON object per line with topic, partition, offset,
@@ -158,16 +156,26 @@ def consume(
         max_messages=max_messages,
         idle_timeout=idle_timeout,
         stop_at_end=exit_at_end,
+        on_unreachable=lambda reason: echo_err(f"warning: {reason}"),
     )
-    try:
-        for rec in records:
-            if as_json:
-                print_json(rec.to_json(), compact=True)
-            else:
-                click.echo(format_record(rec))
-            count += 1
-    except KeyboardInterrupt:
-        pass  # Ctrl-C is the normal way to stop following a topic
-    finally:
-        records.close()
+    # SIGTERM or Ctrl-C interrupt the wait for the next record only, never a record being
+    # printed: every printed record's offset is stored, and closing the consumer commits
+    # them (with --group) and leaves the group. Then exit 143 (SIGTERM) or 130 (Ctrl-C).
+    with graceful_stop(exit_on_signal=False) as stop:
+        try:
+            while True:
+                with stop.interruptible():
+                    rec = next(records, None)
+                if rec is None:
+                    break
+                if as_json:
+                    print_json(rec.to_json(), compact=True)
+                else:
+                    click.echo(format_record(rec))
+                count += 1
+        except StopRequested:
+            pass
+        finally:
+            records.close()
     echo_err(f"consumed {count} record{'s' * (count != 1)} from {topic}")
+    stop.exit_if_stopped()

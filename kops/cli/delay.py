@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, Message, Producer
 from rich.table import Table
 
 from kops.cli.common import (
     DURATION,
     KEY_VALUE,
-    TIMESTAMP,
     console,
     echo_err,
     kafka_options,
@@ -28,9 +28,12 @@ from kops.cli.common import (
 from kops.cli.worker import jobs_table, serve, setup_logging
 from kops.client import ClientSettings, ErrorWatch, KopsClientError, fetch_metadata
 from kops.consume import format_timestamp
+from kops.produce import DeliveryTracker
+from kops.recipes import headers as h
 from kops.recipes.delay import (
     CANCEL_TOPIC,
     DEFAULT_TEMPLATE,
+    DLQ_TOPIC,
     FORWARDER_GROUP,
     STATS_TOPIC,
     DelayTiers,
@@ -38,9 +41,30 @@ from kops.recipes.delay import (
     ensure_tier_topics,
     send_delayed,
 )
+from kops.timeparse import DurationNotInstant, parse_instant
 from kops.worker import JobSpec, Schedule, Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _InstantType(click.ParamType):
+    """An absolute time (ISO-8601 or epoch ms) as epoch ms; a duration is refused."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_instant(str(value))
+        except DurationNotInstant as exc:
+            text = str(value).strip()
+            self.fail(f"{exc}; for a delay use --in {text} (or --delay {text})", param, ctx)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+INSTANT = _InstantType()
 
 
 def tier_options(f: F) -> F:
@@ -104,9 +128,33 @@ def delay() -> None:
 
 @delay.command("send")
 @click.argument("topic")
-@click.option("--in", "delay_s", type=DURATION, default=None, help="Deliver after this long.")
 @click.option(
-    "--at", "at_ms", type=TIMESTAMP, default=None, help="Deliver at this time (ISO-8601)."
+    "--in",
+    "--delay",
+    "delay_s",
+    type=DURATION,
+    default=None,
+    help="Deliver after this long: 30s, 5m, 1h30m.",
+)
+@click.option(
+    "--at",
+    "at_ms",
+    type=INSTANT,
+    default=None,
+    help="Deliver at this point in time: ISO-8601 (2030-01-01T09:00:00Z; UTC if no offset) "
+    "or epoch ms.",
+)
+@click.option(
+    "--allow-past",
+    is_flag=True,
+    help="Accept an --at in the past (the records are delivered at once).",
+)
+@click.option(
+    "--check-target/--no-check-target",
+    default=True,
+    show_default=True,
+    help="Refuse when TOPIC does not exist. Skip the check for a topic created later; a "
+    "record whose topic is missing when due goes to the delay dead-letter topic.",
 )
 @click.option("--key", "-k", default=None, help="Key for every record.")
 @click.option(
@@ -124,6 +172,8 @@ def send(
     topic: str,
     delay_s: float | None,
     at_ms: int | None,
+    allow_past: bool,
+    check_target: bool,
     key: str | None,
     headers: tuple[tuple[str, str], ...],
     tiers: DelayTiers,
@@ -133,7 +183,9 @@ def send(
     """Send one record per stdin line to TOPIC, delivered after --in or at --at.
 
     Prints each record's message id (for `kops delay cancel`) on stdout. Creates missing
-    tier topics; TOPIC must exist.
+    tier topics; TOPIC must exist (unless --no-check-target). --at is a point in time and
+    must not be in the past (unless --allow-past). A full local producer queue is waited
+    out; if any record is not delivered the command exits 1 saying how many.
 
     \b
     Examples:
@@ -141,20 +193,29 @@ def send(
       kops delay send reminders --at 2030-01-01T09:00:00Z < lines.txt
     """
     if (delay_s is None) == (at_ms is None):
-        raise click.UsageError("give exactly one of --in and --at")
+        raise click.UsageError("give exactly one of --in/--delay and --at")
+    if at_ms is not None and not allow_past:
+        now_ms = int(time.time() * 1000)
+        if at_ms < now_ms:
+            raise click.UsageError(
+                f"--at {format_timestamp(at_ms)} is in the past "
+                f"({(now_ms - at_ms) / 1000:.0f}s ago); pass --allow-past to deliver at once"
+            )
     deliver_at = datetime.fromtimestamp(at_ms / 1000, UTC) if at_ms is not None else None
     watch = ErrorWatch(settings.bootstrap)
     producer = _producer(settings, watch)
-    fetch_metadata(producer, watch, settings.timeout, topic)  # fails fast on a missing TOPIC
+    if check_target:
+        fetch_metadata(producer, watch, settings.timeout, topic)  # fails fast on a missing TOPIC
     ensure_tier_topics(settings, tiers)
     if sys.stdin.isatty():
         echo_err(f"reading records for {topic} from stdin, one per line; Ctrl-D to finish")
-    errors: list[str] = []
+    failed_ids: set[str] = set()
 
-    def on_delivery(err: KafkaError | None, _msg: object) -> None:
+    def note_failure(err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            errors.append(f"{err.str()} ({err.name()})")
+            failed_ids.add(h.get(msg.headers(), h.MESSAGE_ID) or "")
 
+    tracker = DeliveryTracker(then=note_failure)
     ids = []
     for raw in sys.stdin.buffer:
         value = raw.rstrip(b"\n").rstrip(b"\r")
@@ -163,24 +224,24 @@ def send(
                 producer, topic, value,
                 key=key.encode() if key is not None else None,
                 headers=[(k, v.encode()) for k, v in headers],
-                delay=delay_s, deliver_at=deliver_at, tiers=tiers, on_delivery=on_delivery,
+                delay=delay_s, deliver_at=deliver_at, tiers=tiers, on_delivery=tracker,
+                check_target=False,  # checked once above
             )  # fmt: skip
         except ValueError as exc:
+            tracker.flush(producer, max(settings.timeout, 30))
             raise click.ClickException(str(exc)) from None
-        except BufferError:
-            producer.flush(settings.timeout)
-            continue
+        tracker.sent()
         ids.append(msg_id)
         producer.poll(0)
-    left = producer.flush(max(settings.timeout, 30))
-    if left or errors:
-        detail = errors[0] if errors else f"{left} not acknowledged"
-        raise KopsClientError(f"{len(errors) or left} of {len(ids)} records failed: {detail}")
+    undelivered = tracker.flush(producer, max(settings.timeout, 30))
+    scheduled = [i for i in ids if i not in failed_ids] if undelivered else ids
     if as_json:
-        print_json({"topic": topic, "message_ids": ids}, compact=False)
+        print_json({"topic": topic, "message_ids": scheduled}, compact=False)
     else:
-        for msg_id in ids:
+        for msg_id in scheduled:
             click.echo(msg_id)
+    if undelivered:
+        raise KopsClientError(tracker.summary())
     when = f"in {delay_s:g}s" if delay_s is not None else f"at {format_timestamp(at_ms)}"
     echo_err(f"scheduled {len(ids)} record{'s' * (len(ids) != 1)} for {topic} {when}")
 
@@ -272,6 +333,13 @@ def status(
 @click.option("--cancel-topic", default=CANCEL_TOPIC, show_default=True, help="Cancel topic.")
 @click.option("--stats-topic", default=STATS_TOPIC, show_default=True, help="Stats topic.")
 @click.option(
+    "--dlq-topic",
+    default=DLQ_TOPIC,
+    show_default=True,
+    help="Dead-letter topic for records their target cannot take (missing topic, too "
+    "large); '' retries them instead.",
+)
+@click.option(
     "--stats-interval",
     type=DURATION,
     default="10s",
@@ -287,6 +355,7 @@ def worker(
     instance_id: str | None,
     cancel_topic: str,
     stats_topic: str,
+    dlq_topic: str,
     stats_interval: float,
     log_level: str,
     tiers: DelayTiers,
@@ -294,6 +363,9 @@ def worker(
     as_json: bool,
 ) -> None:
     """Run the tier forwarders (one consumer per tier) until SIGTERM/Ctrl-C.
+
+    On SIGTERM or Ctrl-C the forwarders commit, close (leaving the group) and the command
+    exits 143 (SIGTERM) or 130 (Ctrl-C).
 
     Run several for more throughput or availability: they share the tiers' partitions in
     one consumer group. The same as a recipe file with one `delay-forwarders` job.
@@ -306,6 +378,7 @@ def worker(
         "group": group,
         "cancel_topic": cancel_topic,
         "stats_topic": stats_topic,
+        "dlq_topic": dlq_topic,
         "stats_interval": stats_interval,
     }
     if instance_id:
@@ -322,4 +395,5 @@ def worker(
             console().print(jobs_table(w))
         sys.stdout.flush()
 
-    serve(w, on_started=started)
+    if (code := serve(w, on_started=started)) is not None:
+        sys.exit(code)  # 143 after SIGTERM, 130 after Ctrl-C: stopped cleanly

@@ -70,7 +70,12 @@ def list_(*, scan: bool, settings: ClientSettings, as_json: bool) -> None:
 )
 @kafka_options()
 def inspect(*, topic: str, samples: int, settings: ClientSettings, as_json: bool) -> None:
-    """Group the dead letters of TOPIC by exception class, with samples."""
+    """Group the dead letters of TOPIC by exception class, with samples.
+
+    The class is the real cause: wrappers such as Spring's ListenerExecutionFailedException
+    are unwrapped (kafka_dlt-exception-cause-fqcn, or the stack trace's "Caused by:").
+    Samples show where each dead letter sits in TOPIC and where it was first consumed.
+    """
     report = lib.inspect(settings, topic, samples=samples)
     if as_json:
         print_json(report.to_dict())
@@ -98,7 +103,8 @@ def inspect(*, topic: str, samples: int, settings: ClientSettings, as_json: bool
     if samples and report.exceptions:
         out.print()
         sample_table = Table(box=None, pad_edge=False, title="samples", title_justify="left")
-        for col in ("EXCEPTION", "PARTITION@OFFSET", "KEY", "ATTEMPTS", "MESSAGE"):
+        for col in ("EXCEPTION", "DLQ PARTITION@OFFSET", "ORIGIN TOPIC/PARTITION@OFFSET", "KEY",
+                    "ATTEMPTS", "MESSAGE"):  # fmt: skip
             sample_table.add_column(col)
         for e in report.exceptions:
             for s in e.samples:
@@ -106,6 +112,7 @@ def inspect(*, topic: str, samples: int, settings: ClientSettings, as_json: bool
                 sample_table.add_row(
                     _short(e.exception_class, 40),
                     f"{s.record.partition}@{s.record.offset}",
+                    s.origin or "-",
                     _short(key, 24),
                     "-" if s.attempts is None else str(s.attempts),
                     _short(s.exception_message, 80),
@@ -121,7 +128,8 @@ def inspect(*, topic: str, samples: int, settings: ClientSettings, as_json: bool
 @click.option(
     "--exception",
     metavar="NAME",
-    help="Only this exception class (full name, or its last part: ValueError).",
+    help="Only this exception class: its qualified or simple name, any case "
+    "(ValueError, java.lang.IllegalStateException). Wrapped exceptions match by their cause.",
 )
 @click.option("--since", type=TIMESTAMP, help="Only records that failed at or after this time.")
 @click.option("--until", type=TIMESTAMP, help="Only records that failed before this time.")
@@ -133,7 +141,12 @@ def inspect(*, topic: str, samples: int, settings: ClientSettings, as_json: bool
     show_default=True,
     help="Records per second (0 = no limit).",
 )
-@click.option("--limit", type=click.IntRange(min=1), help="Replay at most this many records.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    help="Replay at most this many dead letters this run (the rest of the matches are counted "
+    "and left for a later run).",
+)
 @click.option("--dry-run", is_flag=True, help="Show what would be replayed; send nothing.")
 @click.option(
     "--include-in-doubt",
@@ -184,63 +197,57 @@ def replay(
         print_json(report.to_dict())
     elif dry_run and report.planned:
         table = Table(box=None, pad_edge=False)
-        for col in ("PARTITION@OFFSET", "KEY", "EXCEPTION", "FAILED", "REPLAY TO"):
+        for col in ("DLQ PARTITION@OFFSET", "ORIGIN", "KEY", "EXCEPTION", "FAILED", "REPLAY TO"):
             table.add_column(col)
         for item in report.planned:
             table.add_row(
                 f"{item['partition']}@{item['offset']}",
+                item["origin"] or "-",
                 _short(item["key"], 24),
                 _short(item["exception_class"], 40),
                 format_timestamp(item["failed_at"]),
                 item["replay_to"],
             )
         console().print(table)
-    targets = ", ".join(f"{t} ({n})" for t, n in report.targets.most_common())
-    verb = "would replay" if dry_run else "replayed"
-    parts = [f"{verb} {report.replayed} of {_plural(report.matched, 'matching dead letter')}"]
-    if targets:
-        parts.append(f"to {targets}")
-    parts.append(f"in {report.seconds:.1f}s")
-    notes = []
-    if report.already_replayed:
-        notes.append(f"{report.already_replayed} already replayed")
-    if report.in_doubt:
-        notes.append(f"{report.in_doubt} in doubt (see --include-in-doubt)")
-    if report.no_target:
-        notes.append(f"{report.no_target} without an original topic (use --to)")
-    echo_err(" ".join(parts) + (f"; {', '.join(notes)}" if notes else ""))
+    echo_err(report.summary())
 
 
 @dlq.command("purge")
 @click.argument("topic")
 @click.option("--before", type=TIMESTAMP, help="Delete dead letters older than this time.")
 @click.option("--all", "purge_all", is_flag=True, help="Delete every dead letter.")
+@click.option("--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
 @kafka_options()
 def purge(
     *,
     topic: str,
     before: int | None,
     purge_all: bool,
+    dry_run: bool,
     settings: ClientSettings,
     as_json: bool,
 ) -> None:
     """Delete dead letters from TOPIC (DeleteRecords: the log start moves forward)."""
     if (before is None) == (not purge_all):
         raise click.UsageError("give exactly one of --before TIME and --all")
-    results = lib.purge(settings, topic, before_ms=before)
+    results = lib.purge(settings, topic, before_ms=before, dry_run=dry_run)
     deleted = sum(r.deleted for r in results)
+    # A dry run says what would happen, in words that cannot be mistaken for a deletion.
+    count_key = "would_delete" if dry_run else "deleted"
+    after_key = "start_would_be" if dry_run else "start_after"
     if as_json:
         print_json(
             {
                 "topic": topic,
-                "deleted": deleted,
+                "dry_run": dry_run,
+                count_key: deleted,
                 "partitions": [
                     {
                         "partition": r.partition,
                         "start_before": r.start_before,
-                        "start_after": r.start_after,
+                        after_key: r.start_after,
                         "end": r.end,
-                        "deleted": r.deleted,
+                        count_key: r.deleted,
                     }
                     for r in results
                 ],
@@ -248,11 +255,13 @@ def purge(
         )
         return
     table = Table(box=None, pad_edge=False)
-    for col in ("PARTITION", "START BEFORE", "START AFTER", "END", "DELETED"):
+    headings = ("START WOULD BE", "WOULD DELETE") if dry_run else ("START AFTER", "DELETED")
+    for col in ("PARTITION", "START BEFORE", headings[0], "END", headings[1]):
         table.add_column(col, justify="right")
     for r in results:
         table.add_row(
             *(str(v) for v in (r.partition, r.start_before, r.start_after, r.end, r.deleted))
         )
     console().print(table)
-    echo_err(f"deleted {_plural(deleted, 'dead letter')} from {topic}")
+    verb = "would delete" if dry_run else "deleted"
+    echo_err(f"{verb} {_plural(deleted, 'dead letter')} from {topic}")

@@ -10,7 +10,15 @@ from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
-from kops.cli.common import DURATION, console, echo_err, kafka_options, print_json, progress_bar
+from kops.cli.common import (
+    DURATION,
+    console,
+    echo_err,
+    graceful_stop,
+    kafka_options,
+    print_json,
+    progress_bar,
+)
 from kops.client import ClientSettings
 from kops.recipes.lag import GroupLag, LagMonitor
 
@@ -135,17 +143,18 @@ def lag(
 
 
 def _watch(monitor: LagMonitor, interval: float, *, as_json: bool, time_lag: bool) -> None:
-    try:
+    # Until SIGTERM or Ctrl-C: the sample under way is finished and shown, then the monitor
+    # closes and the command exits 143 (SIGTERM) or 130 (Ctrl-C).
+    with graceful_stop() as stop:
         if as_json:
-            while True:
+            while not stop.is_set():
                 monitor.sample()
                 print_json([g.to_dict() for g in monitor.report(time_lag=time_lag)], compact=True)
-                time.sleep(interval)
+                stop.wait(interval)
+            return
         with Live(console=console(), auto_refresh=False) as live:
-            while True:
+            while not stop.is_set():
                 monitor.sample()
                 view = _tables(monitor.report(time_lag=time_lag))
                 live.update(view, refresh=True)
-                time.sleep(interval)
-    except KeyboardInterrupt:
-        pass
+                stop.wait(interval)

@@ -49,7 +49,8 @@ def produce(
     """Produce one record per line of stdin to TOPIC.
 
     Waits for every record to be acknowledged by all in-sync replicas (acks=all). The topic
-    must exist. Prints "produced N records to TOPIC" on stderr; exits 1 if any record failed.
+    must exist. Prints "produced N records to TOPIC" on stderr; exits 1 naming the number of
+    records not delivered if any failed. A full local queue is waited out, never dropped.
 
     \b
     Examples:
@@ -78,6 +79,4 @@ def produce(
     if report.input_error:
         raise click.ClickException(f"{report.input_error} (stopped reading input there)")
     if not report.ok:
-        raise click.ClickException(
-            f"{report.failed} of {report.sent} records failed: {'; '.join(report.errors)}"
-        )
+        raise click.ClickException(report.summary() or "some records were not delivered")

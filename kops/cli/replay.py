@@ -5,9 +5,18 @@ from __future__ import annotations
 
 import click
 
-from kops.cli.common import INT_LIST, TIMESTAMP, echo_err, kafka_options, print_json, progress_bar
+from kops.cli.common import (
+    INT_LIST,
+    TIMESTAMP,
+    echo_err,
+    graceful_stop,
+    kafka_options,
+    print_json,
+    progress_bar,
+)
 from kops.client import ClientSettings
 from kops.consume import format_timestamp
+from kops.recipes.replay import ReplayReport
 from kops.recipes.replay import replay as replay_window
 
 
@@ -67,10 +76,16 @@ def replay(
     A non-destructive rewind: no consumer group's offsets change; point a consumer at the
     copy to process the window again. Keys, values, headers and timestamps are kept.
     """
-    with progress_bar() as bar:
+    read = [0]
+    report: ReplayReport | None = None
+    # SIGTERM/Ctrl-C: the next record read raises StopRequested, so the reader closes and
+    # the producer flushes what was read into --into before the command exits 143/130.
+    with graceful_stop(exit_on_signal=False) as stop, progress_bar() as bar:
         task = bar.add_task(f"replay {topic} -> {into}", total=None)
 
         def on_progress(done: int, total: int) -> None:
+            stop.check()
+            read[0] = done
             bar.update(task, completed=done, total=total)
 
         report = replay_window(
@@ -85,6 +100,12 @@ def replay(
             create=create,
             progress=on_progress,
         )
+    if report is None:  # stopped by a signal before the window was copied
+        echo_err(
+            f"{stop.signal_name}: replay stopped after reading {read[0]} record(s) from "
+            f"{topic}; those in the window were flushed to {into} (the copy is incomplete)"
+        )
+        raise click.exceptions.Exit(stop.exit_code or 1)
     if as_json:
         print_json(report.to_dict())
     window = f"[{format_timestamp(from_ms)}, {format_timestamp(to_ms)})"
@@ -97,3 +118,4 @@ def replay(
         raise click.ClickException(
             f"{report.failed} record(s) not delivered to {into}: {'; '.join(report.errors)}"
         )
+    stop.exit_if_stopped()  # a signal came as the copy finished: still 143/130

@@ -94,7 +94,7 @@ def up(
     Starts a broker listening on --bootstrap unless one already answers there, then runs the
     jobs of FILES (default: recipes/*.toml, else a built-in delay-tiers recipe) and shows
     what is running. Ctrl-C or SIGTERM stops the worker (commits, closes consumers), then
-    the broker.
+    the broker, and exits 130 (Ctrl-C) or 143 (SIGTERM).
 
     \b
     Examples:
@@ -156,9 +156,11 @@ def up(
 
     started_at = time.monotonic()
     try:
-        serve(worker, on_started=started, still_ok=broker_alive)
+        code = serve(worker, on_started=started, still_ok=broker_alive)
     finally:
         if broker is not None:
             echo_err("stopping the broker...")
             broker.stop()
     echo_err(f"kops up: stopped after {time.monotonic() - started_at:.0f}s")
+    if code is not None:
+        sys.exit(code)  # 143 after SIGTERM, 130 after Ctrl-C: everything stopped cleanly

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.table import Table
 
-from kops.cli.common import console, echo_err, kafka_options, print_json
+from kops.cli.common import console, graceful_stop, kafka_options, print_json
 from kops.client import ClientSettings
 from kops.worker import RecipeError, Worker, job_kinds, load_recipes, settings_for
 
@@ -42,49 +39,30 @@ def jobs_table(worker: Worker) -> Table:
     return table
 
 
-def install_stop_signals(stop: threading.Event) -> Callable[[], None]:
-    """SIGTERM and SIGINT set ``stop`` (a second Ctrl-C exits at once); returns an undo."""
-    previous: dict[int, Any] = {}
-
-    def handler(signum: int, _frame: object) -> None:
-        if stop.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        echo_err(f"{signal.Signals(signum).name}: stopping...")
-        stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        previous[signum] = signal.signal(signum, handler)
-
-    def undo() -> None:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-
-    return undo
-
-
 def serve(
     worker: Worker,
     *,
     on_started: Callable[[Worker], None] | None = None,
     still_ok: Callable[[], str | None] | None = None,
-) -> None:
+) -> int | None:
     """Start ``worker``, block until SIGTERM/SIGINT (or ``still_ok`` returns a reason to
-    stop), then stop it cleanly. Raises ClickException when ``still_ok`` gave a reason."""
-    stop = threading.Event()
-    undo = install_stop_signals(stop)
+    stop), then stop it cleanly: every job commits and closes its consumers, which leave
+    their group at once. Returns the exit status for the signal (130 SIGINT, 143 SIGTERM),
+    None when none came; raises ClickException when ``still_ok`` gave a reason."""
     problem: str | None = None
-    try:
-        worker.start()
-        if on_started is not None:
-            on_started(worker)
-        while not stop.wait(0.5):
-            if still_ok is not None and (problem := still_ok()):
-                break
-    finally:
-        worker.stop()
-        undo()
+    with graceful_stop(exit_on_signal=False) as stop:
+        try:
+            worker.start()
+            if on_started is not None:
+                on_started(worker)
+            while not stop.wait(0.5):
+                if still_ok is not None and (problem := still_ok()):
+                    break
+        finally:
+            worker.stop()
     if problem:
         raise click.ClickException(problem)
+    return stop.exit_code
 
 
 def recipe_files(files: Iterable[Path]) -> list[Path]:
@@ -110,7 +88,8 @@ def run(
     """Run the jobs of recipe FILES (TOML; a directory means its *.toml) until SIGTERM/Ctrl-C.
 
     Prints the jobs on stdout, logs on stderr. On SIGTERM or Ctrl-C every job stops cleanly
-    (commits, closes its consumers). --bootstrap/KOPS_BOOTSTRAP win over a file's bootstrap.
+    (commits, closes its consumers), then it exits 143 (SIGTERM) or 130 (Ctrl-C).
+    --bootstrap/KOPS_BOOTSTRAP win over a file's bootstrap.
     The format is described in recipes/README.md; `kops worker kinds` lists job kinds.
 
     \b
@@ -136,7 +115,8 @@ def run(
             out.print(jobs_table(w))
         sys.stdout.flush()
 
-    serve(w, on_started=started)
+    if (code := serve(w, on_started=started)) is not None:
+        sys.exit(code)
 
 
 @worker.command("kinds")

@@ -22,6 +22,8 @@ from typing import NamedTuple
 
 import crc32c
 
+from kops.errors import KopsError
+
 __all__ = [
     "CORRUPT_MESSAGE",
     "HEADER_SIZE",
@@ -136,7 +138,7 @@ class Record(NamedTuple):
     headers: list[tuple[str, bytes | None]]
 
 
-class InvalidBatchError(Exception):
+class InvalidBatchError(KopsError):
     """A produce blob that must be rejected; carries the Kafka error code to return."""
 
     def __init__(self, error_code: int, message: str) -> None:

@@ -1,54 +1,78 @@
 """One request, one response: a minimal blocking Kafka client over kio.
 
 For the few admin calls confluent-kafka's AdminClient lacks (DescribeLogDirs).
-Everything else on the client side goes through confluent-kafka.
+Everything else on the client side goes through confluent-kafka. Framing,
+headers and correlation are shared with the asyncio client
+(kops.protocol.framing); errors come from kops.protocol.errors.
 """
 
 from __future__ import annotations
 
-import itertools
 import socket
-import struct
+import time
 from typing import Any
 
-from kops.protocol.messages import decode_response, encode_request, response_type
+from kio.static.protocol import RequestPayload
 
-_SIZE = struct.Struct(">i")
-_correlation_ids = itertools.count(1)
+from kops.protocol.errors import (
+    BrokerConnectionError,
+    ConnectionLostError,
+    ProtocolError,
+    RequestError,
+    RequestTimeoutError,
+)
+from kops.protocol.framing import Correlator, FrameReader
+
+__all__ = ["RequestError", "send_request"]
 
 
-class RequestError(Exception):
-    """The broker could not be reached or answered something unreadable."""
+def send_request(
+    host: str,
+    port: int,
+    request: RequestPayload,
+    *,
+    timeout: float = 10.0,
+    client_id: str | None = "kops",
+) -> Any:
+    """Send `request` (a kio request entity) to one broker and return its response.
 
-
-def send_request(host: str, port: int, request: Any, *, timeout: float = 10.0) -> Any:
-    """Send `request` (a kio request entity) to one broker and return its response."""
-    correlation_id = next(_correlation_ids) & 0x7FFFFFFF
-    frame = encode_request(correlation_id, request)
+    `timeout` bounds the whole exchange. Raises a RequestError subclass:
+    BrokerConnectionError (cannot connect), ConnectionLostError (dropped
+    before answering), RequestTimeoutError, ProtocolError (unreadable answer).
+    """
+    deadline = time.monotonic() + timeout
+    correlator: Correlator[None] = Correlator(client_id)
+    _, frame = correlator.encode(request, None)
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(frame)
-            (size,) = _SIZE.unpack(_read_exactly(sock, 4))
-            payload = _read_exactly(sock, size)
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError as exc:
+        raise BrokerConnectionError(f"cannot reach {host}:{port}: connect timed out") from exc
     except OSError as exc:
-        raise RequestError(f"cannot reach {host}:{port}: {exc}") from exc
-    cls = response_type(request.__api_key__, request.__version__)
-    try:
-        answered_id, body = decode_response(payload, cls)
-    except Exception as exc:
-        raise RequestError(f"unreadable response from {host}:{port}: {exc}") from exc
-    if answered_id != correlation_id:
-        raise RequestError(
-            f"{host}:{port} answered correlation id {answered_id}, not {correlation_id}"
-        )
-    return body
+        raise BrokerConnectionError(f"cannot reach {host}:{port}: {exc}") from exc
+    with sock:
+        try:
+            sock.sendall(frame)
+            return _receive(sock, correlator, deadline)
+        except TimeoutError as exc:
+            raise RequestTimeoutError(
+                f"{host}:{port} did not answer api {request.__api_key__} "
+                f"v{request.__version__} within {timeout:g}s"
+            ) from exc
+        except ProtocolError as exc:
+            raise ProtocolError(f"{host}:{port}: {exc}") from exc
+        except OSError as exc:
+            raise ConnectionLostError(f"connection to {host}:{port} lost: {exc}") from exc
 
 
-def _read_exactly(sock: socket.socket, size: int) -> bytes:
-    chunks = bytearray()
-    while len(chunks) < size:
-        chunk = sock.recv(min(size - len(chunks), 1 << 20))
-        if not chunk:
-            raise OSError("connection closed")
-        chunks += chunk
-    return bytes(chunks)
+def _receive(sock: socket.socket, correlator: Correlator[None], deadline: float) -> Any:
+    reader = FrameReader()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        sock.settimeout(remaining)
+        received = sock.recv_into(reader.get_buffer())
+        if not received:
+            raise OSError("connection closed by the broker")
+        for frame in reader.advance(received):
+            return correlator.take(frame).decode(frame)

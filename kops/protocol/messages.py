@@ -23,6 +23,10 @@ from kio.schema.response_header.v0.header import ResponseHeader as ResponseHeade
 from kio.schema.response_header.v1.header import ResponseHeader as ResponseHeaderV1
 from kio.serial import entity_reader, entity_writer
 from kio.static.constants import EntityType
+from kio.static.primitive import i32
+from kio.static.protocol import Payload, RequestPayload, ResponsePayload
+
+from kops.errors import KopsError
 
 API_VERSIONS_KEY = 18
 
@@ -31,11 +35,11 @@ _KEY_VERSION = struct.Struct(">hh")
 _CORRELATION = struct.Struct(">i")
 
 
-class MalformedRequestError(Exception):
+class MalformedRequestError(KopsError):
     """The bytes of a frame do not form a valid request; the connection is closed."""
 
 
-class UnsupportedVersionError(Exception):
+class UnsupportedVersionError(KopsError):
     """kio has no schema for the requested (api key, version)."""
 
 
@@ -58,7 +62,7 @@ def peek_key_version(frame: bytes | memoryview) -> tuple[int, int, int]:
 
 
 @cache
-def request_type(api_key: int, api_version: int) -> type:
+def request_type(api_key: int, api_version: int) -> type[RequestPayload]:
     try:
         return load_request_schema(api_key, api_version)
     except Exception as exc:  # kio raises its own index errors
@@ -66,7 +70,7 @@ def request_type(api_key: int, api_version: int) -> type:
 
 
 @cache
-def response_type(api_key: int, api_version: int) -> type:
+def response_type(api_key: int, api_version: int) -> type[ResponsePayload]:
     return load_response_schema(api_key, api_version)
 
 
@@ -77,12 +81,12 @@ def response_module(api_key: int, api_version: int) -> ModuleType:
 
 
 @cache
-def _reader(cls: type) -> Any:
+def _reader(cls: type[Any]) -> Any:
     return entity_reader(cls)
 
 
 @cache
-def _writer(cls: type) -> Any:
+def _writer(cls: type[Any]) -> Any:
     return entity_writer(cls)
 
 
@@ -136,7 +140,7 @@ class _ChunkBuffer:
         return self._chunks
 
 
-def encode_response(correlation_id: int, body: Any) -> list[bytes | bytearray]:
+def encode_response(correlation_id: int, body: Payload) -> list[bytes | bytearray]:
     """Serialise a response with its size prefix and the matching response header.
 
     Returns the frame as a list of chunks to be written in order. ApiVersions
@@ -152,14 +156,16 @@ def encode_response(correlation_id: int, body: Any) -> list[bytes | bytearray]:
     return [_INT32.pack(buffer.size), *buffer.chunks()]
 
 
-def encode_request(correlation_id: int, body: Any, client_id: str | None = "kops") -> bytes:
+def encode_request(
+    correlation_id: int, body: RequestPayload, client_id: str | None = "kops"
+) -> bytes:
     """Serialise a request (used by the broker's own replication client and by tests)."""
     cls = type(body)
     header_cls = RequestHeaderV2 if cls.__flexible__ else RequestHeaderV1
     header = header_cls(
         request_api_key=cls.__api_key__,
         request_api_version=cls.__version__,
-        correlation_id=correlation_id,
+        correlation_id=i32(correlation_id),
         client_id=client_id,
     )
     buffer = io.BytesIO()
@@ -172,7 +178,9 @@ def encode_request(correlation_id: int, body: Any, client_id: str | None = "kops
     return buffer.getvalue()
 
 
-def decode_response(frame: bytes | memoryview, response_cls: type) -> tuple[int, Any]:
+def decode_response(
+    frame: bytes | memoryview, response_cls: type[ResponsePayload]
+) -> tuple[int, Any]:
     """(correlation id, body) of a response frame without its size prefix."""
     flexible = response_cls.__flexible__ and response_cls.__api_key__ != API_VERSIONS_KEY
     header_cls = ResponseHeaderV1 if flexible else ResponseHeaderV0

@@ -19,6 +19,8 @@ MESSAGE_ID = "kops.message.id"
 DELAY_TARGET = "kops.delay.target"  # topic to deliver to when due
 DELAY_DUE_MS = "kops.delay.due-ms"  # epoch ms when the record is due
 DELAY_SENT_MS = "kops.delay.sent-ms"  # epoch ms when it was first sent
+# On a delay dead letter: "<tier topic>/<partition>/<offset>" of the tier record it was read from.
+DELAY_FROM = "kops.delay.from"
 
 # Retry ladder.
 RETRY_ATTEMPT = "kops.retry.attempt"  # attempts made so far (1 = the first failure)

@@ -44,6 +44,7 @@ from typing import Any
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, TopicPartition
 from confluent_kafka.admin import OffsetSpec
 
+from kops.admin import list_offsets
 from kops.client import AdminSession, ClientSettings, ErrorWatch, KopsClientError
 from kops.recipes.offsets import (
     GroupInfo,
@@ -51,7 +52,6 @@ from kops.recipes.offsets import (
     committed_offsets,
     describe_group,
     list_group_ids,
-    log_offsets,
 )
 
 __all__ = [
@@ -227,7 +227,7 @@ class LagMonitor:
             infos[g] = info
             committed[g] = offsets
         keys = {k for offsets in committed.values() for k in offsets}
-        ends = log_offsets(admin, sorted(keys), OffsetSpec.latest())
+        ends = list_offsets(admin, sorted(keys), OffsetSpec.latest())
         for g, offsets in committed.items():
             for key, off in offsets.items():
                 history = self._history.setdefault((g, *key), deque(maxlen=self.window))

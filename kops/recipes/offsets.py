@@ -1,4 +1,5 @@
-"""Group and log offsets through the Kafka admin API, shared by the rewind and lag recipes.
+"""Group offsets through the Kafka admin API, shared by the rewind and lag recipes (log
+start/end offsets and offsets for a time: :func:`kops.admin.list_offsets`, ``watermarks``).
 
 Everything goes through :class:`kops.client.AdminSession`, so an unreachable cluster fails
 fast with one clear line, and every call works against any Kafka-protocol cluster.
@@ -12,8 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import OffsetSpec
 
+from kops.admin import TopicPartitionKey
 from kops.client import AdminSession, KopsClientError, translate_error
 
 __all__ = [
@@ -24,11 +25,8 @@ __all__ = [
     "committed_offsets",
     "describe_group",
     "list_group_ids",
-    "log_offsets",
     "topic_partitions",
 ]
-
-TopicPartitionKey = tuple[str, int]
 
 
 @dataclass(frozen=True)
@@ -131,22 +129,3 @@ def topic_partitions(admin: AdminSession, topic: str) -> list[int]:
     """Partition ids of ``topic``, sorted; raises :class:`kops.client.UnknownTopic`."""
     md = admin.metadata(topic)
     return sorted(md.topics[topic].partitions)
-
-
-def log_offsets(
-    admin: AdminSession, keys: Iterable[TopicPartitionKey], spec: OffsetSpec
-) -> dict[TopicPartitionKey, int | None]:
-    """ListOffsets for many partitions (of any topics) in one round.
-
-    ``spec`` is ``OffsetSpec.earliest()``, ``latest()`` or ``for_timestamp(ms)``; None means
-    the broker found no such offset (for a timestamp: no record at or after it).
-    """
-    request = {TopicPartition(t, p): spec for t, p in dict.fromkeys(keys)}
-    if not request:
-        return {}
-    futures = admin.client.list_offsets(request, request_timeout=admin.request_timeout)
-    out: dict[TopicPartitionKey, int | None] = {}
-    for tp, fut in futures.items():
-        res = admin.wait(fut, "list offsets", tp.topic)
-        out[(tp.topic, tp.partition)] = res.offset if res.offset >= 0 else None
-    return out

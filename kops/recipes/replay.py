@@ -37,6 +37,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import OffsetSpec
 
 from kops import admin as topics_admin
+from kops.admin import list_offsets, offsets_for_time
 from kops.client import (
     AdminSession,
     ClientSettings,
@@ -47,7 +48,8 @@ from kops.client import (
 )
 from kops.consume import format_timestamp
 from kops.produce import OutgoingRecord, produce_records
-from kops.recipes.offsets import log_offsets, topic_partitions
+from kops.recipes.offsets import topic_partitions
+from kops.recipes.pacing import Pacer
 
 __all__ = ["PartitionWindow", "ReplayReport", "plan_window", "replay"]
 
@@ -135,9 +137,9 @@ def plan_window(
                 code="UNKNOWN_TOPIC_OR_PART",
             )
         keys = [(topic, p) for p in selected]
-        ends = log_offsets(admin, keys, OffsetSpec.latest())
-        starts = log_offsets(admin, keys, OffsetSpec.for_timestamp(from_ms))
-        stops = log_offsets(admin, keys, OffsetSpec.for_timestamp(to_ms))
+        ends = list_offsets(admin, keys, OffsetSpec.latest())
+        starts = offsets_for_time(admin, keys, from_ms)
+        stops = offsets_for_time(admin, keys, to_ms)
     return [
         PartitionWindow(p, starts[(topic, p)], stops[(topic, p)], ends[(topic, p)] or 0)
         for p in selected
@@ -237,8 +239,7 @@ def _read_window(
             f"kops-replay-{uuid.uuid4().hex[:12]}", watch, **{"enable.partition.eof": True}
         )
     )
-    throttle_start = time.monotonic()
-    selected = 0
+    pacer = Pacer(rate)
     try:
         consumer.assign([TopicPartition(topic, p, w.start) for p, w in todo.items()])
         last_progress = time.monotonic()
@@ -286,12 +287,7 @@ def _read_window(
                     report.outside_window += 1
                     continue
                 report.per_partition[p] += 1
-                selected += 1
-                if rate is not None:
-                    due = throttle_start + selected / rate
-                    delay = due - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
+                pacer.pace()
                 yield msg, ts_value
     finally:
         consumer.close()

@@ -35,9 +35,7 @@ Example::
 
 from __future__ import annotations
 
-import builtins
 import enum
-import importlib
 import json
 import logging
 import threading
@@ -61,9 +59,11 @@ from kops.client import (
     fetch_metadata,
     translate_error,
 )
+from kops.errors import KopsError
 from kops.recipes import headers as h
 from kops.recipes.delay import DelayTiers, ensure_tier_topics, send_delayed
 from kops.recipes.dlq import dead_letter_headers, exception_name
+from kops.recipes.loader import import_object
 
 __all__ = [
     "DEFAULT_FATAL",
@@ -89,7 +89,7 @@ Handler = Callable[[Message], Any]
 DEFAULT_LADDER: tuple[float, ...] = (1.0, 10.0, 60.0, 600.0)
 
 
-class FatalError(Exception):
+class FatalError(KopsError):
     """Raise it (or a subclass) from a handler to send the record straight to the DLQ."""
 
 
@@ -104,22 +104,6 @@ DEFAULT_FATAL: tuple[type[BaseException], ...] = (
     json.JSONDecodeError,
     UnicodeDecodeError,
 )
-
-
-def import_object(path: str) -> Any:
-    """``"package.module:name"`` (or ``"package.module.name"``, or a builtin like
-    ``"ValueError"``) -> the object."""
-    module_name, sep, attr = path.partition(":")
-    if not sep:
-        module_name, _, attr = path.rpartition(".")
-        if not module_name:
-            if hasattr(builtins, attr):
-                return getattr(builtins, attr)
-            raise ValueError(f"cannot import {path!r}: use 'package.module:name'")
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _exception_types(items: Iterable[type[BaseException] | str]) -> tuple[type[BaseException], ...]:

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import OffsetSpec
 
+from kops.admin import offsets_for_time, watermarks
 from kops.client import AdminSession, ClientSettings, KopsClientError, translate_error
 from kops.consume import format_timestamp
 from kops.recipes.offsets import (
@@ -40,7 +40,6 @@ from kops.recipes.offsets import (
     alter_group_offsets,
     committed_offsets,
     describe_group,
-    log_offsets,
     topic_partitions,
 )
 
@@ -244,11 +243,10 @@ def plan_rewind(
                 f"cannot shift partition {', '.join(missing)}: group {group!r} has no "
                 "committed offset there (use --to-offset, --to-datetime or an end instead)"
             )
-        starts = log_offsets(admin, keys, OffsetSpec.earliest())
-        ends = log_offsets(admin, keys, OffsetSpec.latest())
+        starts, ends = watermarks(admin, keys)
         found: dict[TopicPartitionKey, int | None] = {}
         if to.kind in ("datetime", "duration"):
-            found = log_offsets(admin, keys, OffsetSpec.for_timestamp(to._time_ms(now_ms)))
+            found = offsets_for_time(admin, keys, to._time_ms(now_ms))
     return RewindPlan(
         group=group,
         target=to.describe(now_ms),
@@ -363,35 +361,78 @@ def export_offsets(plan: RewindPlan, path: str | os.PathLike[str]) -> list[Topic
     return [(pp.topic, pp.partition) for pp in plan.partitions if pp.current is None]
 
 
+def _field_columns(line: str) -> list[int]:
+    """1-based column where each comma-separated field of ``line`` starts (quotes honoured,
+    as the csv module reads them)."""
+    cols, quoted = [1], False
+    for i, ch in enumerate(line):
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            cols.append(i + 2)
+    return cols
+
+
 def read_offsets_file(
     path: str | os.PathLike[str], group: str | None = None
 ) -> dict[TopicPartitionKey, int]:
     """Parse ``topic,partition,offset`` lines (Kafka's reset CSV). Lines with four fields
     (``group,topic,partition,offset``) are kept only when the group is ``group``. Blank
-    lines, ``#`` comments and a header row are ignored."""
+    lines, ``#`` comments and a header row are ignored.
+
+    A malformed file raises :class:`KopsClientError` naming the line and column
+    (``offsets.csv:3:12: ...``), so the bad spot is found without counting commas.
+    """
     out: dict[TopicPartitionKey, int] = {}
-    text = Path(path).read_text(encoding="utf-8")
-    for lineno, row in enumerate(csv.reader(text.splitlines()), start=1):
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise KopsClientError(f"{path}: not UTF-8 text (byte {exc.start + 1})") from None
+    except OSError as exc:
+        raise KopsClientError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    header_allowed = True
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        try:
+            row = next(csv.reader([line], strict=True), [])
+        except csv.Error as exc:
+            raise KopsClientError(f"{path}:{lineno}:1: not valid CSV: {exc}") from None
         fields = [f.strip() for f in row]
         if not fields or not any(fields) or fields[0].startswith("#"):
             continue
+        cols = _field_columns(line)
+        first = 0
         if len(fields) == 4:
             if group is not None and fields[0] != group:
+                header_allowed = False
                 continue
-            fields = fields[1:]
-        if len(fields) != 3:
+            first = 1
+        if len(fields) - first != 3:
+            # Point at the first field too many, or just past the end of a short line.
+            col = cols[first + 3] if len(fields) - first > 3 else len(line) + 1
             raise KopsClientError(
-                f"{path}:{lineno}: expected topic,partition,offset, got {','.join(row)!r}"
+                f"{path}:{lineno}:{col}: expected topic,partition,offset "
+                f"(or group,topic,partition,offset), got {len(fields)} fields: {line.strip()!r}"
             )
-        t, p, off = fields
-        try:
-            out[(t, int(p))] = int(off)
-        except ValueError:
-            if lineno == 1:
-                continue  # a header row
-            raise KopsClientError(
-                f"{path}:{lineno}: partition and offset must be integers, got {p!r}, {off!r}"
-            ) from None
+        t, p, off = fields[first:]
+        if not t:
+            raise KopsClientError(f"{path}:{lineno}:{cols[first]}: empty topic name")
+        numbers = []
+        for index, (name, value) in enumerate((("partition", p), ("offset", off)), start=1):
+            try:
+                n = int(value)
+            except ValueError:
+                n = None
+            if n is None or n < 0:
+                if header_allowed and n is None and index == 1:
+                    break  # a header row (topic,partition,offset)
+                raise KopsClientError(
+                    f"{path}:{lineno}:{cols[first + index]}: {name} must be a whole number "
+                    f">= 0, got {value!r}"
+                ) from None
+            numbers.append(n)
+        header_allowed = False
+        if len(numbers) == 2:
+            out[(t, numbers[0])] = numbers[1]
     if not out:
         raise KopsClientError(f"{path}: no offsets found")
     return out

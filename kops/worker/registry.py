@@ -19,7 +19,6 @@ with :func:`register_job_kind`. Factories raise :class:`RecipeError` for bad opt
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from kops.client import ClientSettings
+from kops.errors import KopsError
 
 __all__ = [
     "BUILTIN_KINDS",
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 
-class RecipeError(ValueError):
+class RecipeError(KopsError, ValueError):
     """A recipe file or a job's options are wrong; the message names the file and job."""
 
 
@@ -113,10 +113,11 @@ def job_factory(kind: str) -> JobFactory:
         return factory
     if path is None:
         raise RecipeError(f"unknown job kind {kind!r} (known: {', '.join(job_kinds())})")
-    module_name, _, attr = path.partition(":")
+    from kops.recipes.loader import import_object
+
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
+        factory = import_object(path)
+    except (ImportError, AttributeError, ValueError) as exc:
         raise RecipeError(f"job kind {kind!r}: cannot load {path}: {exc}") from exc
     with _lock:
         _registered.setdefault(kind, factory)

@@ -16,7 +16,7 @@ from kops.broker.log import LogConfig, PartitionLog
 from kops.broker.log import cleaner as cleaner_mod
 from kops.broker.runner import BrokerThread
 from kops.protocol.batch import decode_records, iter_batches
-from kops.testing import TEST_CONFIG, BrokerProcess, run_broker
+from kops.testing import TEST_CONFIG, BrokerProcess, run_broker, wait_until
 from tests.broker.clients import create_topic
 
 KEYS = [b"k%d" % i for i in range(5)]
@@ -164,11 +164,9 @@ def test_restart_during_cleaning_loses_nothing(
         broker.stop()
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
+    """:func:`kops.testing.wait_until`, under this file's old name."""
+    return wait_until(condition, timeout, message=what)
 
 
 def test_background_cleaner_compacts_a_topic(tmp_path: Path) -> None:
@@ -281,6 +279,8 @@ def kill_when(broker: BrokerProcess, directory: Path, seen: Callable[[set[str]],
             broker.kill()
             return names
         assert broker.exited() is None, "the broker died"
+        # A tight 1 ms poll, not wait_until (whose pause grows to 0.25 s): the kill must
+        # land inside the cleaner's short window.
         time.sleep(0.001)
     broker.kill()
     raise AssertionError("the cleaner never got there")

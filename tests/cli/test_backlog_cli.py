@@ -15,7 +15,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from kops import admin
-from kops.client import ClientSettings
+from kops.client import ClientSettings, KopsClientError
+from kops.testing import wait_until
 
 Kops = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -60,7 +61,8 @@ def test_fanout_then_status(kops: Kops, kafka_broker: str, backlog: tuple[str, s
     target, drain = f"{source}.fo", f"{source}.drain"
     result = kops(
         "backlog", "fanout", "--from", source, "--group", group, "--to", target,
-        "--partitions", "8", "--until-caught-up", "--drain-group", drain, "--json",
+        "--partitions", "8", "--until-caught-up", "--drain-group", drain, "--start", "earliest",
+        "--json",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -149,10 +151,17 @@ def test_ctrl_c_stops_cleanly_and_commits(kafka_broker: str, backlog: tuple[str,
     env = {**os.environ, "KOPS_BOOTSTRAP": kafka_broker}
     proc = subprocess.Popen(
         [sys.executable, "-m", "kops", "backlog", "fanout", "--from", source, "-g", group,
-         "--to", f"{source}.fo", "-p", "4", "--rate", "1000"],
+         "--to", f"{source}.fo", "-p", "4", "--rate", "1000", "--start", "earliest"],
         env=env, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    time.sleep(3)
+
+    def forwarded_some() -> bool:
+        try:
+            return (admin.describe_topic(kafka_broker, f"{source}.fo").total_records or 0) >= 500
+        except KopsClientError:
+            return False  # the target is not created yet
+
+    wait_until(forwarded_some, 30, message="the fan-out to forward 500 records")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
@@ -164,3 +173,30 @@ def test_ctrl_c_stops_cleanly_and_commits(kafka_broker: str, backlog: tuple[str,
     forwarded = admin.describe_topic(kafka_broker, f"{source}.fo").total_records
     assert 0 < total < 3000
     assert total == forwarded  # a clean stop commits exactly what was forwarded
+
+
+def test_group_without_commits_needs_start(kops: Kops, backlog: tuple[str, str]) -> None:
+    source, group = backlog
+    args = ["backlog", "fanout", "--from", source, "-g", group, "--to", f"{source}.fo", "-p", "4"]
+    refused = kops(*args, "--until-caught-up")
+    assert refused.returncode == 1
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "no committed offsets" in lines[0] and "3000 records" in lines[0]
+    assert "--start earliest|latest|TIME" in lines[0]
+    bad = kops(*args, "--start", "someday")
+    assert bad.returncode == 1 and bad.stderr.startswith("error: ") and "start" in bad.stderr
+
+    latest = kops(*args, "--until-caught-up", "--start", "latest", "--json")
+    assert latest.returncode == 0, latest.stderr
+    assert json.loads(latest.stdout)["forwarded"] == 0
+    # "latest" committed where it started: the group now resumes without --start.
+    resumed = kops(*args, "--until-caught-up", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["forwarded"] == 0
+
+    other = ["-g", f"{group}-2", "--to", f"{source}.fo2"]
+    whole = kops(*args[:4], *other, "-p", "4", "--until-caught-up", "--start", "earliest",
+                 "--json")  # fmt: skip
+    assert whole.returncode == 0, whole.stderr
+    assert json.loads(whole.stdout)["forwarded"] == 3000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import uuid
 from collections.abc import Callable
@@ -78,3 +79,23 @@ def test_sweep_with_plot(kafka_broker: str, kops: Kops, tmp_path: Path) -> None:
     assert all(pt["consume"]["records"] == 200 for pt in data["points"])
     assert data["consumers"] == 2  # default: the largest partition count
     assert data["recommendation"]["by_rule"] >= 1
+    rec = data["recommendation"]
+    # The text (stderr) and the JSON (stdout) of one run say the same, from the same figures.
+    assert rec["text"] in result.stderr.strip().splitlines()
+    p, c = rec["produce_mb_per_sec_per_partition"], rec["consume_mb_per_sec_per_partition"]
+    assert rec["partitions"] == math.ceil(max(1 / p, 1 / c))  # -t 1
+    assert f"recommended: {rec['partitions']} partition" in rec["text"]
+    assert f"p = {p} MB/s produce, c = {c} MB/s consume on 1 partition" in rec["text"]
+    # Measured by this sweep, at 1 partition (the points carry 4 decimals, the rule 3).
+    one = data["points"][0]
+    assert abs(p - one["produce"]["mb_per_sec"]) < 6e-4
+    assert abs(c - one["consume"]["mb_per_sec"]) < 6e-4
+    if data["plot"] is not None:  # the chart marks the same count
+        assert data["plot"] == {"path": str(plot), "recommended_partitions": rec["partitions"]}
+
+
+def test_sweep_text_shows_table_and_recommendation(kops: Kops) -> None:
+    result = kops("bench", "sweep", "-p", "1", "-n", "200", "-s", "100", "-t", "2")
+    assert result.returncode == 0, result.stderr
+    assert "PRODUCE-P99-MS" in result.stdout and "CONSUME-P99-MS" in result.stdout
+    assert "recommended: " in result.stderr and "ceil(max(" in result.stderr

@@ -15,6 +15,7 @@ from kops import admin
 from kops.recipes import headers as h
 from kops.recipes.delay import DelayTiers
 from kops.recipes.delay.forwarder import DelayForwarders, ForwarderOptions
+from kops.testing import wait_until
 
 
 @pytest.fixture
@@ -86,14 +87,15 @@ def test_send_cancel_status(kops, kafka_broker: str, topic: str, tier_args: list
     res = kops("delay", "send", topic, "--in", "30s", "--json", *tiers, input="later\n")
     assert res.returncode == 0 and len(json.loads(res.stdout)["message_ids"]) == 1
 
-    deadline = time.monotonic() + 15
-    while True:  # the forwarders publish stats every 0.5 s
+    rows: dict = {}
+
+    def delivered_two() -> bool:  # the forwarders publish stats every 0.5 s
         res = kops("delay", "status", "--json", *tier_args)
         assert res.returncode == 0, res.stderr
-        rows = {r["tier"]: r for r in json.loads(res.stdout)}
-        if rows["1s"]["delivered"] >= 2 or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
+        rows.update({r["tier"]: r for r in json.loads(res.stdout)})
+        return rows["1s"]["delivered"] >= 2
+
+    wait_until(delivered_two, 15, interval=0.3, message="status to count 2 deliveries")
     assert set(rows) == {"1s", "2s"}
     assert rows["2s"]["pending"] == 1 and rows["2s"]["oldest_due_ms"] > time.time() * 1000
     assert rows["1s"]["delivered"] == 2 and rows["1s"]["lateness_p99_ms"] is not None
@@ -104,7 +106,7 @@ def test_send_cancel_status(kops, kafka_broker: str, topic: str, tier_args: list
 
 def test_usage_errors_are_one_line(kops, topic: str) -> None:
     res = kops("delay", "send", topic, input="x\n")
-    assert res.returncode == 1 and "exactly one of --in and --at" in res.stderr
+    assert res.returncode == 1 and "exactly one of --in/--delay and --at" in res.stderr
     res = kops("delay", "send", topic, "--in", "5s", input="x\n")
     assert res.returncode == 1 and f"unknown topic {topic!r}" in res.stderr
     res = kops("delay", "send", topic, "--in", "5s", "--tiers", "0s", input="x\n")
@@ -113,3 +115,81 @@ def test_usage_errors_are_one_line(kops, topic: str) -> None:
     for sub in ("send", "status", "cancel", "worker"):
         res = kops("delay", sub, "--help")
         assert res.returncode == 0 and "--bootstrap" in res.stdout
+
+
+def _ids_delivered(bootstrap: str, topic: str, expect: int, timeout: float) -> dict[str, int]:
+    """message id -> copies seen in ``topic``; every copy checked: never early."""
+    copies: dict[str, int] = {}
+    for m in _read_all(bootstrap, topic, expect, timeout):
+        hdrs = m.headers()  # type: ignore[attr-defined]
+        assert m.timestamp()[1] >= int(h.get(hdrs, h.DELAY_DUE_MS) or 0), "delivered early"  # type: ignore[attr-defined]
+        msg_id = h.get(hdrs, h.MESSAGE_ID) or ""
+        copies[msg_id] = copies.get(msg_id, 0) + 1
+    return copies
+
+
+def test_send_with_a_full_producer_queue_drops_nothing(
+    kops, kafka_broker: str, topic: str, tier_args: list[str]
+) -> None:
+    """2,000 lines through a local queue of 10 records: all 2,000 scheduled and delivered."""
+    admin.create_topic(kafka_broker, topic, 2)
+    lines = "".join(f"v{i}\n" for i in range(2000))
+    res = kops(
+        "delay", "send", topic, "--in", "1s", "-X", "queue.buffering.max.messages=10",
+        *tier_args[:-2], input=lines,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    ids = res.stdout.split()
+    assert len(ids) == 2000 and len(set(ids)) == 2000
+    assert "scheduled 2000 records" in res.stderr
+    copies = _ids_delivered(kafka_broker, topic, 2000, timeout=30)
+    assert set(copies) == set(ids), f"{len(set(ids) - set(copies))} of 2000 records missing"
+
+
+def test_at_is_a_point_in_time(kops, kafka_broker: str, topic: str, tier_args: list[str]) -> None:
+    tiers = tier_args[:-2]
+    admin.create_topic(kafka_broker, topic, 1)
+    res = kops("delay", "send", topic, "--at", "1h", *tiers, input="x\n")
+    assert res.returncode == 1
+    assert "duration, not a point in time" in res.stderr and "--in 1h" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+    past = int(time.time() * 1000) - 60_000
+    res = kops("delay", "send", topic, "--at", str(past), *tiers, input="x\n")
+    assert res.returncode == 1 and "in the past" in res.stderr and "--allow-past" in res.stderr
+    res = kops("delay", "send", topic, "--at", "2020-01-01T00:00:00Z", *tiers, input="x\n")
+    assert res.returncode == 1 and "in the past" in res.stderr
+
+    res = kops(
+        "delay", "send", topic, "--at", str(past), "--allow-past", *tiers, input="late\n"
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    (late_id,) = res.stdout.split()
+
+    due = int(time.time() * 1000) + 4000
+    res = kops("delay", "send", topic, "--at", str(due), *tiers, input="epoch\n")
+    assert res.returncode == 0, res.stderr
+    (epoch_id,) = res.stdout.split()
+    res = kops("delay", "send", topic, "--delay", "2s", *tiers, input="relative\n")
+    assert res.returncode == 0, res.stderr
+    (relative_id,) = res.stdout.split()
+
+    msgs = {
+        h.get(m.headers(), h.MESSAGE_ID): m  # type: ignore[attr-defined]
+        for m in _read_all(kafka_broker, topic, 3, timeout=15)
+    }
+    assert set(msgs) == {late_id, epoch_id, relative_id}
+    assert int(h.get(msgs[epoch_id].headers(), h.DELAY_DUE_MS) or 0) == due  # type: ignore[attr-defined]
+    assert msgs[epoch_id].timestamp()[1] >= due  # type: ignore[attr-defined]
+
+
+def test_missing_target_is_refused_unless_the_check_is_skipped(
+    kops, topic: str, tier_args: list[str]
+) -> None:
+    tiers = tier_args[:-2]
+    res = kops("delay", "send", topic, "--in", "1h", *tiers, input="x\n")
+    assert res.returncode == 1 and f"unknown topic {topic!r}" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    res = kops("delay", "send", topic, "--in", "1h", "--no-check-target", *tiers, input="x\n")
+    assert res.returncode == 0, res.stderr
+    assert len(res.stdout.split()) == 1

@@ -11,6 +11,9 @@ from collections.abc import Callable
 
 from confluent_kafka import Producer
 
+from kops import admin
+from kops.testing import wait_until
+
 Kops = Callable[..., subprocess.CompletedProcess[str]]
 
 
@@ -221,10 +224,11 @@ def test_default_start_is_the_end(kafka_broker: str, kops: Kops, topic: str) -> 
     )
     try:
         # Keep producing until the consumer (which starts at the end) sees something.
-        deadline = time.monotonic() + 30
-        while proc.poll() is None and time.monotonic() < deadline:
+        def consumer_saw_one() -> bool:
             _produce_raw(kafka_broker, topic, [{"value": b"new"}])
-            time.sleep(0.5)
+            return proc.poll() is not None
+
+        wait_until(consumer_saw_one, 30, interval=0.25, message="the consumer to see a record")
         out, err = proc.communicate(timeout=10)
     finally:
         if proc.poll() is None:
@@ -259,3 +263,31 @@ def test_missing_key_separator_fails_after_sending_earlier_lines(kops: Kops, top
     assert "Traceback" not in result.stderr
     records = _consume_json(kops, topic, "--from-beginning", "-e")
     assert [(r["key"], r["value"]) for r in records] == [("a", "1")]
+
+
+def _end_offsets(bootstrap: str, topic: str) -> int:
+    return sum(p.end_offset or 0 for p in admin.describe_topic(bootstrap, topic).partitions)
+
+
+def test_full_producer_queue_drops_nothing(kafka_broker: str, kops: Kops, topic: str) -> None:
+    """A local queue of 10 records and 2,000 lines: every line is waited in, none dropped."""
+    _create(kops, topic, 2)
+    lines = "".join(f"line-{i}\n" for i in range(2000))
+    res = kops("produce", topic, "-X", "queue.buffering.max.messages=10", input=lines)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.strip() == f"produced 2000 records to {topic}"
+    assert _end_offsets(kafka_broker, topic) == 2000
+    records = _consume_json(kops, topic, "--from-beginning", "--exit-at-end")
+    assert sorted(r["value"] for r in records) == sorted(f"line-{i}" for i in range(2000))
+
+
+def test_failed_deliveries_are_counted_and_exit_1(kops: Kops, topic: str) -> None:
+    """Records the broker refuses (larger than the topic's max.message.bytes) are counted."""
+    res = kops("topic", "create", topic, "--partitions", "1", "--config", "max.message.bytes=2000")
+    assert res.returncode == 0, res.stderr
+    big = "x" * 5000
+    lines = f"a\n{big}\nb\n{big}\nc\n"
+    res = kops("produce", topic, "-X", "linger.ms=0", "-X", "batch.num.messages=1", input=lines)
+    assert res.returncode == 1
+    assert "2 of 5 records not delivered" in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("error: ")

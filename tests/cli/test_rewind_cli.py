@@ -31,6 +31,7 @@ Kops = Callable[..., subprocess.CompletedProcess[str]]
         (["g", "--topic", "t", "--by-duration", "soon"], "invalid duration"),
         (["g", "--topic", "t", "--to-datetime", "yesterday-ish"], "invalid timestamp"),
         (["g", "--topic", "t", "--to-earliest", "--partitions", "0,x"], "comma-separated"),
+        (["g", "--topic", "t", "--to-earliest", "--partitions", "3-1"], "ends before it starts"),
         (["g", "--from-file", "/no/such/file.csv"], "does not exist"),
     ],
 )
@@ -110,3 +111,21 @@ def test_refuses_while_the_group_is_active(kafka_broker: str, kops: Kops) -> Non
     finally:
         consumer.close()
     assert _committed(kafka_broker, group) == {(topic, 0): 5, (topic, 1): 4}
+
+
+def test_malformed_from_file_names_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "offsets.csv"
+    path.write_text("orders,0,5\norders,1,5x\n")
+    result = CliRunner().invoke(main, ["rewind", "g", "--from-file", str(path)])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"error: {path}:2:10: offset must be a whole number >= 0, got '5x'"]
+
+
+def test_partition_lists_take_ranges() -> None:
+    from kops.cli.common import parse_int_list
+
+    assert parse_int_list("0,1,3-5") == [0, 1, 3, 4, 5]
+    assert parse_int_list(" 2, 0-2 ,7") == [2, 0, 1, 7]  # duplicates dropped, order kept
+    with pytest.raises(ValueError, match=">= 1"):
+        parse_int_list("0-2", minimum=1)

@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, Producer
 from kops import admin
 from kops.recipes import headers as h
 from kops.recipes.delay import DelayTiers, send_delayed
+from kops.testing import wait_until
 
 
 def _free_port() -> int:
@@ -46,13 +47,15 @@ def _wait_running(proc: subprocess.Popen[str], err: list[str], timeout: float = 
         target=lambda: out.extend(iter(proc.stdout.readline, "")), daemon=True
     )  # type: ignore[union-attr]
     reader.start()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def running() -> bool:
         if any("kops up: running" in line for line in out):
-            return "".join(out)
+            return True
         assert proc.poll() is None, "kops up exited:\n" + "".join(err[-20:])
-        time.sleep(0.1)
-    raise AssertionError("kops up did not come up:\n" + "".join(err[-20:]))
+        return False
+
+    wait_until(running, timeout, message=lambda: "kops up to come up:\n" + "".join(err[-20:]))
+    return "".join(out)
 
 
 def test_up_starts_broker_and_worker_and_stops_on_sigterm(tmp_path: Path) -> None:
@@ -68,9 +71,7 @@ def test_up_starts_broker_and_worker_and_stops_on_sigterm(tmp_path: Path) -> Non
         assert "started" in shown and "delay-forwarders" in shown and bootstrap in shown
 
         # Everything works through the Kafka protocol: a delayed record is forwarded.
-        deadline = time.monotonic() + 30
-        while "tier 2s: assigned" not in "".join(err) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: "tier 2s: assigned" in "".join(err), 30, message="tier 2s assigned")
         admin.create_topic(bootstrap, "up-target", 1)
         producer = Producer({"bootstrap.servers": bootstrap})
         msg_id = send_delayed(
@@ -95,7 +96,7 @@ def test_up_starts_broker_and_worker_and_stops_on_sigterm(tmp_path: Path) -> Non
         assert got is not None and h.get(got.headers(), h.MESSAGE_ID) == msg_id
 
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(40) == 0, "".join(err[-20:])
+        assert proc.wait(40) == 143, "".join(err[-20:])  # 128 + SIGTERM: a clean stop
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -117,7 +118,7 @@ def test_up_uses_a_broker_that_already_answers(kafka_broker: str, tmp_path: Path
         shown = _wait_running(proc, err)
         assert "using the broker already at" in shown
         proc.send_signal(signal.SIGINT)  # Ctrl-C
-        assert proc.wait(30) == 0
+        assert proc.wait(30) == 130
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -28,6 +28,7 @@ from kops.recipes.delay import (
 )
 from kops.recipes.delay.forwarder import DelayForwarders, ForwarderOptions
 from kops.recipes.delay.status import delay_status, percentiles
+from kops.testing import wait_until
 
 # --------------------------------------------------------------------------- no broker
 
@@ -72,11 +73,18 @@ def test_parse_normalises_sorts_and_validates() -> None:
 
 
 class _FakeProducer:
+    """Records what send_delayed produces; every topic "exists" (no broker here)."""
+
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, dict]] = []
 
     def produce(self, topic: str, value: bytes | None, **kwargs: object) -> None:
         self.sent.append((topic, value, kwargs))
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> object:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(topics={topic: SimpleNamespace(error=None, partitions={0: None})})
 
 
 def test_send_delayed_stamps_headers_and_keeps_the_record() -> None:
@@ -258,11 +266,13 @@ def test_cancel_wins_and_status_reports(delay_env: DelayEnv) -> None:
             )
         }  # fmt: skip
 
-    deadline = time.monotonic() + 10
-    rows = status()
-    while rows["1s"].delivered + rows["2s"].delivered < 1 and time.monotonic() < deadline:
-        time.sleep(0.3)  # the forwarders publish stats every 0.5 s
-        rows = status()
+    rows: dict = {}
+
+    def delivered_one() -> bool:  # the forwarders publish stats every 0.5 s
+        rows.update(status())
+        return rows["1s"].delivered + rows["2s"].delivered >= 1
+
+    wait_until(delivered_one, 10, interval=0.3, message="stats of a delivery")
     assert rows["5s"].pending >= 1  # the 40 s record is waiting in the largest tier
     assert rows["5s"].oldest_due_ms is not None and rows["5s"].oldest_due_ms > time.time() * 1000
     assert rows["1s"].delivered + rows["2s"].delivered >= 1

@@ -21,7 +21,7 @@ from kops import admin
 from kops.recipes import headers as h
 from kops.recipes.delay import DelayTiers, ensure_tier_topics, send_delayed
 from kops.recipes.delay.forwarder import DelayForwarders, ForwarderOptions
-from kops.testing import BrokerProcess
+from kops.testing import BrokerProcess, wait_until
 
 
 class ForwarderProcess:
@@ -44,14 +44,18 @@ class ForwarderProcess:
             self.command, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
-        deadline = time.monotonic() + timeout
         want = {f"tier {t}: assigned" for t in self.tiers.describe().split(",")}
-        while time.monotonic() < deadline:
-            if all(any(w in line for line in self.lines) for w in want):
-                return
-            assert self.process.poll() is None, "".join(self.lines[-20:])
-            time.sleep(0.1)
-        raise AssertionError("forwarder did not get its partitions:\n" + "".join(self.lines[-20:]))
+        process = self.process
+
+        def assigned() -> bool:
+            assert process.poll() is None, "".join(self.lines[-20:])
+            return all(any(w in line for line in self.lines) for w in want)
+
+        wait_until(
+            assigned,
+            timeout,
+            message=lambda: "partitions for every tier:\n" + "".join(self.lines[-20:]),
+        )
 
     def _read(self, process: subprocess.Popen[str]) -> None:
         assert process.stderr is not None
@@ -120,7 +124,7 @@ def test_sigkill_mid_stream_loses_nothing(kafka_broker: str) -> None:
         assert m.timestamp()[1] >= due, "delivered early"
         copies[msg_id] = copies.get(msg_id, 0) + 1
     consumer.close()
-    assert fwd.terminate() == 0
+    assert fwd.terminate() == 143  # 128 + SIGTERM: the worker stopped cleanly
     missing = set(sent) - set(copies)
     assert not missing, f"{len(missing)} of {len(sent)} records lost"
     assert set(copies) <= set(sent), "a delivered record has an unknown message id"

@@ -76,8 +76,11 @@ def test_spring_headers_with_binary_numbers():
     assert dl.original_offset == 1234567890123
     assert dl.original_timestamp_ms == 1_700_000_000_000
     assert dl.group == "orders-app" and dl.attempts == 4
-    assert dl.exception_class.endswith("ListenerExecutionFailedException")
-    assert dl.matches_exception("ListenerExecutionFailedException")
+    # Spring's wrapper is unwrapped to the cause it names; the wrapper is kept in extra.
+    assert dl.exception_class == "java.lang.IllegalStateException"
+    assert dl.extra["wrapper_class"].endswith("ListenerExecutionFailedException")
+    assert dl.matches_exception("IllegalStateException")
+    assert dl.matches_exception("ListenerExecutionFailedException")  # the wrapper still matches
     assert dl.extra["cause_class"] == "java.lang.IllegalStateException"
     assert dl.to_dict()["original_offset"] == 1234567890123
 
@@ -117,3 +120,77 @@ def test_names():
         assert looks_like_dlq(name), name
     for name in ("orders", "dlqs", "orders.dlq.replayed"):
         assert not looks_like_dlq(name), name
+
+
+SPRING_WRAPPER = "org.springframework.kafka.listener.ListenerExecutionFailedException"
+
+
+def test_spring_wrapper_unwrapped_from_the_stack_trace_without_a_cause_header():
+    stack = (
+        f"{SPRING_WRAPPER}: Listener method 'void listen(String)' threw exception\n"
+        "\tat org.springframework.kafka.listener.KafkaMessageListenerContainer...\n"
+        "Caused by: com.shop.OutOfStock: sku 42 out of stock\n\tat com.shop.Listener.listen"
+    )
+    hs = [
+        ("kafka_dlt-original-topic", b"orders"),
+        ("kafka_dlt-exception-fqcn", SPRING_WRAPPER.encode()),
+        ("kafka_dlt-exception-message", b"Listener method threw exception"),
+        ("kafka_dlt-exception-stacktrace", stack.encode()),
+    ]
+    dl = DeadLetter.from_record(record(hs))
+    assert dl.exception_class == "com.shop.OutOfStock"
+    assert dl.exception_message == "sku 42 out of stock"
+    assert dl.extra["wrapper_class"] == SPRING_WRAPPER
+
+
+def test_connect_wrapper_unwrapped_to_its_cause():
+    p = "__connect.errors."
+    stack = (
+        "org.apache.kafka.connect.errors.ConnectException: Tolerance exceeded in error handler\n"
+        "\tat org.apache.kafka.connect.runtime.errors.RetryWithToleranceOperator...\n"
+        "Caused by: org.apache.kafka.connect.errors.DataException: Converting failed\n"
+        "Caused by: org.apache.kafka.common.errors.SerializationException: bad magic\n"
+    )
+    hs = [
+        (p + "topic", b"pageviews"),
+        (p + "exception.class.name", b"org.apache.kafka.connect.errors.ConnectException"),
+        (p + "exception.message", b"Tolerance exceeded in error handler"),
+        (p + "exception.stacktrace", stack.encode()),
+    ]
+    dl = DeadLetter.from_record(record(hs))
+    # The first cause that is not a mere wrapper: DataException (which says what failed).
+    assert dl.exception_class == "org.apache.kafka.connect.errors.DataException"
+    assert dl.exception_message == "Converting failed"
+    assert dl.extra["wrapper_class"] == "org.apache.kafka.connect.errors.ConnectException"
+
+
+def test_exception_filter_takes_simple_or_qualified_names_in_any_case():
+    hs = [
+        ("kafka_dlt-original-topic", b"o"),
+        ("kafka_dlt-exception-fqcn", b"com.shop.Order$Invalid"),
+    ]
+    dl = DeadLetter.from_record(record(hs))
+    for name in ("Invalid", "invalid", "com.shop.Order$Invalid", "COM.SHOP.ORDER$INVALID",
+                 "Order$Invalid", "shop.order$invalid"):  # fmt: skip
+        assert dl.matches_exception(name), name
+    for name in ("Inval", "Order", "com.shop", "xcom.shop.Order$Invalid", ""):
+        assert not dl.matches_exception(name), name
+    builtin = DeadLetter.from_record(record([(h.DLQ_EXCEPTION_CLASS, b"ValueError")]))
+    assert builtin.matches_exception("valueerror") and builtin.matches_exception("ValueError")
+
+
+def test_main_module_is_not_part_of_a_class_name():
+    script_error = type("ScriptError", (Exception,), {"__module__": "__main__"})
+    assert exception_name(script_error("x")) == "ScriptError"
+    # Dead letters written before (or by other tools) with "__main__." are shown without it.
+    dl = DeadLetter.from_record(record([(h.DLQ_EXCEPTION_CLASS, b"__main__.ScriptError")]))
+    assert dl.exception_class == "ScriptError" and dl.matches_exception("scripterror")
+    assert dl.matches_exception("__main__.ScriptError")
+
+
+def test_origin_is_topic_partition_offset():
+    hs = [(h.DLQ_ORIGINAL_TOPIC, b"orders"), (h.DLQ_ORIGINAL_PARTITION, b"2"),
+          (h.DLQ_ORIGINAL_OFFSET, b"41"), (h.DLQ_EXCEPTION_CLASS, b"KeyError")]  # fmt: skip
+    dl = DeadLetter.from_record(record(hs))
+    assert dl.origin == "orders/2@41" and dl.to_dict()["origin"] == "orders/2@41"
+    assert DeadLetter.from_record(record([("a", b"b")])).origin is None

@@ -32,6 +32,7 @@ from kops.recipes.fanout import (
 )
 from kops.recipes.idempotent import Idempotent
 from kops.recipes.parallel import ParallelConsumer
+from kops.testing import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_PARTITIONS = 4
@@ -218,17 +219,19 @@ def test_fanout_killed_midway_resumes_and_duplicates_share_message_ids(
     env = {**os.environ, "KOPS_BOOTSTRAP": kafka_broker}
     env.pop("KOPS_DEBUG", None)
     base = [sys.executable, "-m", "kops", "backlog", "fanout", "--from", source]
-    base += ["--group", group, "--to", target, "--partitions", "16"]
+    # --start earliest: the group has committed nothing yet (the rerun resumes from commits).
+    base += ["--group", group, "--to", target, "--partitions", "16", "--start", "earliest"]
 
     # Slow enough that a kill lands mid-way, after some progress was committed.
     proc = subprocess.Popen([*base, "--rate", "5000"], env=env, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    committed = 0
-    while time.monotonic() < deadline and committed < 2000:
-        time.sleep(0.2)
-        committed = sum(_committed(kafka_broker, group, source).values())
+    wait_until(
+        lambda: sum(_committed(kafka_broker, group, source).values()) >= 2000,
+        30,
+        message="the fan-out to commit 2000 records",
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
+    committed = sum(_committed(kafka_broker, group, source).values())
     assert 2000 <= committed < records
 
     done = subprocess.run(
@@ -269,7 +272,7 @@ def test_rate_limit_and_existing_target_checks(kafka_broker: str) -> None:
     with pytest.raises(KopsClientError, match="unknown topic"):
         BacklogFanout(kafka_broker, "no-such-topic", "g", target, 8).run(until_caught_up=True)
     t0 = time.monotonic()
-    report = fanout(kafka_broker, source, f"g-{source}", target, 8, rate=1000)
+    report = fanout(kafka_broker, source, f"g-{source}", target, 8, rate=1000, start="earliest")
     assert report.forwarded == 600 and time.monotonic() - t0 >= 0.55
     # The commit metadata names the target, for `kops backlog status`.
     c = Consumer(ClientSettings(kafka_broker).consumer_config(f"g-{source}"))
@@ -308,6 +311,7 @@ def test_recipe_file_fans_out_and_starts_drain_consumers(
         drain_consumers=3,
         drain_workers=2,
         dedup=str(tmp_path / "dedup.db"),
+        start="earliest",
     )
     job["from"] = source
     spec = parse_recipe(data, path).jobs[0]
@@ -318,31 +322,103 @@ def test_recipe_file_fans_out_and_starts_drain_consumers(
     thread.start()
     try:
         printed: list[str] = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            printed += [line for line in capsys.readouterr().out.splitlines() if "key=" in line]
+
+        def finished() -> bool:
+            printed.extend(line for line in capsys.readouterr().out.splitlines() if "key=" in line)
             try:
                 status = backlog_status(kafka_broker, f"g-{source}")
             except KopsClientError:  # nothing committed yet: the group is unknown
-                continue
+                return False
             drain = status.drain
-            if (
+            return (
                 status.forwarded == 3000
                 and drain is not None
                 and drain.lag is not None
                 and drain.total_lag == 0
                 and len(drain.lag.partitions) == 8
                 and len(printed) >= 3000
-            ):
-                break
-        else:
-            pytest.fail(
-                f"fan-out and drain did not finish in 60 s ({len(printed)} of 3000 printed)"
             )
+
+        wait_until(
+            finished,
+            60,
+            message=lambda: f"fan-out and drain to finish ({len(printed)} of 3000 printed)",
+        )
     finally:
         stop.set()
         thread.join(30)
     assert not runner.errors
     printed += [line for line in capsys.readouterr().out.splitlines() if "key=" in line]
     assert len(printed) == 3000
+
+
+# --------------------------------------------------------------------------- where to start
+
+
+def test_group_without_commits_is_refused_unless_a_start_is_given(kafka_broker: str) -> None:
+    source, target = f"bl-{uuid.uuid4().hex[:8]}", f"fo-{uuid.uuid4().hex[:8]}"
+    group = f"g-{source}"
+    _produce_backlog(kafka_broker, source, 600)
+    with pytest.raises(KopsClientError, match="no committed offsets") as refused:
+        fanout(kafka_broker, source, group, target, 4)
+    assert refused.value.code == "NO_COMMITTED_OFFSETS"
+    assert "600 records" in str(refused.value)  # what "earliest" would forward
+    assert target not in {t.name for t in admin.list_topics(kafka_broker)}  # nothing created
+    with pytest.raises(KopsClientError, match="start"):
+        BacklogFanout(kafka_broker, source, group, target, 4, start="yesterday-ish")
+
+    # latest: only records produced from now on; nothing of the 600.
+    latest = fanout(kafka_broker, source, group, target, 4, start="latest")
+    assert latest.caught_up and latest.forwarded == latest.backlog == 0
+    # It committed where it started: a later run resumes there without a start, and forwards
+    # what was produced in between (nothing skipped).
+    assert sum(_committed(kafka_broker, group, source).values()) == 600
+    producer = Producer(ClientSettings(kafka_broker).producer_config())
+    for i in range(50):
+        producer.produce(source, key=f"new-{i}".encode(), value=b"new")
+    assert producer.flush(30) == 0
+    resumed = fanout(kafka_broker, source, group, target, 4)
+    assert resumed.forwarded == 50
+
+    # A time: the first record at or after it, per partition.
+    source2, target2 = f"bl-{uuid.uuid4().hex[:8]}", f"fo-{uuid.uuid4().hex[:8]}"
+    _produce_backlog(kafka_broker, source2, 300)
+    cut = int(time.time() * 1000) + 1
+    wait_until(lambda: time.time() * 1000 > cut, 2)
+    for i in range(200):
+        producer.produce(source2, key=f"late-{i}".encode(), value=b"late")
+    assert producer.flush(30) == 0
+    timed = fanout(kafka_broker, source2, f"g-{source2}", target2, 4, start=cut)
+    assert timed.forwarded == 200
+    assert {r.value for r in _read_all(kafka_broker, target2)} == {b"late"}
+
+    # earliest: the whole topic; once committed, later runs resume without a start.
+    whole = fanout(kafka_broker, source2, f"g2-{source2}", f"{target2}.all", 4, start="earliest")
+    assert whole.forwarded == 500
+    again = fanout(kafka_broker, source2, f"g2-{source2}", f"{target2}.all", 4)
+    assert again.forwarded == 0 and again.caught_up
+
+
+def test_worker_job_without_commits_needs_start(kafka_broker: str) -> None:
+    from kops.worker.registry import JobContext, RecipeError, job_factory
+
+    source = f"bl-{uuid.uuid4().hex[:8]}"
+    _produce_backlog(kafka_broker, source, 100)
+    opts = {"from": source, "group": f"g-{source}", "to": f"{source}.fo", "partitions": 4,
+            "until_caught_up": True}  # fmt: skip
+    context = JobContext(ClientSettings(kafka_broker), "fan", "backlog-fanout")
+    job = job_factory("backlog-fanout")(dict(opts), context)
+    with pytest.raises(RecipeError, match=r"no committed offsets.*start = 'earliest'"):
+        job.run(threading.Event())
+    with pytest.raises(RecipeError, match="start"):
+        job_factory("backlog-fanout")({**opts, "start": "whenever"}, context)
+    job = job_factory("backlog-fanout")({**opts, "start": "earliest"}, context)
+    stop = threading.Event()
+    thread = threading.Thread(target=job.run, args=(stop,))
+    thread.start()
+    try:
+        wait_until(lambda: sum(_committed(kafka_broker, f"g-{source}", source).values()) == 100, 30)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not job.errors

@@ -67,7 +67,7 @@ def _run_with_kills(args: list[str], seed: int) -> list[str]:
         )
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.4, 1.6))
+        time.sleep(rng.uniform(0.4, 1.6))  # not polling: the kill lands at a random moment
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     final = subprocess.run(

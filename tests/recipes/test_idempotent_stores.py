@@ -24,6 +24,7 @@ from kops.recipes.idempotent import (
     as_record,
     message_id,
 )
+from kops.testing import wait_until
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -48,16 +49,18 @@ def redis_server() -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+    def accepting() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"redis-server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    pytest.fail("redis-server did not start")
-                time.sleep(0.05)
+        wait_until(accepting, 10, message="redis-server to accept connections")
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         proc.terminate()
@@ -102,7 +105,7 @@ def test_claim_then_done_is_a_duplicate(store: DedupStore) -> None:
 
 def test_expired_lease_is_taken_over_and_the_old_owner_cannot_complete(store: DedupStore) -> None:
     assert store.claim("k", "a", 0.05).status is ClaimStatus.ACQUIRED
-    time.sleep(0.12)
+    time.sleep(0.12)  # not polling: the lease must run out on the clock
     claim = store.claim("k", "b", 10)
     assert claim.status is ClaimStatus.ACQUIRED
     assert claim.taken_over and claim.attempts == 2
@@ -123,7 +126,7 @@ def test_release_lets_the_next_claim_run_again(store: DedupStore) -> None:
 def test_renew_extends_the_lease(store: DedupStore) -> None:
     store.claim("k", "a", 0.3)
     for _ in range(4):
-        time.sleep(0.1)
+        time.sleep(0.1)  # not polling: 0.4 s in all, past the first 0.3 s lease
         assert store.renew("k", "a", 0.3)
     assert store.claim("k", "b", 1).status is ClaimStatus.BUSY
 
@@ -131,7 +134,7 @@ def test_renew_extends_the_lease(store: DedupStore) -> None:
 def test_done_marks_expire(store: DedupStore) -> None:
     store.claim("k", "a", 10)
     store.complete("k", "a", 0.05)
-    time.sleep(0.12)
+    time.sleep(0.12)  # not polling: the done mark must expire on the clock
     assert store.state("k") is None
     store.purge_expired()
     assert store.claim("k", "b", 10).status is ClaimStatus.ACQUIRED
@@ -226,7 +229,7 @@ def test_busy_raise_and_heartbeat_keeps_a_slow_handler_exclusive(tmp_path: Path)
     t = threading.Thread(target=once.process, args=(rec(1), slow))
     t.start()
     started.wait(5)
-    time.sleep(0.5)
+    time.sleep(0.5)  # not polling: past the 0.3 s lease, so only the heartbeat holds it
     with pytest.raises(MessageBusy):
         once.process(rec(1), lambda r: None)
     t.join()
@@ -241,7 +244,7 @@ def test_busy_wait_sees_the_holder_finish(tmp_path: Path) -> None:
 
     def slow(record: Record) -> None:
         started.set()
-        time.sleep(0.3)
+        time.sleep(0.3)  # a slow handler: the second process() must wait for it
         calls.append("first")
 
     t = threading.Thread(target=once.process, args=(rec(1), slow))

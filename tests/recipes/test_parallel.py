@@ -17,6 +17,7 @@ from kops.client import ClientSettings
 from kops.consume import StartAt, consume
 from kops.recipes.idempotent import Idempotent, Record, as_record
 from kops.recipes.parallel import KeyedExecutor, OffsetTracker, ParallelConsumer
+from kops.testing import wait_until
 
 # --------------------------------------------------------------------------- no broker
 
@@ -55,7 +56,7 @@ def test_executor_keeps_per_key_order_and_runs_keys_in_parallel() -> None:
     lock = threading.Lock()
 
     def handler(r: Record) -> None:
-        time.sleep(random.uniform(0, 0.004))
+        time.sleep(random.uniform(0, 0.004))  # not polling: simulated work of ~2 ms
         with lock:
             seen[r.key].append(int(r.value))  # type: ignore[index,arg-type]
 
@@ -79,13 +80,13 @@ def test_executor_fail_stop_keeps_the_failed_record_uncommitted() -> None:
     def handler(r: Record) -> None:
         if r.partition == 0 and r.offset == 5:
             raise ValueError("bad record")
-        time.sleep(0.001)
+        time.sleep(0.001)  # not polling: simulated work
 
     ex = KeyedExecutor(handler, workers=4)
     for r in _records(40, keys=5):
         ex.submit(r)
     assert not ex.wait_idle(timeout=10)
-    time.sleep(0.1)
+    wait_until(lambda: ex.failure is not None, 10, message="the executor to record its failure")
     assert isinstance(ex.failure, ValueError)
     assert ex.positions()[("t", 0)] <= 5
     ex.close()
@@ -152,7 +153,7 @@ def test_parallel_consumer_processes_all_in_key_order_and_commits(
 
     def handler(msg) -> None:  # type: ignore[no-untyped-def]
         if random.random() < 0.05:
-            time.sleep(0.002)
+            time.sleep(0.002)  # not polling: an occasional slow record
         with lock:
             seen[msg.key()].append(int(msg.value()))
 
@@ -215,7 +216,7 @@ def test_rebalance_between_two_parallel_consumers_loses_nothing(
 
     def handler(member: str):  # type: ignore[no-untyped-def]
         def handle(msg) -> None:  # type: ignore[no-untyped-def]
-            time.sleep(0.001)
+            time.sleep(0.001)  # not polling: simulated work, so a hand-over lands mid-way
             with lock:
                 seen.append(msg.value())
                 by_member[member] += 1
@@ -229,7 +230,8 @@ def test_rebalance_between_two_parallel_consumers_loses_nothing(
     b.subscribe([topic])
     ta = threading.Thread(target=a.run, kwargs={"idle_timeout": 6})
     ta.start()
-    time.sleep(0.3)  # b joins while a is busy: a's revoke must finish and commit
+    # b joins while a is busy: a's revoke must finish and commit.
+    wait_until(lambda: by_member["a"] > 0, 30, message="consumer a to be processing")
     tb = threading.Thread(target=b.run, kwargs={"idle_timeout": 6})
     tb.start()
     ta.join(60)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -62,6 +63,11 @@ class FakeProducer:
 
     def flush(self, timeout: float = 0) -> int:
         return 0
+
+    def list_topics(self, topic: str | None = None, timeout: float = 0) -> Any:
+        # send_delayed checks that the target exists (kops.recipes.delay.tiers): every
+        # topic exists for this in-memory producer.
+        return SimpleNamespace(topics={topic: SimpleNamespace(error=None)} if topic else {})
 
 
 def redeliver(sent: dict[str, Any], offset: int = 50) -> FakeMessage:
@@ -246,6 +252,27 @@ def test_policy_from_recipe_table():
     with pytest.raises(ValueError, match="not an exception"):
         RetryPolicy.from_dict({"fatal": ["json:loads"]})
     assert import_object("json.loads") is json.loads
+
+
+def test_one_loader_for_module_attr_paths():
+    from kops.recipes.loader import import_object as loader
+    from kops.worker.jobs.call import load_callable
+    from kops.worker.registry import RecipeError
+
+    assert loader is import_object  # retry, the worker jobs and the registry share it
+    assert loader("json:loads") is json.loads and loader("ValueError") is ValueError
+    assert loader("json:JSONDecoder.decode") is json.JSONDecoder.decode
+    with pytest.raises(ValueError, match=r"package\.module:name"):
+        loader("nonsense")
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        loader("json:nope")
+    with pytest.raises(ImportError):
+        loader("no_such_module_xyz:f")
+    assert load_callable("json:dumps", "handler") is json.dumps
+    with pytest.raises(RecipeError, match=r"handler: cannot load 'json:nope'"):
+        load_callable("json:nope", "handler")
+    with pytest.raises(RecipeError, match="is not callable"):
+        load_callable("json:__doc__", "handler")
 
 
 def test_flush_raises_when_a_retry_was_not_delivered():

@@ -14,6 +14,7 @@ from kops.admin import create_topic, describe_topic
 from kops.client import ClientSettings, UnknownTopic
 from kops.consume import StartAt, consume
 from kops.recipes import headers as h
+from kops.testing import wait_until
 from kops.worker import RecipeError, Worker, load_recipes, parse_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,13 +108,17 @@ rate = 0
         from retry_dlq_consumer import seed_orders
 
         seed_orders(settings, orders, 10)  # 7 are charged, 3 dead-lettered
-        deadline = time.monotonic() + 30
-        dead = None
-        while time.monotonic() < deadline and dead != 3:
-            time.sleep(0.3)
+
+        def dead_lettered() -> int | None:
             with contextlib.suppress(UnknownTopic):  # the job creates it when it starts
-                dead = describe_topic(kafka_broker, f"{orders}.dlq").total_records
-        assert dead == 3
+                return describe_topic(kafka_broker, f"{orders}.dlq").total_records
+            return None
+
+        wait_until(
+            lambda: dead_lettered() == 3,
+            30,
+            message=lambda: f"3 records dead-lettered (found {dead_lettered()})",
+        )
         states = {s.spec.name: s for s in worker.jobs}
         # One scheduled run: the transient failure goes back to the orders topic.
         states["replay"].instance()

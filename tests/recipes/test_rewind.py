@@ -24,6 +24,7 @@ from kops.recipes.rewind import (
     read_offsets_file,
     rewind,
 )
+from kops.testing import wait_until
 
 BASE_MS = 1_700_000_000_000  # records are stamped BASE_MS + i seconds
 
@@ -124,8 +125,39 @@ def test_offsets_file_round_trip_and_kafka_formats(tmp_path: Path) -> None:
     assert read_offsets_file(other, "g") == {("a", 0): 5, ("b", 1): 3}
     bad = tmp_path / "bad.csv"
     bad.write_text("a,0,5\na,x,1\n")
-    with pytest.raises(KopsClientError, match="must be integers"):
+    with pytest.raises(KopsClientError, match=r"bad\.csv:2:3: partition must be a whole number"):
         read_offsets_file(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "what"),
+    [
+        ("orders,0,5\norders,1,five\n", ":2:10:", "offset must be a whole number >= 0, got 'five'"),
+        ("orders,0,5\n\n# note\norders,-1,3\n", ":4:8:", "partition must be a whole number"),
+        ("orders,0,5\norders,1\n", ":2:9:", "expected topic,partition,offset"),
+        ("orders,0,5,extra,more\n", ":1:12:", "got 5 fields"),
+        ("orders,0,abc\n", ":1:10:", "offset must be a whole number"),  # not a header
+        ('orders,0,5\n"orders,1,6\n', ":2:1:", "not valid CSV"),
+        (",0,5\n", ":1:1:", "empty topic name"),
+    ],
+)
+def test_malformed_offsets_file_names_line_and_column(
+    tmp_path: Path, text: str, where: str, what: str
+) -> None:
+    path = tmp_path / "offsets.csv"
+    path.write_text(text)
+    with pytest.raises(KopsClientError) as err:
+        read_offsets_file(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}{where} "), message
+    assert what in message and "\n" not in message
+
+
+def test_offsets_file_that_is_not_text(tmp_path: Path) -> None:
+    path = tmp_path / "offsets.csv"
+    path.write_bytes(b"orders,0,5\n\xff\xfe\n")
+    with pytest.raises(KopsClientError, match="not UTF-8"):
+        read_offsets_file(path)
 
 
 # --------------------------------------------------------------------------- broker
@@ -227,16 +259,16 @@ def test_refuses_to_execute_while_the_group_has_members(kafka_broker: str) -> No
         assert _committed(kafka_broker, group) == {(topic, 0): 4}
     finally:
         consumer.close()
+
     # Once the consumer has left, the same rewind goes through.
-    deadline = time.monotonic() + 10
-    while True:
+    def rewound() -> bool:
         try:
             rewind(kafka_broker, group, topic, RewindTo.earliest(), execute=True)
-            break
         except GroupActiveError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+            return False
+        return True
+
+    wait_until(rewound, 10, message="the group to be empty so the rewind goes through")
     assert _committed(kafka_broker, group) == {(topic, 0): 0}
 
 

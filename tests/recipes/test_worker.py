@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from kops.client import ClientSettings
+from kops.testing import wait_until
 from kops.worker import (
     JobContext,
     RecipeError,
@@ -156,10 +157,14 @@ def test_registry_long_running_periodic_restart_and_stop() -> None:
     )
     worker = Worker.from_recipes([r], ClientSettings("127.0.0.1:1"))
     worker.start()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and (events.count("start") < 2 or len(ticks) < 3):
-        time.sleep(0.05)
-    worker.stop(timeout=10)
+    try:
+        wait_until(
+            lambda: events.count("start") >= 2 and len(ticks) >= 3,
+            10,
+            message=lambda: f"a restart and 3 ticks (events {events}, {len(ticks)} ticks)",
+        )
+    finally:
+        worker.stop(timeout=10)
     assert events == ["start", "start", "clean stop"]  # failed once, restarted, stopped cleanly
     assert len(ticks) >= 3
     states = {s["kind"]: s for s in worker.describe()}
@@ -216,16 +221,15 @@ def test_worker_run_recipe_and_sigterm(kafka_broker: str, tmp_path: Path) -> Non
         # Keep reading stdout: the every-second report would otherwise fill the
         # pipe and block the worker mid-write, so SIGTERM could not stop it.
         threading.Thread(target=lambda: proc.stdout.read(), daemon=True).start()  # type: ignore[union-attr]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            text = "".join(lines)
-            if "tier 2s: assigned" in text and "tier 1s: pending 0" in text:
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError("worker did not start its jobs:\n" + "".join(lines[-20:]))
+        wait_until(
+            lambda: (
+                "tier 2s: assigned" in "".join(lines) and "tier 1s: pending 0" in "".join(lines)
+            ),
+            30,
+            message=lambda: "the worker to start its jobs:\n" + "".join(lines[-20:]),
+        )
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        assert proc.wait(30) == 143  # 128 + SIGTERM: stopped cleanly
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -14,8 +14,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kio.schema.errors import ErrorCode
+
+from kops.errors import ApiError
+
 _LEGAL_TOPIC = re.compile(r"^[a-zA-Z0-9._-]+$")
 MAX_TOPIC_NAME = 249
+
+
+class TopicError(ApiError):
+    """A topic operation refused with a Kafka error code (CreateTopics, configs...)."""
+
+    def __init__(self, error_code: ErrorCode, message: str) -> None:
+        super().__init__(message, error_code=error_code)
 
 
 def topic_name_error(name: str) -> str | None:

@@ -5,7 +5,10 @@ they expect. Everything runs on the broker's event loop: a JoinGroup or
 SyncGroup that has to wait for other members parks an asyncio future on its
 member, and whichever event completes the rebalance (the last member
 rejoining, a timer, the leader's SyncGroup) resolves those futures. Other
-connections keep being served meanwhile. Timers are `loop.call_later` handles:
+connections keep being served meanwhile. The join phase is a delayed
+operation (kops.broker.purgatory) keyed by group id, completed when every
+member has rejoined or at its timeout; the other timers are `loop.call_later`
+handles:
 
 - per member: the session timeout (reset by every heartbeat, join, sync and
   commit), or for a member whose first JoinGroup is still pending, a long join
@@ -21,22 +24,33 @@ Committed offsets, group listing and deletion are in `offsets.py`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kio.schema.errors import ErrorCode
 
-from kops.broker.groups.group import Group, GroupState, JoinResult, Member, SyncResult
+from kops.broker.aio import cancel_and_wait
+from kops.broker.groups.delayed import DelayedJoin, InitialDelayedJoin
+from kops.broker.groups.group import (
+    Group,
+    GroupState,
+    JoinRequest,
+    JoinResult,
+    Member,
+    SyncResult,
+)
 from kops.broker.groups.offsets import OffsetsMixin
 from kops.broker.groups.storage import OFFSETS_TOPIC, OffsetsTopic, group_key, group_value
+from kops.broker.purgatory import Purgatory
 
 if TYPE_CHECKING:
-    from kops.broker.broker import Broker
+    from kops.broker.cluster.view import ClusterView
 
 log = logging.getLogger("kops.broker.groups")
+
+# A JoinGroup response still to be sent, resolved when the join phase ends.
+JoinFuture = asyncio.Future[JoinResult]
 
 # Kafka's GroupCoordinator.NewMemberJoinTimeoutMs.
 NEW_MEMBER_JOIN_TIMEOUT_MS = 5 * 60 * 1000
@@ -44,23 +58,8 @@ NEW_MEMBER_JOIN_TIMEOUT_MS = 5 * 60 * 1000
 S = GroupState
 
 
-@dataclass(slots=True)
-class JoinRequest:
-    group_id: str
-    member_id: str
-    instance_id: str | None
-    protocol_type: str
-    protocols: list[tuple[str, bytes]]
-    session_timeout_ms: int
-    rebalance_timeout_ms: int
-    client_id: str
-    client_host: str
-    # JoinGroup v4+: a member without an id gets MEMBER_ID_REQUIRED first (KIP-394).
-    require_known_member_id: bool
-
-
 class GroupCoordinator(OffsetsMixin):
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: ClusterView) -> None:
         config = broker.config
         self.broker = broker
         self.groups: dict[str, Group] = {}
@@ -73,7 +72,9 @@ class GroupCoordinator(OffsetsMixin):
         self.retention_ms = config.int("offsets.retention.minutes") * 60_000
         self.retention_check_ms = int(config.get("offsets.retention.check.interval.ms") or 600_000)
         self._loop = asyncio.get_running_loop()
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        # Join phases in progress, by group id.
+        self._joins: Purgatory[str] = Purgatory("rebalance")
 
     # ---- lifecycle ----------------------------------------------------------
     async def start(self) -> None:
@@ -83,11 +84,7 @@ class GroupCoordinator(OffsetsMixin):
         self._tasks.append(asyncio.create_task(self._expiry_loop()))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(self._tasks)
         # Waiting clients retry elsewhere on NOT_COORDINATOR, as on a Kafka failover.
         for group in self.groups.values():
             group.cancel_timers()
@@ -109,7 +106,7 @@ class GroupCoordinator(OffsetsMixin):
             self.store.partitions,
         )
 
-    def precheck(self, group_id: str | None) -> int:
+    def precheck(self, group_id: str | None) -> ErrorCode:
         if self.loading:
             return ErrorCode.coordinator_load_in_progress
         if not group_id:
@@ -128,14 +125,14 @@ class GroupCoordinator(OffsetsMixin):
             if req.member_id:
                 return JoinResult(ErrorCode.unknown_member_id, req.member_id)
             group = self.groups[req.group_id] = Group(req.group_id)
-        future: asyncio.Future[JoinResult] = self._loop.create_future()
+        future: JoinFuture = self._loop.create_future()
         self._do_join(group, req, future)
         if group.is_(S.PREPARING_REBALANCE):
             self._try_complete_join(group)
         return await future
 
-    def _do_join(self, group: Group, req: JoinRequest, future: asyncio.Future) -> None:
-        def reply(error: int) -> None:
+    def _do_join(self, group: Group, req: JoinRequest, future: JoinFuture) -> None:
+        def reply(error: ErrorCode) -> None:
             future.set_result(JoinResult(error, req.member_id))
 
         if group.is_(S.DEAD):
@@ -156,7 +153,7 @@ class GroupCoordinator(OffsetsMixin):
         else:
             self._join_known_member(group, group.members[req.member_id], req, future)
 
-    def _join_unknown_member(self, group: Group, req: JoinRequest, future: asyncio.Future) -> None:
+    def _join_unknown_member(self, group: Group, req: JoinRequest, future: JoinFuture) -> None:
         member_id = f"{req.client_id}-{uuid.uuid4()}"
         old_id = group.static_members.get(req.instance_id) if req.instance_id is not None else None
         if old_id is not None and group.has(old_id):
@@ -172,7 +169,7 @@ class GroupCoordinator(OffsetsMixin):
             self._add_member_and_rebalance(group, req, member_id, future)
 
     def _join_known_member(
-        self, group: Group, member: Member, req: JoinRequest, future: asyncio.Future
+        self, group: Group, member: Member, req: JoinRequest, future: JoinFuture
     ) -> None:
         if group.is_(S.PREPARING_REBALANCE):
             self._update_member_and_rebalance(group, member, req, future)
@@ -194,7 +191,7 @@ class GroupCoordinator(OffsetsMixin):
             future.set_result(JoinResult(ErrorCode.unknown_member_id, member.member_id))
 
     def _add_member_and_rebalance(
-        self, group: Group, req: JoinRequest, member_id: str, future: asyncio.Future
+        self, group: Group, req: JoinRequest, member_id: str, future: JoinFuture
     ) -> None:
         member = Member(
             member_id,
@@ -216,12 +213,12 @@ class GroupCoordinator(OffsetsMixin):
         self._maybe_prepare_rebalance(group, f"member {member_id} joined")
 
     def _update_member_and_rebalance(
-        self, group: Group, member: Member, req: JoinRequest, future: asyncio.Future
+        self, group: Group, member: Member, req: JoinRequest, future: JoinFuture
     ) -> None:
         self._update_member(member, req, future)
         self._maybe_prepare_rebalance(group, f"member {member.member_id} rejoined")
 
-    def _update_member(self, member: Member, req: JoinRequest, future: asyncio.Future) -> None:
+    def _update_member(self, member: Member, req: JoinRequest, future: JoinFuture) -> None:
         # A JoinGroup still parked for this member belongs to a connection the
         # client gave up on; release it so it does not linger.
         self._resolve_join(member, JoinResult(ErrorCode.rebalance_in_progress, member.member_id))
@@ -232,7 +229,12 @@ class GroupCoordinator(OffsetsMixin):
         member.join_future = future
 
     def _rejoin_static_member(
-        self, group: Group, req: JoinRequest, old_id: str, new_id: str, future: asyncio.Future
+        self,
+        group: Group,
+        req: JoinRequest,
+        old_id: str,
+        new_id: str,
+        future: JoinFuture,
     ) -> None:
         """KIP-345: a restarted static member takes over its old member id's place."""
         assert req.instance_id is not None
@@ -260,7 +262,7 @@ class GroupCoordinator(OffsetsMixin):
             self._prepare_rebalance(group, f"static member {req.instance_id} rejoined during sync")
 
     def _join_result(
-        self, group: Group, member: Member, *, with_members: bool, error: int = ErrorCode.none
+        self, group: Group, member: Member, *, with_members: bool, error: ErrorCode = ErrorCode.none
     ) -> JoinResult:
         return JoinResult(
             error,
@@ -288,13 +290,14 @@ class GroupCoordinator(OffsetsMixin):
             group.initial_delay_active = True
             group.new_member_added = False
             remaining = max(timeout_ms - self.initial_delay_ms, 0)
-            group.rebalance_timer = self._loop.call_later(
-                self.initial_delay_ms / 1000, self._on_initial_delay, group, remaining
+            self._park_join(
+                group,
+                InitialDelayedJoin(
+                    group, self.initial_delay_ms / 1000, remaining, self._on_initial_delay
+                ),
             )
         else:
-            group.rebalance_timer = self._loop.call_later(
-                timeout_ms / 1000, self._on_rebalance_timeout, group
-            )
+            self._park_join(group, DelayedJoin(group, timeout_ms / 1000, self._on_join_done))
         log.debug(
             "group %s preparing rebalance (generation %d): %s",
             group.group_id,
@@ -311,25 +314,28 @@ class GroupCoordinator(OffsetsMixin):
         if group.new_member_added and remaining_ms > 0:
             group.new_member_added = False
             delay = min(self.initial_delay_ms, remaining_ms)
-            group.rebalance_timer = self._loop.call_later(
-                delay / 1000, self._on_initial_delay, group, max(remaining_ms - delay, 0)
+            self._park_join(
+                group,
+                InitialDelayedJoin(
+                    group, delay / 1000, max(remaining_ms - delay, 0), self._on_initial_delay
+                ),
             )
             return
         group.initial_delay_active = False
         self._complete_join(group)
 
-    def _on_rebalance_timeout(self, group: Group) -> None:
+    def _park_join(self, group: Group, operation: DelayedJoin | InitialDelayedJoin) -> None:
+        group.rebalance_timer = operation
+        self._joins.try_complete_else_watch(operation, [group.group_id])
+
+    def _on_join_done(self, group: Group) -> None:
+        # Every member rejoined, or the rebalance timeout passed.
         group.rebalance_timer = None
         if group.is_(S.PREPARING_REBALANCE):
             self._complete_join(group)
 
     def _try_complete_join(self, group: Group) -> None:
-        if (
-            group.is_(S.PREPARING_REBALANCE)
-            and not group.initial_delay_active
-            and group.all_joined()
-        ):
-            self._complete_join(group)
+        self._joins.check_and_complete(group.group_id)
 
     def _complete_join(self, group: Group) -> None:
         # Dynamic members that did not rejoin in time are gone; static ones stay
@@ -341,8 +347,9 @@ class GroupCoordinator(OffsetsMixin):
             return
         if group.members and not group.elect_joined_leader():
             # Only absent static members are left: wait for them to rejoin or expire.
-            group.rebalance_timer = self._loop.call_later(
-                group.max_rebalance_timeout_ms() / 1000, self._on_rebalance_timeout, group
+            self._park_join(
+                group,
+                DelayedJoin(group, group.max_rebalance_timeout_ms() / 1000, self._on_join_done),
             )
             return
         if group.rebalance_timer is not None:
@@ -397,7 +404,7 @@ class GroupCoordinator(OffsetsMixin):
             group.sync_timer.cancel()
             group.sync_timer = None
 
-    def _reset_assignments(self, group: Group, error: int) -> None:
+    def _reset_assignments(self, group: Group, error: ErrorCode) -> None:
         for member in group.members.values():
             member.assignment = b""
             self._resolve_sync(member, SyncResult(error))
@@ -467,7 +474,7 @@ class GroupCoordinator(OffsetsMixin):
     # ---- Heartbeat / LeaveGroup -------------------------------------------------
     def heartbeat(
         self, group_id: str, generation: int, member_id: str, instance_id: str | None
-    ) -> int:
+    ) -> ErrorCode:
         error = self.precheck(group_id)
         group = self.groups.get(group_id)
         if not error:
@@ -484,7 +491,7 @@ class GroupCoordinator(OffsetsMixin):
 
     def leave_group(
         self, group_id: str, members: list[tuple[str, str | None]]
-    ) -> tuple[int, list[tuple[str, str | None, int]]]:
+    ) -> tuple[ErrorCode, list[tuple[str, str | None, ErrorCode]]]:
         """Remove members; returns the top-level error and one error per member."""
         error = self.precheck(group_id)
         if error:
@@ -494,7 +501,7 @@ class GroupCoordinator(OffsetsMixin):
             return ErrorCode.none, [(m, i, ErrorCode.unknown_member_id) for m, i in members]
         if group.is_(S.DEAD):
             return ErrorCode.coordinator_not_available, []
-        results = []
+        results: list[tuple[str, str | None, ErrorCode]] = []
         for member_id, instance_id in members:
             if not member_id and instance_id is not None:
                 member_id = group.static_members.get(instance_id, "")
@@ -515,7 +522,7 @@ class GroupCoordinator(OffsetsMixin):
 
     def _check_member(
         self, group: Group | None, member_id: str, instance_id: str | None, generation: int
-    ) -> int:
+    ) -> ErrorCode:
         """The fencing checks Sync, Heartbeat and member commits share, in Kafka's order."""
         if group is None:
             return ErrorCode.unknown_member_id
@@ -576,7 +583,7 @@ class GroupCoordinator(OffsetsMixin):
         if future is not None and not future.done():
             future.set_result(result)
 
-    def _store_group(self, group: Group) -> int:
+    def _store_group(self, group: Group) -> ErrorCode:
         try:
             self.store.write(group.group_id, [(group_key(group.group_id), group_value(group))])
         except Exception:

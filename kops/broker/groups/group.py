@@ -20,6 +20,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from kio.schema.errors import ErrorCode
+
+from kops.broker.purgatory import DelayedOperation
+
 
 class GroupState(enum.Enum):
     EMPTY = "Empty"
@@ -53,10 +57,25 @@ class OffsetEntry:
 
 
 @dataclass(slots=True)
+class JoinRequest:
+    group_id: str
+    member_id: str
+    instance_id: str | None
+    protocol_type: str
+    protocols: list[tuple[str, bytes]]
+    session_timeout_ms: int
+    rebalance_timeout_ms: int
+    client_id: str
+    client_host: str
+    # JoinGroup v4+: a member without an id gets MEMBER_ID_REQUIRED first (KIP-394).
+    require_known_member_id: bool
+
+
+@dataclass(slots=True)
 class JoinResult:
     """What a JoinGroup caller receives; `members` is filled only for the leader."""
 
-    error: int
+    error: ErrorCode
     member_id: str = ""
     generation: int = -1
     protocol_type: str | None = None
@@ -67,7 +86,7 @@ class JoinResult:
 
 @dataclass(slots=True)
 class SyncResult:
-    error: int
+    error: ErrorCode
     assignment: bytes = b""
     protocol_type: str | None = None
     protocol_name: str | None = None
@@ -86,8 +105,8 @@ class Member:
     protocols: list[tuple[str, bytes]]
     assignment: bytes = b""
     # A pending JoinGroup / SyncGroup response; set while the member waits.
-    join_future: asyncio.Future | None = None
-    sync_future: asyncio.Future | None = None
+    join_future: asyncio.Future[JoinResult] | None = None
+    sync_future: asyncio.Future[SyncResult] | None = None
     # True until the member's first JoinGroup completes: it cannot heartbeat
     # yet, so it expires on a long join timeout rather than the session timeout.
     is_new: bool = False
@@ -139,7 +158,8 @@ class Group:
         self.offsets: dict[tuple[str, int], OffsetEntry] = {}
         # Members that got this generation's JoinGroup response but have not synced.
         self.pending_sync: set[str] = set()
-        self.rebalance_timer: asyncio.TimerHandle | None = None
+        # The join phase's delayed operation (DelayedJoin or InitialDelayedJoin).
+        self.rebalance_timer: DelayedOperation | None = None
         self.sync_timer: asyncio.TimerHandle | None = None
         self.initial_delay_active = False
         self.new_member_added = False

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,7 +32,7 @@ from kops.broker.groups.group import Group, GroupState, Member, OffsetEntry, now
 from kops.broker.groups.storage import group_key, offset_key, offset_value
 
 if TYPE_CHECKING:
-    from kops.broker.broker import Broker
+    from kops.broker.cluster.view import ClusterView
     from kops.broker.groups.storage import OffsetsTopic
 
 log = logging.getLogger("kops.broker.groups")
@@ -47,12 +48,12 @@ class FetchedOffset:
     topic: str
     partition: int
     entry: OffsetEntry | None
-    error: int = ErrorCode.none
+    error: ErrorCode = ErrorCode.none
 
 
 @dataclass(slots=True)
 class GroupSummary:
-    error: int
+    error: ErrorCode
     group_id: str
     state: str
     protocol_type: str
@@ -65,7 +66,7 @@ class GroupSummary:
 
 class OffsetsMixin:
     # Provided by GroupCoordinator.
-    broker: Broker
+    broker: ClusterView
     groups: dict[str, Group]
     store: OffsetsTopic
     metadata_max_bytes: int
@@ -73,7 +74,9 @@ class OffsetsMixin:
     retention_ms: int
     retention_check_ms: int
 
-    def precheck(self, group_id: str | None) -> int: ...
+    def precheck(self, group_id: str | None) -> ErrorCode:
+        raise NotImplementedError
+
     def _schedule_expiry(
         self, group: Group, member: Member, timeout_ms: int | None = None
     ) -> None: ...
@@ -85,8 +88,8 @@ class OffsetsMixin:
         generation: int,
         member_id: str,
         instance_id: str | None,
-        offsets: list[CommitOffset],
-    ) -> list[int]:
+        offsets: Sequence[CommitOffset],
+    ) -> list[ErrorCode]:
         """Store offsets; returns one error code per offset, in request order."""
         error = self.precheck(group_id)
         group = self.groups.get(group_id)
@@ -103,7 +106,7 @@ class OffsetsMixin:
         if error:
             return [error] * len(offsets)
         assert group is not None
-        errors: list[int] = []
+        errors: list[ErrorCode] = []
         accepted: dict[tuple[str, int], OffsetEntry] = {}
         now = now_ms()
         for topic, partition, offset, epoch, metadata in offsets:
@@ -135,7 +138,7 @@ class OffsetsMixin:
 
     def _commit_allowed(
         self, group: Group, generation: int, member_id: str, instance_id: str | None
-    ) -> int:
+    ) -> ErrorCode:
         if group.is_(S.DEAD):
             return ErrorCode.coordinator_not_available
         if group.is_static_member_fenced(member_id, instance_id):
@@ -155,8 +158,8 @@ class OffsetsMixin:
 
     # ---- OffsetFetch --------------------------------------------------------------
     def fetch_offsets(
-        self, group_id: str, topics: list[tuple[str, list[int]]] | None
-    ) -> tuple[int, list[FetchedOffset]]:
+        self, group_id: str, topics: Sequence[tuple[str, Sequence[int]]] | None
+    ) -> tuple[ErrorCode, list[FetchedOffset]]:
         """Committed offsets of the given partitions, or of all (topics None)."""
         error = self.precheck(group_id)
         if error:
@@ -173,8 +176,8 @@ class OffsetsMixin:
 
     # ---- OffsetDelete ---------------------------------------------------------------
     def delete_offsets(
-        self, group_id: str, topics: list[tuple[str, list[int]]]
-    ) -> tuple[int, list[tuple[str, int, int]]]:
+        self, group_id: str, topics: Sequence[tuple[str, Sequence[int]]]
+    ) -> tuple[ErrorCode, list[tuple[str, int, ErrorCode]]]:
         error = self.precheck(group_id)
         if error:
             return error, []
@@ -188,7 +191,7 @@ class OffsetsMixin:
                 # Without readable subscriptions no topic can be proven unused.
                 return ErrorCode.non_empty_group, []
             subscribed = found
-        results: list[tuple[str, int, int]] = []
+        results: list[tuple[str, int, ErrorCode]] = []
         doomed: list[tuple[str, int]] = []
         for topic, partitions in topics:
             for partition in partitions:
@@ -211,7 +214,9 @@ class OffsetsMixin:
         return ErrorCode.none, results
 
     # ---- ListGroups / DescribeGroups / DeleteGroups -----------------------------------
-    def list_groups(self, states: set[str] | None = None) -> tuple[int, list[tuple[str, str, str]]]:
+    def list_groups(
+        self, states: set[str] | None = None
+    ) -> tuple[ErrorCode, list[tuple[str, str, str]]]:
         """(group id, protocol type, state); `states` are lower-case names to keep."""
         if self.loading:
             return ErrorCode.coordinator_load_in_progress, []
@@ -240,10 +245,10 @@ class OffsetsMixin:
             stable,
         )
 
-    def delete_groups(self, group_ids: list[str]) -> list[tuple[str, int]]:
+    def delete_groups(self, group_ids: Sequence[str]) -> list[tuple[str, ErrorCode]]:
         return [(group_id, self._delete_group(group_id)) for group_id in group_ids]
 
-    def _delete_group(self, group_id: str) -> int:
+    def _delete_group(self, group_id: str) -> ErrorCode:
         error = self.precheck(group_id)
         if error:
             return error
@@ -254,7 +259,7 @@ class OffsetsMixin:
             return ErrorCode.non_empty_group
         return self._remove_group(group)
 
-    def _remove_group(self, group: Group) -> int:
+    def _remove_group(self, group: Group) -> ErrorCode:
         """Tombstone an Empty group's offsets and metadata and forget it."""
         gid = group.group_id
         records = [(offset_key(gid, t, p), None) for t, p in group.offsets]
@@ -284,7 +289,7 @@ class OffsetsMixin:
         """KIP-211: offsets of a group expire once it has been Empty for the
         retention period; offsets of topics that no longer exist go at once."""
         for group in list(self.groups.values()):
-            expired = [(t, p) for t, p in group.offsets if self.broker.topics.get(t) is None]
+            expired = [(t, p) for t, p in group.offsets if self.broker.topic(t) is None]
             if group.is_(S.EMPTY) and not group.pending:
                 expired += [
                     tp

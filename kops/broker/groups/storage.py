@@ -34,7 +34,7 @@ from kops.broker.groups.group import Group, GroupState, Member, OffsetEntry
 from kops.protocol.batch import build_batch, decode_records, parse_header
 
 if TYPE_CHECKING:
-    from kops.broker.broker import Broker
+    from kops.broker.cluster.view import ClusterView
 
 log = logging.getLogger("kops.broker.groups")
 
@@ -228,12 +228,12 @@ def _restore_metadata(group: Group, stored: StoredGroup) -> None:
 class OffsetsTopic:
     """Writes and replays `__consumer_offsets` through the broker's partitions."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: ClusterView) -> None:
         self.broker = broker
         self.partitions = 0
 
     def ensure(self) -> None:
-        record = self.broker.topics.get(OFFSETS_TOPIC)
+        record = self.broker.topic(OFFSETS_TOPIC)
         if record is None:
             record = self.broker.create_topic(
                 OFFSETS_TOPIC,
@@ -255,13 +255,15 @@ class OffsetsTopic:
 
     def write(self, group_id: str, records: Iterable[Record]) -> None:
         """Append records in one batch to the group's partition; raises on failure."""
-        batch_records = [(key, value, []) for key, value in records]
+        batch_records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = [
+            (key, value, []) for key, value in records
+        ]
         if not batch_records:
             return
         partition = self.broker.partition(OFFSETS_TOPIC, self.partition_for(group_id))
         if partition is None:
             raise RuntimeError(f"{OFFSETS_TOPIC} partition for group {group_id!r} is missing")
-        partition.append(build_batch(batch_records))
+        partition.append_records(build_batch(batch_records))
 
     def load(self) -> LoadedState:
         state = LoadedState({}, {})
@@ -269,7 +271,7 @@ class OffsetsTopic:
             partition = self.broker.partition(OFFSETS_TOPIC, index)
             if partition is None:
                 continue
-            for _base, raw in partition.log.batches(partition.log.log_start_offset):
+            for _base, raw in partition.batches():
                 header = parse_header(raw)
                 if header.is_control:
                     continue

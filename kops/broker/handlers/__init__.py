@@ -1,26 +1,91 @@
-"""One module per Kafka API. Each module defines API_KEY, MIN_VERSION,
-MAX_VERSION and `async def handle(ctx, request)`, and opens with version notes."""
+"""One module per Kafka API. Each module opens with version notes, names the
+kio classes of the versions it serves (`Request`, `Response`: unions over
+versions), and ends with `API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION,
+handle)`; kops.broker.dispatch builds the one API table from those.
+
+Handlers see the broker as `BrokerApi` and a partition as
+kops.broker.cluster.partition.Partition; they never reach storage.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, Protocol, TypeVar, cast
 
-from kops.protocol.messages import build, response_module
+from kio.static.protocol import ResponsePayload
 
-if TYPE_CHECKING:
-    from kops.broker.broker import Broker
-    from kops.broker.server import Peer
+from kops.broker.cluster.metadata import TopicRecord
+from kops.broker.cluster.partition import TopicPartition
+from kops.broker.cluster.view import ClusterView
+from kops.broker.groups.coordinator import GroupCoordinator
+from kops.broker.purgatory import Purgatory
+from kops.broker.server import Peer
+from kops.protocol.messages import build, response_module, response_type
+
+__all__ = ["ApiHandler", "ApiRange", "BrokerApi", "Reply", "RequestContext"]
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+class BrokerApi(ClusterView, Protocol):
+    """Everything a handler may ask of the broker."""
+
+    @property
+    def cluster_id(self) -> str: ...
+
+    @property
+    def data_dir(self) -> Path: ...
+
+    @property
+    def advertised(self) -> tuple[str, int]: ...
+
+    @property
+    def fetches(self) -> Purgatory[TopicPartition]:
+        """Fetches parked until min.bytes are ready, keyed by topic-partition."""
+        ...
+
+    def coordinator(self, key: str | None = None) -> GroupCoordinator | None:
+        """The group coordinator for group id `key` (None: this broker's own),
+        or None while there is none (clients retry COORDINATOR_NOT_AVAILABLE)."""
+        ...
+
+    def auto_create(self, name: str) -> TopicRecord | None: ...
+
+    def is_internal(self, name: str) -> bool: ...
+
+    def delete_topic(self, name: str) -> None: ...
+
+    def create_partitions(self, name: str, count: int, *, validate_only: bool = False) -> None: ...
+
+    def topic_configs(self, name: str) -> dict[str, tuple[str, bool]]: ...
+
+    def alter_topic_configs(
+        self, name: str, changes: Iterable[tuple[str, str | None]], *, validate_only: bool = False
+    ) -> None: ...
+
+    def allocate_producer_id(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRange:
+    key: int
+    min_version: int
+    max_version: int
 
 
 @dataclass(slots=True)
 class RequestContext:
-    broker: Broker
+    broker: BrokerApi
     api_key: int
     api_version: int
     client_id: str | None
     peer: Peer
+    # The served API table (ApiVersions answers from it).
+    apis: Mapping[int, ApiRange]
 
     @property
     def schema(self) -> ModuleType:
@@ -28,5 +93,41 @@ class RequestContext:
         return response_module(self.api_key, self.api_version)
 
     def make(self, class_name: str, **values: Any) -> Any:
-        """Build a response entity of this version, ignoring fields it lacks."""
+        """Build a nested response entity of this version, ignoring fields it lacks.
+
+        Any: the class is looked up by name in this version's kio module; the
+        handler fills one superset of fields for every version it serves.
+        """
         return build(getattr(self.schema, class_name), **values)
+
+
+class Reply(Generic[Resp]):
+    """Builds a handler's top-level response for the request's version.
+
+    kio has one response class per version; `Resp` is their union, the type
+    the handler returns. Fields a version lacks are dropped.
+    """
+
+    __slots__ = ("api_key",)
+
+    def __init__(self, api_key: int) -> None:
+        self.api_key = api_key
+
+    def __call__(self, ctx: RequestContext, **values: object) -> Resp:
+        # The dispatcher only calls a handler for a version it serves, so the
+        # class chosen at run time is one of the members of Resp.
+        return cast(Resp, build(response_type(self.api_key, ctx.api_version), **values))
+
+
+@dataclass(frozen=True, slots=True)
+class ApiHandler(Generic[Req]):
+    """What a handler module declares: its API key, the versions it serves, its handler."""
+
+    key: int
+    min_version: int
+    max_version: int
+    handle: Callable[[RequestContext, Req], Awaitable[ResponsePayload | None]]
+
+    @property
+    def range(self) -> ApiRange:
+        return ApiRange(self.key, self.min_version, self.max_version)

@@ -11,28 +11,39 @@ from __future__ import annotations
 
 import datetime
 
+from kio.schema.api_versions import v0, v1, v2, v3
 from kio.schema.api_versions.v0.response import ApiVersion as ApiVersionV0
 from kio.schema.api_versions.v0.response import ApiVersionsResponse as ApiVersionsResponseV0
 from kio.schema.errors import ErrorCode
+from kio.static.primitive import i16
 
-from kops.broker.handlers import RequestContext
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 18
 MIN_VERSION = 0
 MAX_VERSION = 3
 
+Request = (
+    v0.ApiVersionsRequest | v1.ApiVersionsRequest | v2.ApiVersionsRequest | v3.ApiVersionsRequest
+)
+Response = (
+    v0.ApiVersionsResponse
+    | v1.ApiVersionsResponse
+    | v2.ApiVersionsResponse
+    | v3.ApiVersionsResponse
+)
+REPLY: Reply[Response] = Reply(API_KEY)
 
-async def handle(ctx: RequestContext, request: object) -> object:
-    from kops.broker.dispatch import api_table
 
+async def handle(ctx: RequestContext, request: Request) -> Response:
     entries = tuple(
         ctx.make(
             "ApiVersion", api_key=api.key, min_version=api.min_version, max_version=api.max_version
         )
-        for api in api_table().values()
+        for api in ctx.apis.values()
     )
-    return ctx.make(
-        "ApiVersionsResponse",
+    return REPLY(
+        ctx,
         error_code=ErrorCode.none,
         api_keys=entries,
         throttle_time=datetime.timedelta(0),
@@ -43,8 +54,15 @@ async def handle(ctx: RequestContext, request: object) -> object:
     )
 
 
-def unsupported_version_reply() -> object:
+def unsupported_version_reply() -> ApiVersionsResponseV0:
     return ApiVersionsResponseV0(
         error_code=ErrorCode.unsupported_version,
-        api_keys=(ApiVersionV0(api_key=API_KEY, min_version=MIN_VERSION, max_version=MAX_VERSION),),
+        api_keys=(
+            ApiVersionV0(
+                api_key=i16(API_KEY), min_version=i16(MIN_VERSION), max_version=i16(MAX_VERSION)
+            ),
+        ),
     )
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import datetime
 
+from kio.schema.create_partitions import v0, v1
 from kio.schema.errors import ErrorCode
 
-from kops.broker.broker import TopicError
-from kops.broker.handlers import RequestContext
+from kops.broker.cluster.metadata import TopicError
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 37
 MIN_VERSION = 0
 MAX_VERSION = 1
 
+Request = v0.CreatePartitionsRequest | v1.CreatePartitionsRequest
+Response = v0.CreatePartitionsResponse | v1.CreatePartitionsResponse
+REPLY: Reply[Response] = Reply(API_KEY)
 
-async def handle(ctx: RequestContext, request: object) -> object:
+
+async def handle(ctx: RequestContext, request: Request) -> Response:
     results = []
     for topic in request.topics:
         code, message = ErrorCode.none, None
@@ -32,6 +37,7 @@ async def handle(ctx: RequestContext, request: object) -> object:
                 error_message=message,
             )
         )
-    return ctx.make(
-        "CreatePartitionsResponse", throttle_time=datetime.timedelta(0), results=tuple(results)
-    )
+    return REPLY(ctx, throttle_time=datetime.timedelta(0), results=tuple(results))
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

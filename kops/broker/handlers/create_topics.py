@@ -8,22 +8,28 @@ from __future__ import annotations
 
 import datetime
 
+from kio.schema.create_topics import v2, v3, v4
 from kio.schema.errors import ErrorCode
 
-from kops.broker.broker import TopicError
-from kops.broker.handlers import RequestContext
+from kops.broker.cluster.metadata import TopicError
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 19
 MIN_VERSION = 2
 MAX_VERSION = 4
 
+Request = v2.CreateTopicsRequest | v3.CreateTopicsRequest | v4.CreateTopicsRequest
+Response = v2.CreateTopicsResponse | v3.CreateTopicsResponse | v4.CreateTopicsResponse
+REPLY: Reply[Response] = Reply(API_KEY)
 
-async def handle(ctx: RequestContext, request: object) -> object:
+
+async def handle(ctx: RequestContext, request: Request) -> Response:
     results = []
     for topic in request.topics:
         code, message = ErrorCode.none, None
         try:
-            partitions, replication = topic.num_partitions, topic.replication_factor
+            partitions: int = topic.num_partitions
+            replication: int = topic.replication_factor
             if topic.assignments:
                 partitions = len(topic.assignments)
                 replication = len(topic.assignments[0].broker_ids)
@@ -41,6 +47,7 @@ async def handle(ctx: RequestContext, request: object) -> object:
                 "CreatableTopicResult", name=topic.name, error_code=code, error_message=message
             )
         )
-    return ctx.make(
-        "CreateTopicsResponse", throttle_time=datetime.timedelta(0), topics=tuple(results)
-    )
+    return REPLY(ctx, throttle_time=datetime.timedelta(0), topics=tuple(results))
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import datetime
 
+from kio.schema.delete_groups import v0, v1
 from kio.schema.errors import ErrorCode
 
-from kops.broker.groups import coordinator_of
-from kops.broker.handlers import RequestContext
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 42
 MIN_VERSION = 0
 MAX_VERSION = 1
 
+Request = v0.DeleteGroupsRequest | v1.DeleteGroupsRequest
+Response = v0.DeleteGroupsResponse | v1.DeleteGroupsResponse
+REPLY: Reply[Response] = Reply(API_KEY)
 
-async def handle(ctx: RequestContext, request: object) -> object:
-    coordinator = coordinator_of(ctx.broker)
+
+async def handle(ctx: RequestContext, request: Request) -> Response:
+    coordinator = ctx.broker.coordinator()
     names = list(request.groups_names)
+    outcome: list[tuple[str, ErrorCode]]
     if coordinator is None:
         outcome = [(name, ErrorCode.coordinator_not_available) for name in names]
     else:
@@ -30,4 +35,7 @@ async def handle(ctx: RequestContext, request: object) -> object:
     results = tuple(
         ctx.make("DeletableGroupResult", group_id=name, error_code=code) for name, code in outcome
     )
-    return ctx.make("DeleteGroupsResponse", throttle_time=datetime.timedelta(0), results=results)
+    return REPLY(ctx, throttle_time=datetime.timedelta(0), results=results)
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import datetime
 
+from kio.schema.delete_records import v0, v1, v2
 from kio.schema.errors import ErrorCode
 
-from kops.broker.handlers import RequestContext
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 21
 MIN_VERSION = 0
 MAX_VERSION = 2
 
+Request = v0.DeleteRecordsRequest | v1.DeleteRecordsRequest | v2.DeleteRecordsRequest
+Response = v0.DeleteRecordsResponse | v1.DeleteRecordsResponse | v2.DeleteRecordsResponse
+REPLY: Reply[Response] = Reply(API_KEY)
 
-async def handle(ctx: RequestContext, request: object) -> object:
+
+async def handle(ctx: RequestContext, request: Request) -> Response:
     topics = []
     for topic in request.topics:
         results = []
@@ -27,12 +32,7 @@ async def handle(ctx: RequestContext, request: object) -> object:
             if partition is None:
                 code = ErrorCode.unknown_topic_or_partition
             else:
-                plog = partition.log
-                target = plog.high_watermark if wanted.offset == -1 else wanted.offset
-                if target < 0 or target > plog.high_watermark:
-                    code = ErrorCode.offset_out_of_range
-                else:
-                    low = plog.delete_records_before(target)
+                code, low = partition.delete_records(wanted.offset)
             results.append(
                 ctx.make(
                     "DeleteRecordsPartitionResult",
@@ -44,6 +44,7 @@ async def handle(ctx: RequestContext, request: object) -> object:
         topics.append(
             ctx.make("DeleteRecordsTopicResult", name=topic.name, partitions=tuple(results))
         )
-    return ctx.make(
-        "DeleteRecordsResponse", throttle_time=datetime.timedelta(0), topics=tuple(topics)
-    )
+    return REPLY(ctx, throttle_time=datetime.timedelta(0), topics=tuple(topics))
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

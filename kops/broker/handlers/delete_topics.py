@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import datetime
 
+from kio.schema.delete_topics import v1, v2, v3
 from kio.schema.errors import ErrorCode
 
-from kops.broker.broker import TopicError
-from kops.broker.handlers import RequestContext
+from kops.broker.cluster.metadata import TopicError
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 20
 MIN_VERSION = 1
 MAX_VERSION = 3
 
+Request = v1.DeleteTopicsRequest | v2.DeleteTopicsRequest | v3.DeleteTopicsRequest
+Response = v1.DeleteTopicsResponse | v2.DeleteTopicsResponse | v3.DeleteTopicsResponse
+REPLY: Reply[Response] = Reply(API_KEY)
 
-async def handle(ctx: RequestContext, request: object) -> object:
+
+async def handle(ctx: RequestContext, request: Request) -> Response:
     results = []
     for name in request.topic_names:
         code = ErrorCode.none
@@ -23,6 +28,7 @@ async def handle(ctx: RequestContext, request: object) -> object:
         except TopicError as exc:
             code = exc.error_code
         results.append(ctx.make("DeletableTopicResult", name=name, error_code=code))
-    return ctx.make(
-        "DeleteTopicsResponse", throttle_time=datetime.timedelta(0), responses=tuple(results)
-    )
+    return REPLY(ctx, throttle_time=datetime.timedelta(0), responses=tuple(results))
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import datetime
 
+from kio.schema.describe_cluster import v0
 from kio.schema.errors import ErrorCode
 
-from kops.broker.handlers import RequestContext
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 60
 MIN_VERSION = 0
 MAX_VERSION = 0
 
+Request = v0.DescribeClusterRequest
+Response = v0.DescribeClusterResponse
+REPLY: Reply[Response] = Reply(API_KEY)
 
-async def handle(ctx: RequestContext, request: object) -> object:
+
+async def handle(ctx: RequestContext, request: Request) -> Response:
     broker = ctx.broker
     host, port = broker.advertised
-    return ctx.make(
-        "DescribeClusterResponse",
+    return REPLY(
+        ctx,
         throttle_time=datetime.timedelta(0),
         error_code=ErrorCode.none,
         cluster_id=broker.cluster_id,
@@ -26,3 +31,6 @@ async def handle(ctx: RequestContext, request: object) -> object:
             ctx.make("DescribeClusterBroker", broker_id=broker.node_id, host=host, port=port),
         ),
     )
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

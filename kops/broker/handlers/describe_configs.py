@@ -10,14 +10,29 @@ from __future__ import annotations
 
 import datetime
 
+from kio.schema.describe_configs import v1, v2, v3, v4
 from kio.schema.errors import ErrorCode
 
-from kops.broker.broker import TopicError
-from kops.broker.handlers import RequestContext
+from kops.broker.cluster.metadata import TopicError
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 32
 MIN_VERSION = 1
 MAX_VERSION = 4
+
+Request = (
+    v1.DescribeConfigsRequest
+    | v2.DescribeConfigsRequest
+    | v3.DescribeConfigsRequest
+    | v4.DescribeConfigsRequest
+)
+Response = (
+    v1.DescribeConfigsResponse
+    | v2.DescribeConfigsResponse
+    | v3.DescribeConfigsResponse
+    | v4.DescribeConfigsResponse
+)
+REPLY: Reply[Response] = Reply(API_KEY)
 
 TOPIC_RESOURCE = 2
 BROKER_RESOURCE = 4
@@ -26,7 +41,7 @@ SOURCE_STATIC_BROKER = 4
 SOURCE_DEFAULT = 5
 
 
-async def handle(ctx: RequestContext, request: object) -> object:
+async def handle(ctx: RequestContext, request: Request) -> Response:
     results = []
     for resource in request.resources:
         code, message, entries = ErrorCode.none, None, []
@@ -75,6 +90,7 @@ async def handle(ctx: RequestContext, request: object) -> object:
                 configs=configs,
             )
         )
-    return ctx.make(
-        "DescribeConfigsResponse", throttle_time=datetime.timedelta(0), results=tuple(results)
-    )
+    return REPLY(ctx, throttle_time=datetime.timedelta(0), results=tuple(results))
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

@@ -14,30 +14,47 @@ from __future__ import annotations
 
 import datetime
 
+from kio.schema.describe_groups import v0, v1, v2, v3, v4
 from kio.schema.errors import ErrorCode
 
-from kops.broker.groups import coordinator_of
 from kops.broker.groups.offsets import GroupSummary
-from kops.broker.handlers import RequestContext
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 15
 MIN_VERSION = 0
 MAX_VERSION = 4
+
+Request = (
+    v0.DescribeGroupsRequest
+    | v1.DescribeGroupsRequest
+    | v2.DescribeGroupsRequest
+    | v3.DescribeGroupsRequest
+    | v4.DescribeGroupsRequest
+)
+Response = (
+    v0.DescribeGroupsResponse
+    | v1.DescribeGroupsResponse
+    | v2.DescribeGroupsResponse
+    | v3.DescribeGroupsResponse
+    | v4.DescribeGroupsResponse
+)
+REPLY: Reply[Response] = Reply(API_KEY)
+WITH_OPERATIONS = (v3.DescribeGroupsRequest, v4.DescribeGroupsRequest)
 
 # AclOperation codes READ (3), DELETE (6), DESCRIBE (8) as a bit field.
 GROUP_OPERATIONS = (1 << 3) | (1 << 6) | (1 << 8)
 NOT_REQUESTED = -(1 << 31)
 
 
-async def handle(ctx: RequestContext, request: object) -> object:
-    coordinator = coordinator_of(ctx.broker)
+async def handle(ctx: RequestContext, request: Request) -> Response:
     operations = (
         GROUP_OPERATIONS
-        if getattr(request, "include_authorized_operations", False)
+        if isinstance(request, WITH_OPERATIONS) and request.include_authorized_operations
         else NOT_REQUESTED
     )
     described = []
     for group_id in request.groups:
+        coordinator = ctx.broker.coordinator(group_id)
         if coordinator is None:
             summary = GroupSummary(
                 ErrorCode.coordinator_not_available, group_id, "", "", "", [], False
@@ -68,6 +85,7 @@ async def handle(ctx: RequestContext, request: object) -> object:
                 authorized_operations=operations,
             )
         )
-    return ctx.make(
-        "DescribeGroupsResponse", throttle_time=datetime.timedelta(0), groups=tuple(described)
-    )
+    return REPLY(ctx, throttle_time=datetime.timedelta(0), groups=tuple(described))
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import datetime
 
+from kio.schema.describe_log_dirs import v1, v2, v3
 from kio.schema.errors import ErrorCode
 
-from kops.broker.handlers import RequestContext
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 35
 MIN_VERSION = 1
 MAX_VERSION = 3
 
+Request = v1.DescribeLogDirsRequest | v2.DescribeLogDirsRequest | v3.DescribeLogDirsRequest
+Response = v1.DescribeLogDirsResponse | v2.DescribeLogDirsResponse | v3.DescribeLogDirsResponse
+REPLY: Reply[Response] = Reply(API_KEY)
 
-async def handle(ctx: RequestContext, request: object) -> object:
+
+async def handle(ctx: RequestContext, request: Request) -> Response:
     broker = ctx.broker
     if request.topics is None:
-        wanted = {record.name: None for record in broker.topics}
+        wanted = dict.fromkeys(broker.topic_names())
     else:
         wanted = {t.topic: set(t.partitions) for t in request.topics}
     topics = []
@@ -31,7 +36,7 @@ async def handle(ctx: RequestContext, request: object) -> object:
             ctx.make(
                 "DescribeLogDirsPartition",
                 partition_index=p.index,
-                partition_size=p.log.size_bytes,
+                partition_size=p.size_bytes,
                 offset_lag=0,
                 is_future_key=False,
             )
@@ -48,9 +53,12 @@ async def handle(ctx: RequestContext, request: object) -> object:
         total_bytes=-1,
         usable_bytes=-1,
     )
-    return ctx.make(
-        "DescribeLogDirsResponse",
+    return REPLY(
+        ctx,
         throttle_time=datetime.timedelta(0),
         error_code=ErrorCode.none,
         results=(result,),
     )
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

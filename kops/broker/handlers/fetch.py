@@ -1,8 +1,8 @@
 """Fetch (key 1): v4-11.
 
-- Long polling: when fewer than min_bytes are ready, the request parks on
-  every partition it asked for and a produce to any of them wakes it; it
-  answers at max_wait otherwise.
+- Long polling: when fewer than min_bytes are ready, the request parks in
+  the broker's fetch purgatory under every partition it asked for, and an
+  append to any of them re-checks it; it answers at max_wait otherwise.
 - Limits: max_bytes for the response and partition_max_bytes per partition,
   except that the first partition with data always returns at least one
   whole batch (KIP-74).
@@ -17,40 +17,87 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 
 from kio.schema.errors import ErrorCode
+from kio.schema.fetch import v4, v5, v6, v7, v8, v9, v10, v11
+from kio.schema.fetch.v9.request import FetchPartition as FetchPartitionV9
+from kio.schema.fetch.v10.request import FetchPartition as FetchPartitionV10
+from kio.schema.fetch.v11.request import FetchPartition as FetchPartitionV11
 
-from kops.broker.handlers import RequestContext
-from kops.broker.log.partition_log import OffsetOutOfRangeError
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
+from kops.broker.purgatory import DelayedOperation
 
 API_KEY = 1
 MIN_VERSION = 4
 MAX_VERSION = 11
 
+Request = (
+    v4.FetchRequest
+    | v5.FetchRequest
+    | v6.FetchRequest
+    | v7.FetchRequest
+    | v8.FetchRequest
+    | v9.FetchRequest
+    | v10.FetchRequest
+    | v11.FetchRequest
+)
+Response = (
+    v4.FetchResponse
+    | v5.FetchResponse
+    | v6.FetchResponse
+    | v7.FetchResponse
+    | v8.FetchResponse
+    | v9.FetchResponse
+    | v10.FetchResponse
+    | v11.FetchResponse
+)
+REPLY: Reply[Response] = Reply(API_KEY)
 
-async def handle(ctx: RequestContext, request: object) -> object:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + max(0, int(request.max_wait.total_seconds() * 1000)) / 1000
-    while True:
-        responses, total, had_error = _read_all(ctx, request)
-        remaining = deadline - loop.time()
-        if total >= request.min_bytes or had_error or remaining <= 0:
-            break
-        await _wait_for_data(ctx, request, remaining)
-    return ctx.make(
-        "FetchResponse",
+
+async def handle(ctx: RequestContext, request: Request) -> Response:
+    delay = max(0, int(request.max_wait.total_seconds() * 1000)) / 1000
+    fetch = DelayedFetch(ctx, request, delay)
+    keys = [(t.topic, p.partition) for t in request.topics for p in t.partitions]
+    if delay <= 0:
+        # max_wait 0: answer with whatever the first read found.
+        fetch.try_complete() or fetch.force_complete()
+    elif not ctx.broker.fetches.try_complete_else_watch(fetch, keys):
+        await fetch.wait()
+    return REPLY(
+        ctx,
         throttle_time=datetime.timedelta(0),
         error_code=ErrorCode.none,
         session_id=0,
-        responses=tuple(responses),
+        responses=tuple(fetch.responses),
     )
 
 
-def _read_all(ctx: RequestContext, request: object) -> tuple[list, int, bool]:
+class DelayedFetch(DelayedOperation):
+    """Satisfied once min_bytes are readable or a partition has an error."""
+
+    def __init__(self, ctx: RequestContext, request: Request, delay: float) -> None:
+        super().__init__(delay)
+        self.ctx = ctx
+        self.request = request
+        self.responses: list[object] = []
+
+    def try_complete(self) -> bool:
+        self.responses, total, had_error = _read_all(self.ctx, self.request)
+        if total >= self.request.min_bytes or had_error:
+            return self.force_complete()
+        return False
+
+    def on_expiration(self) -> None:
+        self.responses = _read_all(self.ctx, self.request)[0]
+
+    def on_complete(self) -> None:
+        pass
+
+
+def _read_all(ctx: RequestContext, request: Request) -> tuple[list[object], int, bool]:
     broker = ctx.broker
-    budget = request.max_bytes
+    budget: int = request.max_bytes
     total = 0
     had_error = False
     first_data = True
@@ -58,26 +105,23 @@ def _read_all(ctx: RequestContext, request: object) -> tuple[list, int, bool]:
     for topic in request.topics:
         partitions = []
         for wanted in topic.partitions:
-            code, records = ErrorCode.none, b""
+            code = ErrorCode.none
+            records: bytes | memoryview = b""
             hw = log_start = -1
             partition = broker.partition(topic.topic, wanted.partition)
             if partition is None:
                 code = ErrorCode.unknown_topic_or_partition
-            elif code := partition.check_leader_epoch(wanted.current_leader_epoch):
+            elif code := partition.check_leader_epoch(_current_leader_epoch(wanted)):
                 pass
             else:
-                plog = partition.log
-                hw, log_start = plog.high_watermark, plog.log_start_offset
-                try:
-                    if budget > 0 or first_data:
-                        records = plog.read(
-                            wanted.fetch_offset,
-                            min(wanted.partition_max_bytes, max(budget, 0)),
-                            hw,
-                            min_one_batch=first_data,
-                        )
-                except OffsetOutOfRangeError:
-                    code = ErrorCode.offset_out_of_range
+                hw, log_start = partition.high_watermark, partition.log_start_offset
+                if budget > 0 or first_data:
+                    read = partition.read(
+                        wanted.fetch_offset,
+                        min(wanted.partition_max_bytes, max(budget, 0)),
+                        min_one_batch=first_data,
+                    )
+                    code, records = read.error, read.records
             if code != ErrorCode.none:
                 had_error = True
             if records:
@@ -103,19 +147,11 @@ def _read_all(ctx: RequestContext, request: object) -> tuple[list, int, bool]:
     return responses, total, had_error
 
 
-async def _wait_for_data(ctx: RequestContext, request: object, timeout: float) -> None:
-    waiter = asyncio.get_running_loop().create_future()
-    parked = []
-    for topic in request.topics:
-        for wanted in topic.partitions:
-            partition = ctx.broker.partition(topic.topic, wanted.partition)
-            if partition is not None:
-                partition.park(waiter)
-                parked.append(partition)
-    try:
-        await asyncio.wait_for(waiter, timeout)
-    except TimeoutError:
-        pass
-    finally:
-        for partition in parked:
-            partition.unpark(waiter)
+def _current_leader_epoch(wanted: object) -> int:
+    # v9+ partitions carry the epoch the client knows (KIP-320); -1 skips the check.
+    if isinstance(wanted, (FetchPartitionV9, FetchPartitionV10, FetchPartitionV11)):
+        return wanted.current_leader_epoch
+    return -1
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

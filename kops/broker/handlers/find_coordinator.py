@@ -13,21 +13,25 @@ from __future__ import annotations
 import datetime
 
 from kio.schema.errors import ErrorCode
+from kio.schema.find_coordinator import v0, v1, v2
 
-from kops.broker.groups import coordinator_of
 from kops.broker.groups.storage import OFFSETS_TOPIC
-from kops.broker.handlers import RequestContext
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 10
 MIN_VERSION = 0
 MAX_VERSION = 2
 
+Request = v0.FindCoordinatorRequest | v1.FindCoordinatorRequest | v2.FindCoordinatorRequest
+Response = v0.FindCoordinatorResponse | v1.FindCoordinatorResponse | v2.FindCoordinatorResponse
+REPLY: Reply[Response] = Reply(API_KEY)
+
 GROUP, TRANSACTION = 0, 1
 
 
-async def handle(ctx: RequestContext, request: object) -> object:
-    key_type = getattr(request, "key_type", GROUP)
-    coordinator = coordinator_of(ctx.broker)
+async def handle(ctx: RequestContext, request: Request) -> Response:
+    key_type = GROUP if isinstance(request, v0.FindCoordinatorRequest) else request.key_type
+    coordinator = ctx.broker.coordinator(request.key)
     code, message, node = ErrorCode.none, None, -1
     if key_type not in (GROUP, TRANSACTION):
         code, message = ErrorCode.invalid_request, f"unknown key type {key_type}"
@@ -42,8 +46,8 @@ async def handle(ctx: RequestContext, request: object) -> object:
         else:
             node = partition.leader
     host, port = ctx.broker.advertised if node >= 0 else ("", -1)
-    return ctx.make(
-        "FindCoordinatorResponse",
+    return REPLY(
+        ctx,
         throttle_time=datetime.timedelta(0),
         error_code=code,
         error_message=message,
@@ -51,3 +55,6 @@ async def handle(ctx: RequestContext, request: object) -> object:
         host=host,
         port=port,
     )
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

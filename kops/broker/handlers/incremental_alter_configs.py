@@ -9,19 +9,27 @@ from __future__ import annotations
 import datetime
 
 from kio.schema.errors import ErrorCode
+from kio.schema.incremental_alter_configs import v0, v1
+from kio.schema.incremental_alter_configs.v0.request import AlterableConfig as AlterableConfigV0
+from kio.schema.incremental_alter_configs.v1.request import AlterableConfig as AlterableConfigV1
 
-from kops.broker.broker import TopicError
-from kops.broker.handlers import RequestContext
+from kops.broker.cluster.metadata import TopicError
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 44
 MIN_VERSION = 0
 MAX_VERSION = 1
 
+Request = v0.IncrementalAlterConfigsRequest | v1.IncrementalAlterConfigsRequest
+Response = v0.IncrementalAlterConfigsResponse | v1.IncrementalAlterConfigsResponse
+REPLY: Reply[Response] = Reply(API_KEY)
+AlterableConfig = AlterableConfigV0 | AlterableConfigV1
+
 TOPIC_RESOURCE = 2
 SET, DELETE, APPEND, SUBTRACT = 0, 1, 2, 3
 
 
-async def handle(ctx: RequestContext, request: object) -> object:
+async def handle(ctx: RequestContext, request: Request) -> Response:
     responses = []
     for resource in request.resources:
         code, message = ErrorCode.none, None
@@ -44,14 +52,16 @@ async def handle(ctx: RequestContext, request: object) -> object:
                 resource_name=resource.resource_name,
             )
         )
-    return ctx.make(
-        "IncrementalAlterConfigsResponse",
+    return REPLY(
+        ctx,
         throttle_time=datetime.timedelta(0),
         responses=tuple(responses),
     )
 
 
-def _change(config: object, current: dict[str, tuple[str, bool]]) -> tuple[str, str | None]:
+def _change(
+    config: AlterableConfig, current: dict[str, tuple[str, bool]]
+) -> tuple[str, str | None]:
     operation = config.config_operation
     if operation == SET:
         return config.name, config.value
@@ -66,3 +76,6 @@ def _change(config: object, current: dict[str, tuple[str, bool]]) -> tuple[str, 
     else:
         raise TopicError(ErrorCode.invalid_request, f"unknown config operation {operation}")
     return config.name, ",".join(merged)
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

@@ -11,33 +11,41 @@ import datetime
 import logging
 
 from kio.schema.errors import ErrorCode
+from kio.schema.init_producer_id import v0, v1
 
-from kops.broker.handlers import RequestContext
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 22
 MIN_VERSION = 0
 MAX_VERSION = 1
 
+Request = v0.InitProducerIdRequest | v1.InitProducerIdRequest
+Response = v0.InitProducerIdResponse | v1.InitProducerIdResponse
+REPLY: Reply[Response] = Reply(API_KEY)
+
 log = logging.getLogger("kops.broker.producers")
 
 
-async def handle(ctx: RequestContext, request: object) -> object:
+async def handle(ctx: RequestContext, request: Request) -> Response:
     if request.transactional_id is not None:
         log.warning(
             "refusing transactional producer %r: transactions are not supported",
             request.transactional_id,
         )
-        return ctx.make(
-            "InitProducerIdResponse",
+        return REPLY(
+            ctx,
             throttle_time=datetime.timedelta(0),
             error_code=ErrorCode.transactional_id_authorization_failed,
             producer_id=-1,
             producer_epoch=-1,
         )
-    return ctx.make(
-        "InitProducerIdResponse",
+    return REPLY(
+        ctx,
         throttle_time=datetime.timedelta(0),
         error_code=ErrorCode.none,
         producer_id=ctx.broker.allocate_producer_id(),
         producer_epoch=0,
     )
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

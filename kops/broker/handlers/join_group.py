@@ -14,31 +14,50 @@ from __future__ import annotations
 import datetime
 
 from kio.schema.errors import ErrorCode
+from kio.schema.join_group import v0, v1, v2, v3, v4, v5
 
-from kops.broker.groups import coordinator_of
-from kops.broker.groups.coordinator import JoinRequest
-from kops.broker.groups.group import JoinResult
-from kops.broker.handlers import RequestContext
+from kops.broker.groups.group import JoinRequest, JoinResult
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 11
 MIN_VERSION = 0
 MAX_VERSION = 5
 
+Request = (
+    v0.JoinGroupRequest
+    | v1.JoinGroupRequest
+    | v2.JoinGroupRequest
+    | v3.JoinGroupRequest
+    | v4.JoinGroupRequest
+    | v5.JoinGroupRequest
+)
+Response = (
+    v0.JoinGroupResponse
+    | v1.JoinGroupResponse
+    | v2.JoinGroupResponse
+    | v3.JoinGroupResponse
+    | v4.JoinGroupResponse
+    | v5.JoinGroupResponse
+)
+REPLY: Reply[Response] = Reply(API_KEY)
+
 _MS = datetime.timedelta(milliseconds=1)
 
 
-async def handle(ctx: RequestContext, request: object) -> object:
-    coordinator = coordinator_of(ctx.broker)
+async def handle(ctx: RequestContext, request: Request) -> Response:
+    coordinator = ctx.broker.coordinator(request.group_id)
     if coordinator is None:
         result = JoinResult(ErrorCode.coordinator_not_available, request.member_id)
     else:
         session_ms = request.session_timeout // _MS
-        rebalance = getattr(request, "rebalance_timeout", None)
+        rebalance = None if isinstance(request, v0.JoinGroupRequest) else request.rebalance_timeout
         result = await coordinator.join_group(
             JoinRequest(
                 group_id=request.group_id,
                 member_id=request.member_id,
-                instance_id=getattr(request, "group_instance_id", None),
+                instance_id=(
+                    request.group_instance_id if isinstance(request, v5.JoinGroupRequest) else None
+                ),
                 protocol_type=request.protocol_type,
                 protocols=[(p.name, bytes(p.metadata)) for p in request.protocols],
                 session_timeout_ms=session_ms,
@@ -52,8 +71,8 @@ async def handle(ctx: RequestContext, request: object) -> object:
         ctx.make("JoinGroupResponseMember", member_id=mid, group_instance_id=iid, metadata=meta)
         for mid, iid, meta in result.members
     )
-    return ctx.make(
-        "JoinGroupResponse",
+    return REPLY(
+        ctx,
         throttle_time=datetime.timedelta(0),
         error_code=result.error,
         generation_id=result.generation,
@@ -62,3 +81,6 @@ async def handle(ctx: RequestContext, request: object) -> object:
         member_id=result.member_id,
         members=members,
     )
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

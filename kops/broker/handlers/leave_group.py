@@ -11,33 +11,42 @@ from __future__ import annotations
 import datetime
 
 from kio.schema.errors import ErrorCode
+from kio.schema.leave_group import v0, v1, v2, v3
 
-from kops.broker.groups import coordinator_of
-from kops.broker.handlers import RequestContext
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 13
 MIN_VERSION = 0
 MAX_VERSION = 3
 
+Request = v0.LeaveGroupRequest | v1.LeaveGroupRequest | v2.LeaveGroupRequest | v3.LeaveGroupRequest
+Response = (
+    v0.LeaveGroupResponse | v1.LeaveGroupResponse | v2.LeaveGroupResponse | v3.LeaveGroupResponse
+)
+REPLY: Reply[Response] = Reply(API_KEY)
 
-async def handle(ctx: RequestContext, request: object) -> object:
-    if ctx.api_version >= 3:
+
+async def handle(ctx: RequestContext, request: Request) -> Response:
+    wanted: list[tuple[str, str | None]]
+    if isinstance(request, v3.LeaveGroupRequest):
         wanted = [(m.member_id, m.group_instance_id) for m in request.members]
     else:
         wanted = [(request.member_id, None)]
-    coordinator = coordinator_of(ctx.broker)
+    coordinator = ctx.broker.coordinator(request.group_id)
+    results: list[tuple[str, str | None, ErrorCode]] = []
     if coordinator is None:
-        top, results = ErrorCode.coordinator_not_available, []
+        top = ErrorCode.coordinator_not_available
     else:
         top, results = coordinator.leave_group(request.group_id, wanted)
     if ctx.api_version < 3 and not top and results:
         top = results[0][2]
-    members = ()
+    members: tuple[object, ...] = ()
     if ctx.api_version >= 3:
         members = tuple(
             ctx.make("MemberResponse", member_id=mid, group_instance_id=iid, error_code=code)
             for mid, iid, code in results
         )
-    return ctx.make(
-        "LeaveGroupResponse", throttle_time=datetime.timedelta(0), error_code=top, members=members
-    )
+    return REPLY(ctx, throttle_time=datetime.timedelta(0), error_code=top, members=members)
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

@@ -13,18 +13,37 @@ from __future__ import annotations
 import datetime
 
 from kio.schema.errors import ErrorCode
+from kio.schema.list_offsets import v1, v2, v3, v4, v5
+from kio.schema.list_offsets.v4.request import ListOffsetsPartition as ListOffsetsPartitionV4
+from kio.schema.list_offsets.v5.request import ListOffsetsPartition as ListOffsetsPartitionV5
 
-from kops.broker.handlers import RequestContext
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 2
 MIN_VERSION = 1
 MAX_VERSION = 5
 
+Request = (
+    v1.ListOffsetsRequest
+    | v2.ListOffsetsRequest
+    | v3.ListOffsetsRequest
+    | v4.ListOffsetsRequest
+    | v5.ListOffsetsRequest
+)
+Response = (
+    v1.ListOffsetsResponse
+    | v2.ListOffsetsResponse
+    | v3.ListOffsetsResponse
+    | v4.ListOffsetsResponse
+    | v5.ListOffsetsResponse
+)
+REPLY: Reply[Response] = Reply(API_KEY)
+
 LATEST = -1
 EARLIEST = -2
 
 
-async def handle(ctx: RequestContext, request: object) -> object:
+async def handle(ctx: RequestContext, request: Request) -> Response:
     topics = []
     for topic in request.topics:
         partitions = []
@@ -33,19 +52,18 @@ async def handle(ctx: RequestContext, request: object) -> object:
             partition = ctx.broker.partition(topic.name, wanted.partition_index)
             if partition is None:
                 code = ErrorCode.unknown_topic_or_partition
-            elif code := partition.check_leader_epoch(getattr(wanted, "current_leader_epoch", -1)):
+            elif code := partition.check_leader_epoch(_current_leader_epoch(wanted)):
                 pass
             else:
-                plog = partition.log
                 epoch = partition.leader_epoch
                 if wanted.timestamp == LATEST:
-                    offset = plog.high_watermark
+                    offset = partition.high_watermark
                 elif wanted.timestamp == EARLIEST:
-                    offset = plog.log_start_offset
+                    offset = partition.log_start_offset
                 elif wanted.timestamp < 0:
                     code = ErrorCode.invalid_request
                 else:
-                    found = plog.offset_for_timestamp(wanted.timestamp, plog.high_watermark)
+                    found = partition.offset_for_timestamp(wanted.timestamp)
                     if found is not None:
                         offset, timestamp = found
             partitions.append(
@@ -61,6 +79,14 @@ async def handle(ctx: RequestContext, request: object) -> object:
         topics.append(
             ctx.make("ListOffsetsTopicResponse", name=topic.name, partitions=tuple(partitions))
         )
-    return ctx.make(
-        "ListOffsetsResponse", throttle_time=datetime.timedelta(0), topics=tuple(topics)
-    )
+    return REPLY(ctx, throttle_time=datetime.timedelta(0), topics=tuple(topics))
+
+
+def _current_leader_epoch(wanted: object) -> int:
+    # v4+ partitions carry the epoch the client knows (KIP-320); -1 skips the check.
+    if isinstance(wanted, (ListOffsetsPartitionV4, ListOffsetsPartitionV5)):
+        return wanted.current_leader_epoch
+    return -1
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

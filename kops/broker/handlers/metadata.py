@@ -13,26 +13,58 @@ from __future__ import annotations
 import datetime
 
 from kio.schema.errors import ErrorCode
+from kio.schema.metadata import v0, v1, v2, v3, v4, v5, v6, v7, v8
 
 from kops.broker.cluster.metadata import topic_name_error
-from kops.broker.handlers import RequestContext
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 3
 MIN_VERSION = 0
 MAX_VERSION = 8
 
+Request = (
+    v0.MetadataRequest
+    | v1.MetadataRequest
+    | v2.MetadataRequest
+    | v3.MetadataRequest
+    | v4.MetadataRequest
+    | v5.MetadataRequest
+    | v6.MetadataRequest
+    | v7.MetadataRequest
+    | v8.MetadataRequest
+)
+Response = (
+    v0.MetadataResponse
+    | v1.MetadataResponse
+    | v2.MetadataResponse
+    | v3.MetadataResponse
+    | v4.MetadataResponse
+    | v5.MetadataResponse
+    | v6.MetadataResponse
+    | v7.MetadataResponse
+    | v8.MetadataResponse
+)
+REPLY: Reply[Response] = Reply(API_KEY)
+WITH_AUTO_CREATE = (
+    v4.MetadataRequest,
+    v5.MetadataRequest,
+    v6.MetadataRequest,
+    v7.MetadataRequest,
+    v8.MetadataRequest,
+)
 
-async def handle(ctx: RequestContext, request: object) -> object:
+
+async def handle(ctx: RequestContext, request: Request) -> Response:
     broker = ctx.broker
     requested = request.topics
     if requested is None or (ctx.api_version == 0 and not requested):
-        names = [record.name for record in broker.topics]
+        names = broker.topic_names()
     else:
         names = [topic.name for topic in requested]
-    allow_create = ctx.api_version < 4 or request.allow_auto_topic_creation
+    allow_create = not isinstance(request, WITH_AUTO_CREATE) or request.allow_auto_topic_creation
     topics = []
     for name in names:
-        record = broker.topics.get(name)
+        record = broker.topic(name)
         if record is None and allow_create:
             record = broker.auto_create(name)
         if record is None:
@@ -75,8 +107,8 @@ async def handle(ctx: RequestContext, request: object) -> object:
             )
         )
     host, port = broker.advertised
-    return ctx.make(
-        "MetadataResponse",
+    return REPLY(
+        ctx,
         throttle_time=datetime.timedelta(0),
         brokers=(
             ctx.make(
@@ -88,3 +120,6 @@ async def handle(ctx: RequestContext, request: object) -> object:
         topics=tuple(topics),
         cluster_authorized_operations=-2147483648,
     )
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

@@ -17,28 +17,55 @@ from __future__ import annotations
 import datetime
 
 from kio.schema.errors import ErrorCode
+from kio.schema.offset_commit import v2, v3, v4, v5, v6, v7
 
-from kops.broker.groups import coordinator_of
-from kops.broker.handlers import RequestContext
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 8
 MIN_VERSION = 2
 MAX_VERSION = 7
 
+Request = (
+    v2.OffsetCommitRequest
+    | v3.OffsetCommitRequest
+    | v4.OffsetCommitRequest
+    | v5.OffsetCommitRequest
+    | v6.OffsetCommitRequest
+    | v7.OffsetCommitRequest
+)
+Response = (
+    v2.OffsetCommitResponse
+    | v3.OffsetCommitResponse
+    | v4.OffsetCommitResponse
+    | v5.OffsetCommitResponse
+    | v6.OffsetCommitResponse
+    | v7.OffsetCommitResponse
+)
+REPLY: Reply[Response] = Reply(API_KEY)
+WITH_LEADER_EPOCH = (v6.OffsetCommitRequest, v7.OffsetCommitRequest)
 
-async def handle(ctx: RequestContext, request: object) -> object:
-    offsets = [
-        (
-            topic.name,
-            p.partition_index,
-            p.committed_offset,
-            getattr(p, "committed_leader_epoch", -1),
-            p.committed_metadata,
-        )
-        for topic in request.topics
-        for p in topic.partitions
-    ]
-    coordinator = coordinator_of(ctx.broker)
+
+async def handle(ctx: RequestContext, request: Request) -> Response:
+    offsets: list[tuple[str, int, int, int, str | None]]
+    if isinstance(request, WITH_LEADER_EPOCH):
+        offsets = [
+            (
+                t.name,
+                p.partition_index,
+                p.committed_offset,
+                p.committed_leader_epoch,
+                p.committed_metadata,
+            )
+            for t in request.topics
+            for p in t.partitions
+        ]
+    else:
+        offsets = [
+            (t.name, p.partition_index, p.committed_offset, -1, p.committed_metadata)
+            for t in request.topics
+            for p in t.partitions
+        ]
+    coordinator = ctx.broker.coordinator(request.group_id)
     if coordinator is None:
         errors = [ErrorCode.coordinator_not_available] * len(offsets)
     else:
@@ -46,7 +73,7 @@ async def handle(ctx: RequestContext, request: object) -> object:
             request.group_id,
             request.generation_id_or_member_epoch,
             request.member_id,
-            getattr(request, "group_instance_id", None),
+            request.group_instance_id if isinstance(request, v7.OffsetCommitRequest) else None,
             offsets,
         )
     codes = iter(errors)
@@ -61,6 +88,7 @@ async def handle(ctx: RequestContext, request: object) -> object:
             for p in topic.partitions
         )
         topics.append(ctx.make("OffsetCommitResponseTopic", name=topic.name, partitions=partitions))
-    return ctx.make(
-        "OffsetCommitResponse", throttle_time=datetime.timedelta(0), topics=tuple(topics)
-    )
+    return REPLY(ctx, throttle_time=datetime.timedelta(0), topics=tuple(topics))
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

@@ -13,20 +13,25 @@ from __future__ import annotations
 import datetime
 
 from kio.schema.errors import ErrorCode
+from kio.schema.offset_delete import v0
 
-from kops.broker.groups import coordinator_of
-from kops.broker.handlers import RequestContext
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 47
 MIN_VERSION = 0
 MAX_VERSION = 0
 
+Request = v0.OffsetDeleteRequest
+Response = v0.OffsetDeleteResponse
+REPLY: Reply[Response] = Reply(API_KEY)
 
-async def handle(ctx: RequestContext, request: object) -> object:
+
+async def handle(ctx: RequestContext, request: Request) -> Response:
     wanted = [(t.name, [p.partition_index for p in t.partitions]) for t in request.topics]
-    coordinator = coordinator_of(ctx.broker)
+    coordinator = ctx.broker.coordinator(request.group_id)
+    results: list[tuple[str, int, ErrorCode]] = []
     if coordinator is None:
-        error, results = ErrorCode.coordinator_not_available, []
+        error = ErrorCode.coordinator_not_available
     else:
         error, results = coordinator.delete_offsets(request.group_id, wanted)
     by_topic: dict[str, list[object]] = {}
@@ -38,6 +43,7 @@ async def handle(ctx: RequestContext, request: object) -> object:
         ctx.make("OffsetDeleteResponseTopic", name=name, partitions=tuple(parts))
         for name, parts in by_topic.items()
     )
-    return ctx.make(
-        "OffsetDeleteResponse", error_code=error, throttle_time=datetime.timedelta(0), topics=topics
-    )
+    return REPLY(ctx, error_code=error, throttle_time=datetime.timedelta(0), topics=topics)
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

@@ -11,22 +11,41 @@ from __future__ import annotations
 import datetime
 
 from kio.schema.errors import ErrorCode
+from kio.schema.offset_fetch import v1, v2, v3, v4, v5
 
-from kops.broker.groups import coordinator_of
-from kops.broker.handlers import RequestContext
+from kops.broker.groups.group import OffsetEntry
+from kops.broker.groups.offsets import FetchedOffset
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 9
 MIN_VERSION = 1
 MAX_VERSION = 5
 
+Request = (
+    v1.OffsetFetchRequest
+    | v2.OffsetFetchRequest
+    | v3.OffsetFetchRequest
+    | v4.OffsetFetchRequest
+    | v5.OffsetFetchRequest
+)
+Response = (
+    v1.OffsetFetchResponse
+    | v2.OffsetFetchResponse
+    | v3.OffsetFetchResponse
+    | v4.OffsetFetchResponse
+    | v5.OffsetFetchResponse
+)
+REPLY: Reply[Response] = Reply(API_KEY)
 
-async def handle(ctx: RequestContext, request: object) -> object:
+
+async def handle(ctx: RequestContext, request: Request) -> Response:
     wanted = None
     if request.topics is not None:
         wanted = [(t.name, list(t.partition_indexes)) for t in request.topics]
-    coordinator = coordinator_of(ctx.broker)
+    coordinator = ctx.broker.coordinator(request.group_id)
+    fetched: list[FetchedOffset] = []
     if coordinator is None:
-        error, fetched = ErrorCode.coordinator_not_available, []
+        error = ErrorCode.coordinator_not_available
     else:
         error, fetched = coordinator.fetch_offsets(request.group_id, wanted)
     by_topic: dict[str, list[object]] = {}
@@ -43,12 +62,12 @@ async def handle(ctx: RequestContext, request: object) -> object:
         ctx.make("OffsetFetchResponseTopic", name=name, partitions=tuple(partitions))
         for name, partitions in by_topic.items()
     )
-    return ctx.make(
-        "OffsetFetchResponse", throttle_time=datetime.timedelta(0), topics=topics, error_code=error
-    )
+    return REPLY(ctx, throttle_time=datetime.timedelta(0), topics=topics, error_code=error)
 
 
-def _partition(ctx: RequestContext, index: int, entry: object, error: int) -> object:
+def _partition(
+    ctx: RequestContext, index: int, entry: OffsetEntry | None, error: ErrorCode
+) -> object:
     return ctx.make(
         "OffsetFetchResponsePartition",
         partition_index=index,
@@ -57,3 +76,6 @@ def _partition(ctx: RequestContext, index: int, entry: object, error: int) -> ob
         metadata=entry.metadata if entry is not None else "",
         error_code=error,
     )
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

@@ -11,15 +11,20 @@ from __future__ import annotations
 import datetime
 
 from kio.schema.errors import ErrorCode
+from kio.schema.offset_for_leader_epoch import v2, v3
 
-from kops.broker.handlers import RequestContext
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 23
 MIN_VERSION = 2
 MAX_VERSION = 3
 
+Request = v2.OffsetForLeaderEpochRequest | v3.OffsetForLeaderEpochRequest
+Response = v2.OffsetForLeaderEpochResponse | v3.OffsetForLeaderEpochResponse
+REPLY: Reply[Response] = Reply(API_KEY)
 
-async def handle(ctx: RequestContext, request: object) -> object:
+
+async def handle(ctx: RequestContext, request: Request) -> Response:
     topics = []
     for topic in request.topics:
         results = []
@@ -31,7 +36,7 @@ async def handle(ctx: RequestContext, request: object) -> object:
             elif code := partition.check_leader_epoch(wanted.current_leader_epoch):
                 pass
             else:
-                epoch, end = partition.log.end_offset_for_epoch(wanted.leader_epoch)
+                epoch, end = partition.end_offset_for_epoch(wanted.leader_epoch)
             results.append(
                 ctx.make(
                     "EpochEndOffset",
@@ -44,6 +49,7 @@ async def handle(ctx: RequestContext, request: object) -> object:
         topics.append(
             ctx.make("OffsetForLeaderTopicResult", topic=topic.topic, partitions=tuple(results))
         )
-    return ctx.make(
-        "OffsetForLeaderEpochResponse", throttle_time=datetime.timedelta(0), topics=tuple(topics)
-    )
+    return REPLY(ctx, throttle_time=datetime.timedelta(0), topics=tuple(topics))
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

@@ -17,18 +17,36 @@ import datetime
 import logging
 
 from kio.schema.errors import ErrorCode
+from kio.schema.produce import v3, v4, v5, v6, v7, v8
 
-from kops.broker.handlers import RequestContext
-from kops.broker.log.partition_log import LogError
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 0
 MIN_VERSION = 0
 MAX_VERSION = 8
 
+Request = (
+    v3.ProduceRequest
+    | v4.ProduceRequest
+    | v5.ProduceRequest
+    | v6.ProduceRequest
+    | v7.ProduceRequest
+    | v8.ProduceRequest
+)
+Response = (
+    v3.ProduceResponse
+    | v4.ProduceResponse
+    | v5.ProduceResponse
+    | v6.ProduceResponse
+    | v7.ProduceResponse
+    | v8.ProduceResponse
+)
+REPLY: Reply[Response] = Reply(API_KEY)
+
 log = logging.getLogger("kops.broker.produce")
 
 
-async def handle(ctx: RequestContext, request: object) -> object | None:
+async def handle(ctx: RequestContext, request: Request) -> Response | None:
     broker = ctx.broker
     acks = request.acks
     topics = []
@@ -47,20 +65,11 @@ async def handle(ctx: RequestContext, request: object) -> object | None:
                 # Only the broker writes its internal topics (as in Kafka).
                 code = ErrorCode.invalid_topic_exception
                 message = f"cannot produce to internal topic {topic.name}"
-            elif data.records is None or not len(data.records):
-                code, message = ErrorCode.corrupt_message, "no record batch in the request"
-            elif len(data.records) > partition.log.config.max_message_bytes:
-                code = ErrorCode.message_too_large
-            elif acks == -1 and len(partition.isr) < partition.min_insync_replicas:
-                code = ErrorCode.not_enough_replicas
             else:
-                try:
-                    result = partition.append(data.records)
-                    base, append_time = result.base_offset, result.log_append_time_ms
-                    log_start = result.log_start_offset
-                except LogError as exc:
-                    code, message = exc.error_code, str(exc)
-                    log_start = partition.log.log_start_offset
+                result = partition.append(data.records, acks=acks)
+                code, message = result.error, result.message
+                base, append_time = result.base_offset, result.log_append_time_ms
+                log_start = result.log_start_offset
             responses.append(
                 ctx.make(
                     "PartitionProduceResponse",
@@ -78,10 +87,13 @@ async def handle(ctx: RequestContext, request: object) -> object | None:
         )
     if acks == 0:
         return None
-    return ctx.make("ProduceResponse", responses=tuple(topics), throttle_time=datetime.timedelta(0))
+    return REPLY(ctx, responses=tuple(topics), throttle_time=datetime.timedelta(0))
 
 
 def _timestamp(ms: int) -> datetime.datetime | None:
     if ms < 0:
         return None
     return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

@@ -11,18 +11,22 @@ from __future__ import annotations
 import datetime
 
 from kio.schema.errors import ErrorCode
+from kio.schema.sync_group import v0, v1, v2, v3
 
-from kops.broker.groups import coordinator_of
 from kops.broker.groups.group import SyncResult
-from kops.broker.handlers import RequestContext
+from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 14
 MIN_VERSION = 0
 MAX_VERSION = 3
 
+Request = v0.SyncGroupRequest | v1.SyncGroupRequest | v2.SyncGroupRequest | v3.SyncGroupRequest
+Response = v0.SyncGroupResponse | v1.SyncGroupResponse | v2.SyncGroupResponse | v3.SyncGroupResponse
+REPLY: Reply[Response] = Reply(API_KEY)
 
-async def handle(ctx: RequestContext, request: object) -> object:
-    coordinator = coordinator_of(ctx.broker)
+
+async def handle(ctx: RequestContext, request: Request) -> Response:
+    coordinator = ctx.broker.coordinator(request.group_id)
     if coordinator is None:
         result = SyncResult(ErrorCode.coordinator_not_available)
     else:
@@ -30,15 +34,18 @@ async def handle(ctx: RequestContext, request: object) -> object:
             request.group_id,
             request.generation_id,
             request.member_id,
-            getattr(request, "group_instance_id", None),
-            # v5+ carry these for validation; the versions served here do not.
-            getattr(request, "protocol_type", None),
-            getattr(request, "protocol_name", None),
+            request.group_instance_id if isinstance(request, v3.SyncGroupRequest) else None,
+            # v5+ carry protocol type and name for validation; the versions served here do not.
+            None,
+            None,
             {a.member_id: bytes(a.assignment) for a in request.assignments},
         )
-    return ctx.make(
-        "SyncGroupResponse",
+    return REPLY(
+        ctx,
         throttle_time=datetime.timedelta(0),
         error_code=result.error,
         assignment=result.assignment,
     )
+
+
+API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

@@ -18,6 +18,7 @@ from kops.broker.log.config import (
     OutOfOrderSequenceError,
     RecordBatchTooLargeError,
     RecordTooLargeError,
+    StorageError,
     UnexpectedAppendOffsetError,
     UnsupportedForMessageFormatError,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "PartitionLog",
     "RecordBatchTooLargeError",
     "RecordTooLargeError",
+    "StorageError",
     "UnexpectedAppendOffsetError",
     "UnsupportedForMessageFormatError",
 ]

@@ -92,6 +92,7 @@ from kops.broker.log.segment import (
     LogSegment,
     segment_name,
 )
+from kops.errors import KopsError
 from kops.protocol.batch import (
     HEADER_SIZE,
     BatchHeader,
@@ -282,7 +283,7 @@ class _Group:
         return not self.swap and not self.trailing
 
 
-class _Cancelled(Exception):
+class _Cancelled(KopsError):
     pass
 
 

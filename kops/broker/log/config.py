@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from kio.schema.errors import ErrorCode
+
+from kops.errors import ApiError
 
 __all__ = [
     "AppendResult",
@@ -18,6 +23,7 @@ __all__ = [
     "OutOfOrderSequenceError",
     "RecordBatchTooLargeError",
     "RecordTooLargeError",
+    "StorageError",
     "UnexpectedAppendOffsetError",
     "UnsupportedForMessageFormatError",
 ]
@@ -115,56 +121,87 @@ class AppendResult:
     )
 
 
-class LogError(Exception):
-    """A storage failure that maps to a Kafka error code for the partition response."""
+class StorageError(enum.Enum):
+    """Why storage refused an operation, with the Kafka error code the partition answers."""
 
-    error_code: int = -1  # UNKNOWN_SERVER_ERROR
+    UNKNOWN = ("unknown", ErrorCode.unknown_server_error)
+    OFFSET_OUT_OF_RANGE = ("offset out of range", ErrorCode.offset_out_of_range)
+    CORRUPT_RECORD = ("corrupt record", ErrorCode.corrupt_message)
+    RECORD_TOO_LARGE = ("record too large", ErrorCode.message_too_large)
+    RECORD_BATCH_TOO_LARGE = ("record batch too large", ErrorCode.record_list_too_large)
+    UNSUPPORTED_FOR_MESSAGE_FORMAT = (
+        "unsupported for message format",
+        ErrorCode.unsupported_for_message_format,
+    )
+    OUT_OF_ORDER_SEQUENCE = ("out of order sequence", ErrorCode.out_of_order_sequence_number)
+    DUPLICATE_SEQUENCE = ("duplicate sequence", ErrorCode.duplicate_sequence_number)
+    INVALID_PRODUCER_EPOCH = ("invalid producer epoch", ErrorCode.invalid_producer_epoch)
+    STORAGE_FAILURE = ("storage failure", ErrorCode.kafka_storage_error)
+    INVALID_RECORD = ("invalid record", ErrorCode.invalid_record)
+    # A follower append that goes backwards; the replica fetcher must truncate first.
+    UNEXPECTED_APPEND_OFFSET = ("unexpected append offset", ErrorCode.unknown_server_error)
 
-    def __init__(self, message: str = "", error_code: int | None = None) -> None:
-        super().__init__(message)
-        if error_code is not None:
-            self.error_code = error_code
+    def __init__(self, label: str, error_code: ErrorCode) -> None:
+        self.label = label
+        self.error_code = error_code
+
+
+class LogError(ApiError):
+    """A storage failure; `kind` names it and carries the Kafka error code to answer."""
+
+    kind: StorageError = StorageError.UNKNOWN
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        cls.error_code = cls.kind.error_code
+
+    def __init__(self, message: str = "", kind: StorageError | None = None) -> None:
+        if kind is not None:
+            self.kind = kind
+        super().__init__(message, error_code=self.kind.error_code)
 
 
 class OffsetOutOfRangeError(LogError):
-    error_code = 1
+    kind = StorageError.OFFSET_OUT_OF_RANGE
 
 
 class CorruptRecordError(LogError):
-    error_code = 2
+    kind = StorageError.CORRUPT_RECORD
 
 
 class RecordTooLargeError(LogError):
-    error_code = 10  # MESSAGE_TOO_LARGE
+    kind = StorageError.RECORD_TOO_LARGE
 
 
 class RecordBatchTooLargeError(LogError):
-    error_code = 18  # RECORD_LIST_TOO_LARGE
+    kind = StorageError.RECORD_BATCH_TOO_LARGE
 
 
 class UnsupportedForMessageFormatError(LogError):
-    error_code = 43
+    kind = StorageError.UNSUPPORTED_FOR_MESSAGE_FORMAT
 
 
 class OutOfOrderSequenceError(LogError):
-    error_code = 45
+    kind = StorageError.OUT_OF_ORDER_SEQUENCE
 
 
 class DuplicateSequenceError(LogError):
-    error_code = 46
+    kind = StorageError.DUPLICATE_SEQUENCE
 
 
 class InvalidProducerEpochError(LogError):
-    error_code = 47
+    kind = StorageError.INVALID_PRODUCER_EPOCH
 
 
 class KafkaStorageError(LogError):
-    error_code = 56
+    kind = StorageError.STORAGE_FAILURE
 
 
 class InvalidRecordError(LogError):
-    error_code = 87
+    kind = StorageError.INVALID_RECORD
 
 
 class UnexpectedAppendOffsetError(LogError):
     """A follower append whose offsets go backwards; the replica fetcher must truncate first."""
+
+    kind = StorageError.UNEXPECTED_APPEND_OFFSET

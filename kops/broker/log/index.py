@@ -144,7 +144,7 @@ class OffsetIndex(_IndexFile):
         self.positions.append(position)
         self._add(_OFFSET_ENTRY.pack(offset - self.base_offset, position))
 
-    def replace_all(self, offsets: array, positions: array) -> None:
+    def replace_all(self, offsets: array[int], positions: array[int]) -> None:
         self.offsets = array("q", offsets)
         self.positions = array("q", positions)
         base = self.base_offset
@@ -219,7 +219,7 @@ class TimeIndex(_IndexFile):
         i = bisect_left(self.timestamps, timestamp) - 1
         return self.offsets[i] if i >= 0 else None
 
-    def replace_all(self, timestamps: array, offsets: array) -> None:
+    def replace_all(self, timestamps: array[int], offsets: array[int]) -> None:
         self.timestamps = array("q", timestamps)
         self.offsets = array("q", offsets)
         base = self.base_offset

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import shutil
@@ -127,38 +126,14 @@ class LogManager:
                 log.exception("retention of %s-%d failed", *key)
 
     def compact_all(self, now_ms: int) -> CleanStats:
-        """One compaction pass over every compacted log that is due one (in this thread)."""
+        """One compaction pass over every compacted log that is due one (in this thread;
+        kops.broker.housekeeping runs it off the event loop)."""
         total = CleanStats()
         for key, plog in list(self._logs.items()):
             try:
                 total.add(plog.compact(now_ms))
             except Exception:
                 log.exception("compaction of %s-%d failed", *key)
-        return total
-
-    async def compact_all_async(self, now_ms: int) -> CleanStats:
-        """compact_all for the event loop: reading, decoding and writing run in a worker thread.
-
-        Planning and the final swap run on the loop, between requests, so the broker
-        never sees a half-swapped log. Cancelling this coroutine cancels the pass.
-        """
-        total = CleanStats()
-        for key, plog in list(self._logs.items()):
-            job = plog.begin_compaction(now_ms)
-            if job is None:
-                continue
-            try:
-                await asyncio.to_thread(job.run)
-            except BaseException:
-                job.cancel()
-                plog.finish_compaction(job)
-                raise
-            try:
-                total.add(plog.finish_compaction(job))
-            except Exception:
-                log.exception("compaction of %s-%d failed", *key)
-            if job.error is not None and not job.cancelled:
-                log.warning("compaction of %s-%d failed: %r", key[0], key[1], job.error)
         return total
 
     def maybe_roll_all(self, now_ms: int) -> None:

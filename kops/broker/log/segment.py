@@ -145,7 +145,9 @@ class LogSegment:
 
     # --- append -------------------------------------------------------------------------
 
-    def append(self, data: bytes | bytearray, metas: list[BatchMeta], now_ms: int) -> None:
+    def append(
+        self, data: bytes | bytearray | memoryview, metas: list[BatchMeta], now_ms: int
+    ) -> None:
         fd = self._file()
         start = self.size
         view = memoryview(data)

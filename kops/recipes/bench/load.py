@@ -41,6 +41,8 @@ from confluent_kafka import (
 
 from kops import admin as topics_admin
 from kops.client import ClientSettings, ErrorWatch, KopsClientError, fetch_metadata, translate_error
+from kops.produce import produce_with_room
+from kops.recipes.pacing import Pacer
 
 __all__ = [
     "MB",
@@ -215,18 +217,10 @@ def bench_produce(
 
     started = time.monotonic()
     step = max(records // 200, 1)
+    pacer = Pacer(throughput)  # an even rate, no bursts
     for i in range(records):
-        if throughput is not None:
-            # Sleep until this record is due: an even rate, no bursts.
-            ahead = started + i / throughput - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
-        while True:
-            try:
-                producer.produce(topic, payload, on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        pacer.pace()
+        produce_with_room(producer, topic, payload, on_delivery=on_delivery, poll_timeout=0.05)
         producer.poll(0)
         if i % step == 0:
             watch.check()

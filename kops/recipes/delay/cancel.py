@@ -47,7 +47,7 @@ class CancelView:
         self._thread: threading.Thread | None = None
         conf = settings.consumer_config(
             f"kops.delay.cancel-view.{uuid.uuid4().hex[:12]}",
-            ErrorWatch(settings.bootstrap),
+            ErrorWatch(settings.bootstrap, log=log, what="cancel topic"),
             **{"enable.partition.eof": False, "fetch.wait.max.ms": 100},
         )
         self._consumer = Consumer(conf)

@@ -49,7 +49,9 @@ class LatenessStats:
 
     def _tier(self, tier: str) -> dict[str, int]:
         if tier not in self.counts:
-            self.counts[tier] = {"delivered": 0, "cascaded": 0, "cancelled": 0, "invalid": 0}
+            self.counts[tier] = {
+                "delivered": 0, "cascaded": 0, "cancelled": 0, "invalid": 0, "dead_lettered": 0,
+            }  # fmt: skip
             self._samples[tier] = deque(maxlen=SAMPLES_KEPT)
         return self.counts[tier]
 
@@ -110,6 +112,8 @@ class TierStatus:
     delivered: int = 0
     cascaded: int = 0
     cancelled: int = 0
+    #: Records sent to the delay dead-letter topic (target missing or refusing them).
+    dead_lettered: int = 0
     samples: int = 0
     lateness_p50_ms: int | None = None
     lateness_p99_ms: int | None = None
@@ -282,6 +286,7 @@ def _fill_lateness(st: TierStatus, records: list[dict[str, Any]]) -> None:
         st.delivered += int(rec.get("delivered", 0))
         st.cascaded += int(rec.get("cascaded", 0))
         st.cancelled += int(rec.get("cancelled", 0))
+        st.dead_lettered += int(rec.get("dead_lettered", 0))
         samples.extend(int(x) for x in rec.get("lateness_ms", []))
     st.samples = len(samples)
     pct = percentiles(samples)

@@ -38,7 +38,16 @@ from typing import Any
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from kops.client import AdminSession, ClientSettings, TopicAlreadyExists, translate_error
+from kops.client import (
+    DEFAULT_TIMEOUT,
+    AdminSession,
+    ClientSettings,
+    ErrorWatch,
+    TopicAlreadyExists,
+    fetch_metadata,
+    translate_error,
+)
+from kops.produce import produce_with_room
 from kops.recipes import headers as h
 from kops.timeparse import parse_duration
 
@@ -47,10 +56,12 @@ __all__ = [
     "DEFAULT_MAX_DELAY",
     "DEFAULT_TEMPLATE",
     "DEFAULT_TIERS",
+    "DLQ_TOPIC",
     "FORWARDER_GROUP",
     "STATS_TOPIC",
     "DelayTiers",
     "cancel_delayed",
+    "check_target_exists",
     "ensure_tier_topics",
     "format_tier",
     "new_message_id",
@@ -71,6 +82,9 @@ DEFAULT_MAX_DELAY = 24 * 3600.0
 CANCEL_TOPIC = "kops.delay.cancel"
 #: Compacted topic where forwarders publish per-tier lateness samples for ``delay status``.
 STATS_TOPIC = "kops.delay.stats"
+#: Dead letters of the delay queue: records whose target cannot take them (no such topic,
+#: record too large, not authorised), with the error in ``kops.dlq.*`` headers.
+DLQ_TOPIC = "kops.delay.dlq"
 #: Consumer group of every tier forwarder.
 FORWARDER_GROUP = "kops.delay.forwarders"
 
@@ -207,6 +221,28 @@ def _due_ms(delay: float | timedelta | None, deliver_at: datetime | None, now_ms
     return now_ms + math.ceil(seconds * 1000)
 
 
+# (id(producer), topic) -> monotonic time until which the topic is known to exist.
+_KNOWN_TARGETS: dict[tuple[int, str], float] = {}
+_KNOWN_FOR = 60.0
+
+
+def check_target_exists(producer: Producer, topic: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Raise :class:`kops.client.UnknownTopic` unless ``topic`` exists on the cluster.
+
+    A topic seen to exist is remembered for a minute per producer, so sending many records
+    costs one metadata request. Raises :class:`kops.client.BrokerUnavailable` when no broker
+    answers within ``timeout``.
+    """
+    key = (id(producer), topic)
+    now = time.monotonic()
+    if _KNOWN_TARGETS.get(key, 0.0) > now:
+        return
+    fetch_metadata(producer, ErrorWatch("the cluster"), timeout, topic)
+    if len(_KNOWN_TARGETS) > 10000:
+        _KNOWN_TARGETS.clear()
+    _KNOWN_TARGETS[key] = now + _KNOWN_FOR
+
+
 def send_delayed(
     producer: Producer,
     topic: str,
@@ -219,6 +255,7 @@ def send_delayed(
     tiers: DelayTiers | None = None,
     message_id: str | None = None,
     on_delivery: Callable[[Any, Any], None] | None = None,
+    check_target: bool = True,
 ) -> str:
     """Send a record to be delivered to ``topic`` after ``delay`` or at ``deliver_at``.
 
@@ -227,7 +264,14 @@ def send_delayed(
     Returns the message id: ``message_id`` if given, else the record's existing
     :data:`~kops.recipes.headers.MESSAGE_ID` header, else a new one. Like
     ``Producer.produce`` this only enqueues: call ``flush()``/``poll()`` and check
-    ``on_delivery`` for the outcome. Raises ValueError for a delay beyond ``tiers.max_delay``.
+    ``on_delivery`` for the outcome; a full local queue is waited out
+    (:func:`kops.produce.produce_with_room`), never dropped. Raises ValueError for a delay
+    beyond ``tiers.max_delay``.
+
+    ``topic`` must exist (:class:`kops.client.UnknownTopic` otherwise, checked once a minute
+    per producer) unless ``check_target=False``, e.g. for a topic created before the record
+    is due. A record whose target is missing when it falls due goes to the delay
+    dead-letter topic (:data:`DLQ_TOPIC`).
     """
     tiers = tiers or DelayTiers.parse()
     now = _now_ms()
@@ -235,6 +279,8 @@ def send_delayed(
     remaining = (due - now) / 1000
     if remaining > tiers.max_delay:
         raise ValueError(f"delay of {remaining:g}s is longer than the maximum {tiers.max_delay:g}s")
+    if check_target:
+        check_target_exists(producer, topic)
     msg_id = message_id or h.get(headers, h.MESSAGE_ID) or new_message_id()
     stamped = h.replace(
         headers,
@@ -251,7 +297,7 @@ def send_delayed(
         kwargs["key"] = key
     if on_delivery is not None:
         kwargs["on_delivery"] = on_delivery
-    producer.produce(dest, value, **kwargs)
+    produce_with_room(producer, dest, value, **kwargs)
     return msg_id
 
 
@@ -274,7 +320,7 @@ def cancel_delayed(
     kwargs: dict[str, Any] = {"key": message_id.encode()}
     if on_delivery is not None:
         kwargs["on_delivery"] = on_delivery
-    producer.produce(cancel_topic, value, **kwargs)
+    produce_with_room(producer, cancel_topic, value, **kwargs)
 
 
 def _tier_topic_config(tier_seconds: float, max_delay: float) -> dict[str, str]:
@@ -291,8 +337,10 @@ def ensure_tier_topics(
     *,
     cancel_topic: str | None = CANCEL_TOPIC,
     stats_topic: str | None = STATS_TOPIC,
+    dlq_topic: str | None = None,
 ) -> None:
-    """Create every tier topic, plus the compacted cancel and stats topics, when missing.
+    """Create every tier topic, plus the compacted cancel and stats topics and the delay
+    dead-letter topic (when named), when missing.
 
     Existing topics are left as they are. Pass ``cancel_topic=None``/``stats_topic=None`` to
     skip those.
@@ -306,6 +354,11 @@ def ensure_tier_topics(
         wanted.append(NewTopic(cancel_topic, num_partitions=1, config=compacted))
     if stats_topic:
         wanted.append(NewTopic(stats_topic, num_partitions=1, config=compacted))
+    if dlq_topic:
+        # Dead letters wait for an operator: keep them as long as tier records.
+        wanted.append(
+            NewTopic(dlq_topic, num_partitions=1, config=_tier_topic_config(0, tiers.max_delay))
+        )
     if isinstance(admin_or_bootstrap, AdminClient):
         _create_missing_raw(admin_or_bootstrap, wanted)
         return

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import NewTopic, OffsetSpec
+from confluent_kafka.admin import NewTopic
 
-from kops.admin import is_internal_topic
+from kops.admin import is_internal_topic, offsets_for_time, watermarks
 from kops.client import AdminSession, ClientSettings, UnknownTopic
 from kops.consume import StartAt, consume
 from kops.recipes.dlq.records import (
@@ -43,20 +43,6 @@ class DlqTopic:
             "records": self.records,
             "detected_by": self.detected_by,
         }
-
-
-def offsets(admin: AdminSession, tps: list[TopicPartition], spec: OffsetSpec) -> dict:
-    """``{(topic, partition): offset}`` for ``spec`` (earliest, latest) in one request."""
-    if not tps:
-        return {}
-    futures = admin.client.list_offsets(
-        {TopicPartition(tp.topic, tp.partition): spec for tp in tps},
-        request_timeout=admin.request_timeout,
-    )
-    return {
-        (tp.topic, tp.partition): max(admin.wait(f, "list offsets", tp.topic).offset, 0)
-        for tp, f in futures.items()
-    }
 
 
 def _newest_headers(
@@ -97,9 +83,7 @@ def list_dlq_topics(
             for name, t in md.topics.items()
             if not is_internal_topic(name) and not name.endswith(REPLAYED_SUFFIX)
         }
-        tps = [TopicPartition(n, p) for n in names for p in md.topics[n].partitions]
-        starts = offsets(admin, tps, OffsetSpec.earliest())
-        ends = offsets(admin, tps, OffsetSpec.latest())
+        starts, ends = watermarks(admin, [(n, p) for n in names for p in md.topics[n].partitions])
     by_name = {n for n in names if looks_like_dlq(n)}
     by_headers: set[str] = set()
     if scan_headers:
@@ -276,27 +260,28 @@ def _exact_cuts(
 
 
 def purge(
-    target: ClientSettings | str, topic: str, *, before_ms: int | None = None
+    target: ClientSettings | str,
+    topic: str,
+    *,
+    before_ms: int | None = None,
+    dry_run: bool = False,
 ) -> list[PurgeResult]:
     """Delete dead letters with DeleteRecords: all of them (``before_ms=None``), or those
-    older than ``before_ms`` (everything before the first record at or after it)."""
+    older than ``before_ms`` (everything before the first record at or after it).
+
+    ``dry_run``: delete nothing; ``start_after`` is where each log start would move."""
     settings = ClientSettings.of(target)
     with AdminSession(settings) as admin:
         md = admin.metadata(topic)
         tps = [TopicPartition(topic, p) for p in sorted(md.topics[topic].partitions)]
-        starts = offsets(admin, tps, OffsetSpec.earliest())
-        ends = offsets(admin, tps, OffsetSpec.latest())
+        keys = [(topic, tp.partition) for tp in tps]
+        starts, ends = watermarks(admin, keys)
         cut = dict(ends)
         if before_ms is not None:
-            futures = admin.client.list_offsets(
-                {tp: OffsetSpec.for_timestamp(before_ms) for tp in tps},
-                request_timeout=admin.request_timeout,
-            )
-            for tp, fut in futures.items():
-                off = admin.wait(fut, "list offsets", topic).offset
-                # -1: no record at or after the time, so every record is older.
-                if off >= 0:
-                    cut[(topic, tp.partition)] = off
+            for key, off in offsets_for_time(admin, keys, before_ms).items():
+                # None: no record at or after the time, so every record is older.
+                if off is not None:
+                    cut[key] = off
             cut = _exact_cuts(settings, topic, cut, ends, before_ms)
         todo = [
             TopicPartition(topic, p, cut[(topic, p)])
@@ -304,7 +289,9 @@ def purge(
             if cut[(topic, p)] > starts[(topic, p)]
         ]
         after = dict(starts)
-        if todo:
+        if dry_run:
+            after.update({(topic, tp.partition): tp.offset for tp in todo})
+        elif todo:
             futures = admin.client.delete_records(
                 todo, request_timeout=admin.request_timeout, operation_timeout=admin.request_timeout
             )

@@ -48,11 +48,81 @@ def replay_state_topic(dlq_topic: str) -> str:
 
 
 def exception_name(exc: BaseException) -> str:
-    """``ValueError`` for builtins, else ``package.module.QualName``."""
+    """``ValueError`` for builtins and classes of the script being run (``__main__``), else
+    ``package.module.QualName``."""
     cls = type(exc)
-    if cls.__module__ == "builtins":
+    if cls.__module__ in ("builtins", "__main__"):
         return cls.__qualname__
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def display_class(name: str | None) -> str | None:
+    """A class name as shown and grouped: ``__main__.`` (a script's own module, which says
+    nothing about where the class lives) is dropped."""
+    if name is None:
+        return None
+    name = name.strip()
+    return name.removeprefix("__main__.") or None
+
+
+#: Exceptions that only wrap the real one: grouped and filtered by their cause instead.
+#: Spring wraps every listener failure in ListenerExecutionFailedException; Kafka Connect
+#: and plain Java wrap in ConnectException, ExecutionException and the like.
+WRAPPER_CLASSES = frozenset(
+    {
+        "org.springframework.kafka.listener.ListenerExecutionFailedException",
+        "org.springframework.kafka.listener.TimestampedException",
+        "org.springframework.messaging.MessagingException",
+        "org.springframework.messaging.converter.MessageConversionException",
+        "org.apache.kafka.connect.errors.ConnectException",
+        "java.util.concurrent.ExecutionException",
+        "java.util.concurrent.CompletionException",
+        "java.lang.reflect.InvocationTargetException",
+        "java.lang.reflect.UndeclaredThrowableException",
+    }
+)
+_WRAPPER_SIMPLE_NAMES = frozenset(n.rsplit(".", 1)[-1] for n in WRAPPER_CLASSES)
+
+
+def is_wrapper(name: str | None) -> bool:
+    """True for an exception class that only wraps its cause (by full or simple name)."""
+    if not name:
+        return False
+    return name in WRAPPER_CLASSES or name.rsplit(".", 1)[-1] in _WRAPPER_SIMPLE_NAMES
+
+
+_CAUSED_BY = "Caused by: "
+
+
+def _stack_causes(stacktrace: str | None) -> list[tuple[str, str | None]]:
+    """``(class, message)`` of each ``Caused by:`` line of a Java stack trace, outermost
+    first."""
+    out: list[tuple[str, str | None]] = []
+    for line in (stacktrace or "").splitlines():
+        line = line.strip()
+        if not line.startswith(_CAUSED_BY):
+            continue
+        cls, sep, message = line[len(_CAUSED_BY) :].partition(":")
+        cls = cls.strip()
+        if cls and " " not in cls:
+            out.append((cls, message.strip() if sep else None))
+    return out
+
+
+def _unwrap(
+    top: str | None, message: str | None, cause_header: str | None, stacktrace: str | None
+) -> tuple[str | None, str | None, str | None]:
+    """``(class, message, wrapper)``: the first exception of the cause chain that is not a
+    mere wrapper (Spring's cause header first, then the stack trace's ``Caused by:``)."""
+    if not is_wrapper(top):
+        return top, message, None
+    chain = _stack_causes(stacktrace)
+    if cause_header and (not chain or chain[0][0] != cause_header):
+        chain.insert(0, (cause_header, None))
+    for cls, cause_message in chain:
+        if not is_wrapper(cls):
+            return cls, cause_message or message, top
+    return top, message, None
 
 
 def _clip(text: str, limit: int) -> str:
@@ -162,6 +232,22 @@ class DeadLetter:
 
     @classmethod
     def from_record(cls, record: ConsumedRecord) -> DeadLetter:
+        """Read any format; the exception is the real cause (wrappers such as Spring's
+        ListenerExecutionFailedException unwrapped, the wrapper kept in ``extra``)."""
+        dl = cls._parse(record)
+        name, message, wrapper = _unwrap(
+            display_class(dl.exception_class),
+            dl.exception_message,
+            display_class(dl.extra.get("cause_class")),
+            dl.stacktrace,
+        )
+        dl.exception_class, dl.exception_message = name, message
+        if wrapper is not None:
+            dl.extra["wrapper_class"] = wrapper
+        return dl
+
+    @classmethod
+    def _parse(cls, record: ConsumedRecord) -> DeadLetter:
         hs = record.headers
         if _raw(hs, h.DLQ_EXCEPTION_CLASS) is not None or _raw(hs, h.DLQ_ORIGINAL_TOPIC):
             return cls(
@@ -229,9 +315,29 @@ class DeadLetter:
         return cls(record, "unknown")
 
     def matches_exception(self, name: str) -> bool:
-        """``name`` is the full class name or its last dotted part (``ValueError``)."""
-        cls_name = self.exception_class or ""
-        return cls_name == name or cls_name.endswith("." + name)
+        """``name`` (any case) is the class's qualified name, its simple name
+        (``ValueError``, Java's ``Outer$Inner`` -> ``Inner``) or a dotted tail of it
+        (``errors.DataException``). The real cause is matched, and a wrapper it came in."""
+        wanted = (display_class(name) or "").lower()
+        if not wanted:
+            return False
+        for candidate in (self.exception_class, self.extra.get("wrapper_class")):
+            if not candidate:
+                continue
+            full = candidate.lower()
+            if full == wanted or full.endswith(("." + wanted, "$" + wanted)):
+                return True
+        return False
+
+    @property
+    def origin(self) -> str | None:
+        """``topic/partition@offset`` the record was first consumed from (``?`` for an
+        unknown part), or None when the dead letter does not say."""
+        if self.original_topic is None and self.original_offset is None:
+            return None
+        part = "?" if self.original_partition is None else self.original_partition
+        off = "?" if self.original_offset is None else self.original_offset
+        return f"{self.original_topic or '?'}/{part}@{off}"
 
     def to_dict(self, *, preview: int = 1024) -> dict[str, Any]:
         r = self.record
@@ -253,6 +359,7 @@ class DeadLetter:
             "original_partition": self.original_partition,
             "original_offset": self.original_offset,
             "original_timestamp": self.original_timestamp_ms,
+            "origin": self.origin,
             "group": self.group,
             "exception_class": self.exception_class,
             "exception_message": self.exception_message,

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import OffsetSpec
+from confluent_kafka import KafkaException, Producer
 
+from kops.admin import watermarks
 from kops.client import (
     AdminSession,
     ClientSettings,
@@ -23,7 +23,7 @@ from kops.client import (
     translate_error,
 )
 from kops.recipes import headers as h
-from kops.recipes.dlq.ops import ensure_state_topic, load_markers, offsets
+from kops.recipes.dlq.ops import ensure_state_topic, load_markers
 from kops.recipes.dlq.records import (
     BOOKKEEPING_PREFIXES,
     DLQ_PREFIXES,
@@ -31,6 +31,7 @@ from kops.recipes.dlq.records import (
     read_dead_letters,
     replay_state_topic,
 )
+from kops.recipes.pacing import Pacer
 
 # --------------------------------------------------------------------------- replay
 
@@ -61,7 +62,11 @@ class ReplayReport:
     dry_run: bool
     scanned: int = 0
     matched: int = 0
+    #: Sent (in a dry run: would be sent).
     replayed: int = 0
+    #: Matching, not replayed before, but left for a later run by ``limit``.
+    over_limit: int = 0
+    limit: int | None = None
     already_replayed: int = 0
     in_doubt: int = 0
     no_target: int = 0
@@ -73,31 +78,38 @@ class ReplayReport:
     planned: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """A dry run says ``would_replay`` (and lists ``planned``), never ``replayed``."""
         out = {k: v for k, v in self.__dict__.items() if k not in ("targets", "planned")}
         out["targets"] = dict(self.targets)
         if self.dry_run:
+            out["would_replay"] = out.pop("replayed")
             out["planned"] = self.planned
+            out["planned_truncated"] = len(self.planned) < self.replayed
         return out
 
-
-class _Pacer:
-    """Record i goes out no earlier than start + i / rate (no bursts, so N records take at
-    least (N-1)/rate seconds)."""
-
-    def __init__(self, rate: float | None, stop: threading.Event):
-        self.interval = 1.0 / rate if rate else 0.0
-        self.start: float | None = None
-        self.sent = 0
-        self.stop = stop
-
-    def wait(self) -> None:
-        now = time.monotonic()
-        if self.start is None:
-            self.start = now
-        due = self.start + self.sent * self.interval
-        if due > now:
-            self.stop.wait(due - now)
-        self.sent += 1
+    def summary(self) -> str:
+        """One line: what was (or would be) replayed, out of how many, and why not the rest."""
+        verb = "would replay" if self.dry_run else "replayed"
+        matching = f"{self.matched} matching dead letter{'s' * (self.matched != 1)}"
+        line = f"{verb} {self.replayed} of {matching}"
+        if self.targets:
+            line += " to " + ", ".join(f"{t} ({n})" for t, n in self.targets.most_common())
+        line += f" in {self.seconds:.1f}s"
+        notes = []
+        if self.over_limit:
+            notes.append(
+                f"{self.over_limit} more left by --limit {self.limit} "
+                f"({'would be' if self.dry_run else 'to be'} replayed by a later run)"
+            )
+        if self.already_replayed:
+            notes.append(f"{self.already_replayed} already replayed")
+        if self.in_doubt:
+            notes.append(f"{self.in_doubt} in doubt (see --include-in-doubt)")
+        if self.no_target:
+            notes.append(f"{self.no_target} without an original topic (use --to)")
+        if self.stopped:
+            notes.append("stopped early")
+        return line + (f"; {', '.join(notes)}" if notes else "")
 
 
 def _replay_headers(dl: DeadLetter, dlq_topic: str, to_original: bool) -> list:
@@ -123,7 +135,7 @@ class _Replayer:
         self.settings = settings = admin.settings
         self.dlq_topic = dlq_topic
         self.state_topic = replay_state_topic(dlq_topic)
-        self.pacer = _Pacer(rate, stop)
+        self.pacer = Pacer(rate, stop=stop)
         self.batch_size = max(1, math.ceil(rate / 10)) if rate else 500
         self.batch: list[tuple[DeadLetter, str]] = []
         self.partitions: dict[str, int] = {}
@@ -171,7 +183,7 @@ class _Replayer:
             self._mark(dl.marker_key, "started", target)
         self._flush()
         for dl, target in self.batch:
-            self.pacer.wait()
+            self.pacer.pace()
             to_original = target == dl.original_topic
             kwargs: dict[str, Any] = {"headers": _replay_headers(dl, self.dlq_topic, to_original)}
             if dl.record.key is not None:
@@ -220,14 +232,12 @@ def replay(
     stop = stop or threading.Event()
     settings = ClientSettings.of(target)
     where = where or ReplayFilter()
-    report = ReplayReport(dlq_topic, dry_run)
+    report = ReplayReport(dlq_topic, dry_run, limit=limit)
     started = time.monotonic()
     admin = AdminSession(settings)
     md = admin.metadata(dlq_topic)
-    tps = [TopicPartition(dlq_topic, p) for p in md.topics[dlq_topic].partitions]
-    total = sum(offsets(admin, tps, OffsetSpec.latest()).values()) - sum(
-        offsets(admin, tps, OffsetSpec.earliest()).values()
-    )
+    starts, ends = watermarks(admin, [(dlq_topic, p) for p in md.topics[dlq_topic].partitions])
+    total = sum(ends.values()) - sum(starts.values())
     markers = load_markers(settings, dlq_topic)
     replayer = None
     if not dry_run:
@@ -254,7 +264,9 @@ def replay(
                 report.no_target += 1
                 continue
             if limit is not None and report.replayed >= limit:
-                break
+                # Keep scanning, so "N of M matching" counts every match, not the first N.
+                report.over_limit += 1
+                continue
             report.replayed += 1
             report.targets[dest] += 1
             if replayer is None:

@@ -37,6 +37,10 @@ The fan-out assigns the source partitions itself rather than joining the group: 
 after a crash resumes at once, instead of waiting for the dead member's session to time out.
 It refuses to start while the group has active members (stop the group's old consumers
 first: both would process the backlog). Run one fan-out per group at a time.
+
+A group with no committed offsets on the source has no backlog to resume: the fan-out
+refuses it unless given a ``start`` (``"earliest"``: the whole topic, ``"latest"``: only new
+records, or a time), rather than silently forwarding the whole topic.
 """
 
 from kops.recipes.fanout.forward import (
@@ -47,6 +51,7 @@ from kops.recipes.fanout.forward import (
     fanout,
     murmur2,
     parse_metadata,
+    parse_start,
     partition_for_key,
     print_record,
 )
@@ -63,6 +68,7 @@ __all__ = [
     "fanout",
     "murmur2",
     "parse_metadata",
+    "parse_start",
     "partition_for_key",
     "print_record",
 ]

@@ -14,6 +14,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from kops import admin
+from kops.admin import offsets_for_time, watermarks
 from kops.client import (
     AdminSession,
     ClientSettings,
@@ -23,9 +24,12 @@ from kops.client import (
     fetch_metadata,
     translate_error,
 )
+from kops.produce import produce_with_room
 from kops.recipes import headers as h
-from kops.recipes.offsets import describe_group
+from kops.recipes.offsets import committed_offsets, describe_group
+from kops.recipes.pacing import Pacer
 from kops.recipes.parallel import OffsetTracker
+from kops.timeparse import parse_timestamp
 
 __all__ = [
     "METADATA_PREFIX",
@@ -35,6 +39,7 @@ __all__ = [
     "fanout",
     "murmur2",
     "parse_metadata",
+    "parse_start",
     "partition_for_key",
 ]
 
@@ -44,6 +49,30 @@ log = logging.getLogger(__name__)
 METADATA_PREFIX = "kops-fanout:"
 
 TP = tuple[str, int]
+
+#: Where partitions without a committed offset start: "earliest", "latest" or epoch ms.
+Start = str | int
+
+
+def parse_start(start: Start | None) -> Start | None:
+    """``"earliest"``/``"latest"`` (also ``beginning``/``end``), epoch ms, or a time as
+    :func:`kops.timeparse.parse_timestamp` reads it (ISO-8601, ``2h`` ago) -> ``"earliest"``,
+    ``"latest"`` or epoch ms. None stays None (resume from commits only)."""
+    if start is None:
+        return None
+    if isinstance(start, int) and not isinstance(start, bool):
+        if start < 0:
+            raise KopsClientError(f"start time must not be negative, got {start}")
+        return start
+    text = str(start).strip().lower()
+    if text in ("earliest", "beginning"):
+        return "earliest"
+    if text in ("latest", "end"):
+        return "latest"
+    try:
+        return parse_timestamp(str(start))
+    except ValueError as exc:
+        raise KopsClientError(f"start: {exc}; or 'earliest' or 'latest'") from None
 
 
 # --------------------------------------------------------------------------- partitioning
@@ -151,6 +180,13 @@ class BacklogFanout:
     (``create``), and an existing target must have exactly that many (a different count would
     move keys mid-stream). ``rate``: records per second at most. ``drain_group``: recorded in
     the commit metadata so ``kops backlog status`` can find the drain consumers' lag.
+
+    ``start``: where source partitions without a committed offset begin: ``"earliest"`` (the
+    whole retained log), ``"latest"`` (only records produced from now on) or a time (epoch ms,
+    ISO-8601, ``2h`` ago: the first record at or after it). Partitions with a committed offset
+    always resume from it. Without ``start``, a group with no committed offset on the source
+    is refused: the fan-out would otherwise forward the whole topic, which is rarely the
+    backlog meant.
     """
 
     def __init__(
@@ -162,6 +198,7 @@ class BacklogFanout:
         partitions: int = 64,
         *,
         rate: float | None = None,
+        start: Start | None = None,
         drain_group: str | None = None,
         create: bool = True,
         replication_factor: int | None = None,
@@ -183,6 +220,7 @@ class BacklogFanout:
         self.target = target
         self.partitions = partitions
         self.rate = rate
+        self.start = parse_start(start)
         self.drain_group = drain_group
         self.create = create
         self.replication_factor = replication_factor
@@ -217,30 +255,60 @@ class BacklogFanout:
         """Check the source and group; create the target if missing (True when created) and
         check its partition count."""
         with AdminSession(self.settings) as session:
-            session.metadata(self.source)  # UnknownTopic for a missing source, up front
-            info = describe_group(session, self.group)
-            if info.members:
-                raise KopsClientError(
-                    f"group {self.group!r} has {len(info.members)} active member(s): stop its "
-                    "consumers first, the fan-out takes over its backlog (members that were "
-                    "killed leave when their session times out)"
-                )
+            source_md = session.metadata(self.source)  # UnknownTopic for a missing source
+            self._check_no_members(session)
             try:
                 md = session.metadata(self.target)
             except UnknownTopic:
                 md = None
-        if md is None:
-            if not self.create:
+            if md is not None:
+                count = len(md.topics[self.target].partitions)
+                if count != self.partitions:
+                    raise KopsClientError(
+                        f"target topic {self.target!r} has {count} partitions, not "
+                        f"{self.partitions}: pass --partitions {count} or choose another target"
+                    )
+            elif not self.create:
                 raise UnknownTopic(f"unknown topic {self.target!r} (and create is off)")
+            if self.start is None:
+                self._check_committed(session, sorted(source_md.topics[self.source].partitions))
+        if md is None:
             admin.create_topic(self.settings, self.target, self.partitions, self.replication_factor)
             return True
-        count = len(md.topics[self.target].partitions)
-        if count != self.partitions:
-            raise KopsClientError(
-                f"target topic {self.target!r} has {count} partitions, not {self.partitions}: "
-                f"pass --partitions {count} or choose another target"
-            )
         return False
+
+    def _check_no_members(self, session: AdminSession) -> None:
+        info = describe_group(session, self.group)
+        if info.members:
+            raise KopsClientError(
+                f"group {self.group!r} has {len(info.members)} active member(s): stop its "
+                "consumers first, the fan-out takes over its backlog (members that were "
+                "killed leave when their session times out)"
+            )
+
+    def check_start(self) -> None:
+        """Check the source and group before :meth:`run` (which checks again): raise when
+        the group has active members, or (code ``NO_COMMITTED_OFFSETS``) when no ``start``
+        is given and the group has no committed offset on the source."""
+        with AdminSession(self.settings) as session:
+            md = session.metadata(self.source)
+            self._check_no_members(session)
+            if self.start is None:
+                self._check_committed(session, sorted(md.topics[self.source].partitions))
+
+    def _check_committed(self, session: AdminSession, partitions: list[int]) -> None:
+        """Refuse a group with no committed offset on the source when no start is given."""
+        keys = [(self.source, p) for p in partitions]
+        if any(off is not None for off in committed_offsets(session, self.group, keys).values()):
+            return
+        starts, ends = watermarks(session, keys)
+        total = sum(max(ends[k] - starts[k], 0) for k in keys)
+        raise KopsClientError(
+            f"group {self.group!r} has no committed offsets on {self.source!r}, so there is no "
+            f"backlog to resume: give a start (earliest: the whole topic, {total} "
+            f"record{'s' * (total != 1)}; latest: only new records; or a time)",
+            code="NO_COMMITTED_OFFSETS",
+        )
 
     def target_partition(self, key: bytes | None, source_partition: int) -> int:
         if key is None:
@@ -266,7 +334,12 @@ class BacklogFanout:
         if not new:
             return
         committed = consumer.committed(new, timeout=self.settings.timeout)
+        # ``start`` is for the partitions found at start; one added to the source later is
+        # read from its beginning (all of it is new).
+        initial = not self._ends
+        by_time = self._start_by_time([tp for tp in committed if tp.offset < 0]) if initial else {}
         backlog = 0
+        chosen: list[TopicPartition] = []
         for tp in committed:
             if tp.error is not None:
                 raise translate_error(
@@ -275,16 +348,35 @@ class BacklogFanout:
             low, high = consumer.get_watermark_offsets(
                 TopicPartition(tp.topic, tp.partition), timeout=self.settings.timeout
             )
-            # A committed offset below the log start (retention deleted records) starts at
-            # the log start, as auto.offset.reset=earliest would.
-            start = max(tp.offset, low) if tp.offset >= 0 else low
             key = (tp.topic, tp.partition)
+            # A committed offset below the log start (retention deleted records) starts at
+            # the log start, as auto.offset.reset=earliest would. Uncommitted partitions
+            # start where ``start`` says (a partition added later, without one: its start).
+            if tp.offset >= 0:
+                start = max(tp.offset, low)
+            elif initial and self.start == "latest":
+                start = high
+            elif key in by_time:
+                found = by_time[key]
+                start = high if found is None else min(max(found, low), high)
+            else:
+                start = low
             self._ends[key] = high
             self._starts[key] = start
             backlog += max(high - start, 0)
             if tp.offset >= 0:
                 self._committed[key] = tp.offset
+            elif initial and self.start is not None:
+                chosen.append(TopicPartition(tp.topic, tp.partition, start, self._metadata))
             tp.offset = start
+        if chosen:
+            # Commit where ``start`` put the uncommitted partitions, so a restart resumes
+            # there (a "latest" fan-out restarted later must not skip what came meanwhile).
+            try:
+                consumer.commit(offsets=chosen, asynchronous=False)
+            except KafkaException as exc:
+                raise translate_error(exc, "commit", self.group) from exc
+            self._committed.update({(t.topic, t.partition): t.offset for t in chosen})
         consumer.incremental_assign(committed)
         self._backlog = (self._backlog or 0) + backlog
         log.info(
@@ -293,6 +385,14 @@ class BacklogFanout:
             [p.partition for p in new],
             backlog,
         )
+
+    def _start_by_time(self, uncommitted: list[TopicPartition]) -> dict[TP, int | None]:
+        """For a time ``start``: the first offset at or after it per uncommitted partition."""
+        if not isinstance(self.start, int) or not uncommitted:
+            return {}
+        with AdminSession(self.settings) as session:
+            keys = [(tp.topic, tp.partition) for tp in uncommitted]
+            return offsets_for_time(session, keys, self.start)
 
     # -- delivery and commits
 
@@ -392,6 +492,8 @@ class BacklogFanout:
             )
         )
         consumer = Consumer(self.settings.consumer_config(self.group, watch))
+        # Delivery callbacks keep running while the pacer waits (it polls the producer).
+        pacer = Pacer(self.rate, wait=producer.poll, stop=self._stop)
         started = time.monotonic()
         next_commit = started + self.commit_interval
         next_progress = started
@@ -406,7 +508,7 @@ class BacklogFanout:
                         if err.code() == KafkaError._PARTITION_EOF or err.retriable():
                             continue
                         raise translate_error(KafkaException(err), "consume", self.source)
-                    self._pace(producer, started)
+                    pacer.pace()
                     self._forward(producer, msg)
                 producer.poll(0)
                 self._raise_failure()
@@ -459,25 +561,9 @@ class BacklogFanout:
         }
         if ts_type and ts >= 0:
             kwargs["timestamp"] = ts  # keep the original time (lag-in-seconds stays true)
-        while True:
-            try:
-                producer.produce(self.target, **kwargs)
-                break
-            except BufferError:
-                producer.poll(0.1)  # local queue full: let deliveries drain it
-                self._raise_failure()
+        # Local queue full: serve deliveries until there is room (never drops the record).
+        produce_with_room(producer, self.target, on_full=self._raise_failure, **kwargs)
         self._sent += 1
-
-    def _pace(self, producer: Producer, started: float) -> None:
-        if self.rate is None:
-            return
-        # The n-th record may leave at started + n / rate; wait in short slices so
-        # delivery callbacks keep running.
-        while True:
-            wait = started + self._sent / self.rate - time.monotonic()
-            if wait <= 0 or self._stop.is_set():
-                return
-            producer.poll(min(wait, 0.05))
 
     def _progress(self, started: float) -> FanoutProgress:
         elapsed = time.monotonic() - started

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions
-from confluent_kafka.admin import OffsetSpec
 
+from kops.admin import watermarks
 from kops.client import AdminSession, ClientSettings, KopsClientError, UnknownTopic
 from kops.recipes.fanout.forward import parse_metadata
 from kops.recipes.lag import GroupLag, LagMonitor
-from kops.recipes.offsets import log_offsets, topic_partitions
+from kops.recipes.offsets import topic_partitions
 
 __all__ = ["BacklogStatus", "Side", "backlog_status"]
 
@@ -170,9 +170,8 @@ def backlog_status(
             else:
                 partitions = len(parts)
                 keys = [(target, p) for p in parts]
-                starts = log_offsets(session, keys, OffsetSpec.earliest())
-                ends = log_offsets(session, keys, OffsetSpec.latest())
-                forwarded = sum((ends[k] or 0) - (starts[k] or 0) for k in keys)
+                starts, ends = watermarks(session, keys)
+                forwarded = sum(ends[k] - starts[k] for k in keys)
 
     groups = [group]
     if drain_group:
@@ -234,8 +233,7 @@ def _count_not_started(session: AdminSession, side: Side, topics: list[str]) -> 
     missing = [(t, p) for t in topics for p in topic_partitions(session, t) if (t, p) not in seen]
     if not missing:
         return
-    starts = log_offsets(session, missing, OffsetSpec.earliest())
-    ends = log_offsets(session, missing, OffsetSpec.latest())
-    side.not_started = sum(max((ends[k] or 0) - (starts[k] or 0), 0) for k in missing)
+    starts, ends = watermarks(session, missing)
+    side.not_started = sum(max(ends[k] - starts[k], 0) for k in missing)
     if side.not_started and not side.topics:
         side.topics = sorted(topics)

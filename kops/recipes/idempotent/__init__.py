@@ -68,6 +68,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from kops.errors import KopsError
 from kops.recipes.idempotent.records import KeyFunction, Record, as_record, message_id
 from kops.recipes.idempotent.stores import (
     Busy,
@@ -102,7 +103,7 @@ DEFAULT_LEASE = 30.0
 DEFAULT_TTL = 7 * 86400.0
 
 
-class MessageBusy(Exception):
+class MessageBusy(KopsError):
     """Another live consumer holds the message and ``busy="raise"`` (or the wait timed out)."""
 
 

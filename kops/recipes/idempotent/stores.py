@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from kops.errors import KopsError
+
 __all__ = [
     "Busy",
     "Claim",
@@ -101,7 +103,7 @@ class Transaction:
     duplicate: bool
 
 
-class Busy(Exception):
+class Busy(KopsError):
     """The key is leased by a live claim elsewhere (raised by the transactional path)."""
 
 

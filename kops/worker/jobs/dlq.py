@@ -10,15 +10,14 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from kops.recipes.delay import DEFAULT_MAX_DELAY, DEFAULT_TEMPLATE, DelayTiers
 from kops.recipes.dlq.replay import ReplayFilter, replay
+from kops.worker.jobs.call import load_callable
 from kops.worker.registry import JobContext, RecipeError, take_options
 
 __all__ = ["dlq_replay_job", "retry_consumer_job"]
@@ -49,7 +48,7 @@ class RetryConsumerJob:
 
 
 def retry_consumer_job(options: dict[str, Any], context: JobContext) -> RetryConsumerJob:
-    from kops.recipes.retry import RetryPolicy, import_object
+    from kops.recipes.retry import RetryPolicy
 
     kind = context.kind
     allowed = {"topics", "group", "handler", "python_path", "retry", "batch_size", "consumer"}
@@ -57,15 +56,11 @@ def retry_consumer_job(options: dict[str, Any], context: JobContext) -> RetryCon
     opts = take_options(options, allowed, kind, required={"topics", "group", "handler"})
     if context.periodic:
         raise RecipeError(f"{kind} is long-running: remove every/cron")
-    paths = opts.get("python_path", [])
-    for entry in [paths] if isinstance(paths, str) else paths:
-        # Relative to the recipe file, so a recipe can name handlers next to it.
-        base = context.recipe.parent if context.recipe is not None else Path.cwd()
-        path = str((base / entry).resolve())
-        if path not in sys.path:
-            sys.path.insert(0, path)
+    # python_path is relative to the recipe file, so a recipe can name handlers next to it.
+    handler = load_callable(
+        opts["handler"], f"{kind}: handler", python_path=opts.get("python_path"), context=context
+    )
     try:
-        handler = import_object(str(opts["handler"]))
         policy = RetryPolicy.from_dict(opts.get("retry", {}))
         tiers = DelayTiers.parse(
             opts.get("tiers"),
@@ -74,8 +69,6 @@ def retry_consumer_job(options: dict[str, Any], context: JobContext) -> RetryCon
         )
     except (ImportError, AttributeError, ValueError, TypeError) as exc:
         raise RecipeError(f"{kind}: {exc}") from None
-    if not callable(handler):
-        raise RecipeError(f"{kind}: handler {opts['handler']!r} is not callable")
     topics = opts["topics"]
     kwargs = {
         "topics": [topics] if isinstance(topics, str) else list(topics),
@@ -120,10 +113,6 @@ def dlq_replay_job(options: dict[str, Any], context: JobContext) -> Callable[[],
             rate=rate or None, limit=None if limit is None else int(limit),
             include_in_doubt=bool(opts.get("include_in_doubt", False)), stop=context.stop,
         )  # fmt: skip
-        context.log.info(
-            "%s: replayed %d of %d matching dead letters from %s (%d already replayed, "
-            "%d in doubt)%s", context.name, report.replayed, report.matched, report.dlq,
-            report.already_replayed, report.in_doubt, " - stopped early" if report.stopped else "",
-        )  # fmt: skip
+        context.log.info("%s: %s: %s", context.name, report.dlq, report.summary())
 
     return run

@@ -3,6 +3,9 @@
 Options of its ``[[job]]`` table (``recipes/backlog-fanout.toml`` documents them for users):
 
 - ``from``, ``group``, ``to`` (required): source topic, source group, target topic;
+- ``start``: where partitions the group never committed begin, ``"earliest"``, ``"latest"``
+  or a time (ISO-8601, epoch ms, ``"2h"`` ago); required when the group has no committed
+  offsets on the source (the job refuses rather than forward the whole topic);
 - ``partitions`` (64), ``rate`` (records/s, unlimited), ``create`` (true),
   ``replication_factor``, ``until_caught_up`` (false: keep following the source);
 - ``drain_consumers`` (0): consumers of the target started by the job, each a
@@ -19,7 +22,6 @@ Wired as ``"backlog-fanout": "kops.worker.jobs.fanout:backlog_fanout_job"`` in
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +29,9 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
+from kops.client import KopsClientError
 from kops.recipes.fanout.forward import BacklogFanout
+from kops.worker.jobs.call import load_callable
 from kops.worker.registry import JobContext, RecipeError, take_options
 
 __all__ = ["BacklogFanoutJob", "backlog_fanout_job"]
@@ -38,6 +42,7 @@ _ALLOWED = {
     "to",
     "partitions",
     "rate",
+    "start",
     "create",
     "replication_factor",
     "until_caught_up",
@@ -78,7 +83,14 @@ class BacklogFanoutJob:
         from kops.recipes.parallel import ParallelConsumer
 
         log = self.context.log
-        self.fanout.ensure_target()  # the drain consumers subscribe to it right away
+        try:
+            self.fanout.ensure_target()  # the drain consumers subscribe to it right away
+        except KopsClientError as exc:
+            if exc.code != "NO_COMMITTED_OFFSETS":
+                raise
+            raise RecipeError(
+                f"{self.context.name}: {exc} with start = 'earliest', 'latest' or a time"
+            ) from None
         failed = threading.Event()
         drains = []
         for _ in range(self.drain_consumers):
@@ -140,7 +152,14 @@ def backlog_fanout_job(options: dict[str, Any], context: JobContext) -> BacklogF
     drain_group = str(opts.get("drain_group") or f"{opts['to']}.drain")
     handler = None
     if drain_consumers:
-        handler = _load_handler(opts, base, kind)
+        if "drain_handler" not in opts:
+            raise RecipeError(f"{kind}: drain_consumers needs drain_handler = 'module:function'")
+        handler = load_callable(
+            opts["drain_handler"],
+            f"{kind}: drain_handler",
+            python_path=opts.get("python_path"),
+            context=context,
+        )
         if opts.get("dedup"):
             from kops.recipes.idempotent import Idempotent
 
@@ -157,11 +176,12 @@ def backlog_fanout_job(options: dict[str, Any], context: JobContext) -> BacklogF
             str(opts["to"]),
             int(opts.get("partitions", 64)),
             rate=None if rate is None else float(rate),
+            start=opts.get("start"),
             drain_group=drain_group,
             create=bool(opts.get("create", True)),
             replication_factor=opts.get("replication_factor"),
         )
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, KopsClientError) as exc:
         raise RecipeError(f"{kind}: {exc}") from None
     return BacklogFanoutJob(
         context,
@@ -172,22 +192,3 @@ def backlog_fanout_job(options: dict[str, Any], context: JobContext) -> BacklogF
         drain_group=drain_group,
         handler=handler,
     )
-
-
-def _load_handler(opts: dict[str, Any], base: Path, kind: str) -> Callable[[Any], Any]:
-    from kops.recipes.retry import import_object
-
-    if "drain_handler" not in opts:
-        raise RecipeError(f"{kind}: drain_consumers needs drain_handler = 'module:function'")
-    paths = opts.get("python_path", [])
-    for entry in [paths] if isinstance(paths, str) else paths:
-        path = str((base / entry).resolve())
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    try:
-        handler = import_object(str(opts["drain_handler"]))
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise RecipeError(f"{kind}: drain_handler: {exc}") from None
-    if not callable(handler):
-        raise RecipeError(f"{kind}: drain_handler {opts['drain_handler']!r} is not callable")
-    return handler

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -20,19 +19,16 @@ from confluent_kafka import Consumer, KafkaException
 from kio.serial import entity_reader
 
 from kops.protocol.messages import encode_request, response_type
+from kops.testing import wait_until as _wait_until
 
 FAST = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
 
 
 def wait_until(
     predicate: Callable[[], object], timeout: float = 20, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+) -> object:
+    """:func:`kops.testing.wait_until` with these tests' defaults (20 s) and ``what``."""
+    return _wait_until(predicate, timeout, message=what)
 
 
 class GroupMember:

@@ -10,6 +10,7 @@ from pathlib import Path
 import cramjam
 import pytest
 
+from kops.broker.housekeeping import compact_all_async
 from kops.broker.log import InvalidRecordError, LogConfig, LogManager, PartitionLog
 from kops.broker.log import cleaner as cleaner_mod
 from kops.protocol.batch import (
@@ -431,7 +432,7 @@ def test_log_manager_compact_all(tmp_path: Path) -> None:
     for plog in logs:
         Writer(plog).put(b"k", b"x")
         plog.roll()
-    stats = asyncio.run(manager.compact_all_async(now_ms=2))
+    stats = asyncio.run(compact_all_async(manager, now_ms=2))
     assert stats.logs_cleaned == 2
     assert [records(p) for p in logs] == [[(10, b"k", b"x")]] * 2
     manager.close()
