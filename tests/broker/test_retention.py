@@ -8,7 +8,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from kops.testing import run_broker
+from kops.testing import run_broker, wait_until
 from tests.broker.clients import consume_all, create_topic, produce
 
 
@@ -31,14 +31,13 @@ def test_retention_by_bytes_deletes_old_segments(tmp_path: Path) -> None:
         def closed_bytes() -> int:
             return sum(p.stat().st_size for p in sorted((tmp_path / "sized-0").glob("*.log"))[:-1])
 
-        deadline = time.monotonic() + 10
         # retention.bytes keeps the newest closed segments within the limit
         # (plus the segment that crosses it); the active segment never counts.
-        while closed_bytes() > 4096 + 2048 and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert closed_bytes() <= 4096 + 2048
+        wait_until(lambda: closed_bytes() <= 4096 + 2048, 10, message="retention.bytes to apply")
         low, high = _watermarks(bootstrap, "sized")
         for _ in range(20):  # let retention settle before reading from the log start
+            # Not polling for a condition: two equal readings a retention pass
+            # apart mean the log start stopped moving.
             time.sleep(0.6)
             previous, (low, high) = low, _watermarks(bootstrap, "sized")
             if low == previous:
@@ -55,9 +54,7 @@ def test_retention_by_time_with_segment_ms_roll(tmp_path: Path) -> None:
     with run_broker(tmp_path, config={"log.retention.check.interval.ms": "200"}) as bootstrap:
         create_topic(bootstrap, "timed", config={"retention.ms": "500", "segment.ms": "300"})
         produce(bootstrap, "timed", [(None, b"old")] * 5)
-        deadline = time.monotonic() + 10
-        while _watermarks(bootstrap, "timed")[0] < 5 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: _watermarks(bootstrap, "timed")[0] >= 5, 10, message="retention.ms")
         assert _watermarks(bootstrap, "timed") == (5, 5)
         # Keep what comes next: the log carries on from offset 5.
         keep = ConfigResource(
