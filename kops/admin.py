@@ -144,17 +144,18 @@ def is_internal_topic(name: str) -> bool:
 def create_topic(
     target: ClientSettings | str,
     name: str,
-    partitions: int,
+    partitions: int | None = None,
     replication_factor: int | None = None,
     config: Mapping[str, str] | None = None,
 ) -> None:
-    """Create a topic. ``replication_factor=None`` uses the broker's default."""
-    if partitions < 1:
+    """Create a topic. ``partitions=None`` uses the broker's ``num.partitions``,
+    ``replication_factor=None`` its ``default.replication.factor`` (as Kafka's tools do)."""
+    if partitions is not None and partitions < 1:
         raise KopsClientError("partitions must be at least 1")
     with AdminSession(target) as admin:
         new = NewTopic(
             name,
-            num_partitions=partitions,
+            num_partitions=-1 if partitions is None else partitions,
             replication_factor=-1 if replication_factor is None else replication_factor,
             config=dict(config or {}),
         )

@@ -34,7 +34,13 @@ def topic() -> None:
 
 @topic.command("create")
 @click.argument("name")
-@click.option("--partitions", "-p", type=click.IntRange(min=1), required=True, help="Partitions.")
+@click.option(
+    "--partitions",
+    "-p",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Partitions [default: the broker's num.partitions].",
+)
 @click.option(
     "--replication-factor",
     "-r",
@@ -56,7 +62,7 @@ def create(
     *,
     name: str,
     if_not_exists: bool,
-    partitions: int,
+    partitions: int | None,
     replication_factor: int | None,
     configs: tuple[tuple[str, str], ...],
     settings: ClientSettings,
@@ -73,6 +79,8 @@ def create(
         else:
             echo_err(f"topic {name} already exists")
         return
+    if partitions is None:  # the broker chose: say what it chose
+        partitions = len(admin.describe_topic(settings, name).partitions)
     if as_json:
         print_json(
             {"topic": name, "created": True, "partitions": partitions, "config": dict(configs)}

@@ -159,3 +159,20 @@ def test_list_hides_internal_topics_unless_all(kops: Kops, topic: str) -> None:
     internal = [t for t in everything if t["internal"]]
     assert all(t["name"].startswith("__") for t in internal)
     assert {t["name"] for t in everything} >= names
+
+
+def test_create_without_partitions_uses_the_broker_defaults(run_kops, tmp_path, topic: str) -> None:
+    # Kafka's tools leave --partitions and --replication-factor to the broker's
+    # num.partitions and default.replication.factor.
+    from kops.testing import run_broker
+
+    with run_broker(tmp_path, config={"num.partitions": "3"}) as bootstrap:
+        result = run_kops("topic", "create", topic, "--json", bootstrap=bootstrap)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["partitions"] == 3
+        described = run_kops("topic", "describe", topic, "--json", bootstrap=bootstrap)
+        assert described.returncode == 0, described.stderr
+        assert len(json.loads(described.stdout)["partitions"]) == 3
+        human = run_kops("topic", "create", f"{topic}-2", bootstrap=bootstrap)
+        assert human.returncode == 0, human.stderr
+        assert f"created topic {topic}-2 with 3 partitions" in human.stderr
