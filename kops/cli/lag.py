@@ -20,7 +20,7 @@ from kops.cli.common import (
     progress_bar,
 )
 from kops.client import ClientSettings
-from kops.recipes.lag import GroupLag, LagMonitor
+from kops.recipes.lag import STATUS_TEXT, GroupLag, LagMonitor
 
 
 def format_age(seconds: float | None) -> str:
@@ -43,12 +43,16 @@ def _fmt(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+def _status(status: str) -> str:
+    return STATUS_TEXT.get(status, status)
+
+
 def _tables(groups: list[GroupLag]) -> Group:
     tables = []
     for g in groups:
         title = (
             f"{g.group}: {g.state.lower()}, {g.members} member{'s' * (g.members != 1)}, "
-            f"lag {g.total_lag} records / {format_age(g.max_lag_seconds)}, {g.status}"
+            f"lag {g.total_lag} records / {format_age(g.max_lag_seconds)}, {_status(g.status)}"
         )
         table = Table(title=title, title_justify="left", box=None, pad_edge=False)
         for col in ("TOPIC", "PARTITION", "COMMITTED", "LOG-END", "LAG", "LAG-TIME"):
@@ -63,7 +67,7 @@ def _tables(groups: list[GroupLag]) -> Group:
                 _fmt(p.log_end),
                 _fmt(p.lag),
                 format_age(p.lag_seconds),
-                p.status,
+                _status(p.status),
                 p.owner or "-",
             )
         tables.append(table)

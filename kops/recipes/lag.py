@@ -17,7 +17,9 @@ samples of each partition over a window, oldest first; the first rule that holds
 - ``GROWING``: the committed offset moved, but the lag never fell between two samples and
   ended higher than it started: the consumer is slower than the producers.
 - ``OK`` otherwise (consuming and keeping up, or catching up).
-- ``UNKNOWN``: fewer than two samples and lag above 0 with an owner, or nothing committed.
+- ``NO_COMMITS``: the group has committed nothing for the partition yet (shown as
+  "no commits yet"; its lag counts from the log start, see :class:`PartitionLag`).
+- ``UNKNOWN``: fewer than two samples and lag above 0 with an owner, or no log end known.
 
 Unlike Burrow, which reads every commit, samples only see committed offsets, so the window
 must be longer than the consumers' commit interval (librdkafka auto-commits every 5 s):
@@ -70,6 +72,10 @@ STOPPED = "STOPPED"
 REWOUND = "REWOUND"
 GROWING = "GROWING"
 UNKNOWN = "UNKNOWN"
+NO_COMMITS = "NO_COMMITS"
+
+#: How each status reads for a person (the CLI's tables); JSON keeps the names.
+STATUS_TEXT = {NO_COMMITS: "no commits yet"}
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,8 @@ class LagSample:
 
 def evaluate_status(samples: Sequence[LagSample]) -> str:
     """The status of one partition from its samples, oldest first (rules in the module doc)."""
+    if samples and samples[-1].committed is None:
+        return NO_COMMITS
     if not samples or samples[-1].lag is None:
         return UNKNOWN
     pairs = [(s.committed, s.lag) for s in samples if s.committed is not None and s.lag is not None]
@@ -156,7 +164,7 @@ class GroupLag:
     @property
     def status(self) -> str:
         """The worst partition status."""
-        order = [REWOUND, STOPPED, STALLED, GROWING, UNKNOWN, OK]
+        order = [REWOUND, STOPPED, STALLED, GROWING, UNKNOWN, NO_COMMITS, OK]
         found = {p.status for p in self.partitions}
         return next((s for s in order if s in found), OK)
 

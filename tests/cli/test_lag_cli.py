@@ -81,3 +81,30 @@ def test_watch_prints_a_document_per_refresh(kafka_broker: str, kops: Kops) -> N
         proc.terminate()
         proc.wait(10)
     assert all(d[0]["group"] == group and d[0]["total_lag"] == 5 for d in docs)
+
+
+def test_group_with_no_commits_says_so(kafka_broker: str, kops: Kops) -> None:
+    from confluent_kafka import Consumer
+
+    from kops.testing import wait_until
+
+    topic, group = f"lag-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    assert kops("topic", "create", topic, "--partitions", "1").returncode == 0
+    producer = Producer({"bootstrap.servers": kafka_broker})
+    producer.produce(topic, value=b"v")
+    assert producer.flush(10) == 0
+    consumer = Consumer(
+        {"bootstrap.servers": kafka_broker, "group.id": group, "enable.auto.commit": False}
+    )
+    consumer.subscribe([topic])
+    try:
+        wait_until(lambda: consumer.poll(0.1) is None and consumer.assignment(), 30)
+        result = kops("lag", group, "--samples", "1", "--json")
+        assert result.returncode == 0, result.stderr
+        [g] = json.loads(result.stdout)
+        assert [p["status"] for p in g["partitions"]] == ["NO_COMMITS"]
+        human = kops("lag", group, "--samples", "1")
+        assert human.returncode == 0, human.stderr
+        assert "no commits yet" in human.stdout and "UNKNOWN" not in human.stdout
+    finally:
+        consumer.close()

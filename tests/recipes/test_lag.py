@@ -41,7 +41,8 @@ def _samples(*points: tuple[int | None, int], owned: bool = True) -> list[LagSam
         ([(10, 20), (18, 25), (19, 31)], True, "OK"),
         # One sample with an owner cannot tell STALLED from fine; nothing committed either.
         ([(10, 20)], True, "UNKNOWN"),
-        ([(None, 20)], True, "UNKNOWN"),
+        ([(None, 20)], True, "NO_COMMITS"),
+        ([(None, 20)], False, "NO_COMMITS"),
     ],
 )
 def test_status_rules(points: list[tuple[int | None, int]], owned: bool, status: str) -> None:
