@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import base64
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -237,12 +238,16 @@ def consume(
     stop_at_end: bool = False,
     config: dict[str, Any] | None = None,
     on_unreachable: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> Iterator[ConsumedRecord]:
     """Yield records from ``topic`` until a stop condition holds.
 
     Stops after ``max_messages`` records, after ``idle_timeout`` seconds with no new record,
     or (``stop_at_end``) once every partition has reached the end it had when reached; else
-    runs until the caller stops iterating. ``start`` defaults to the end (new records only),
+    runs until the caller stops iterating. ``stop`` (e.g. set by a SIGTERM handler) ends the
+    generator between records, within a fraction of a second: the record last handed out
+    is marked done first and no further one is handed out, so with ``group`` the close
+    commits exactly what the caller was given. ``start`` defaults to the end (new records only),
     or to the group's committed offsets when ``group`` is given.
 
     With ``group`` and no ``partitions`` the consumer subscribes (group rebalancing); with
@@ -320,6 +325,7 @@ def consume(
             stop_at_end=stop_at_end,
             store_offsets=bool(group),
             pending_error=pending_error,
+            stop=stop,
         )
     finally:
         consumer.close()
@@ -334,12 +340,15 @@ def _poll_loop(
     stop_at_end: bool,
     store_offsets: bool,
     pending_error: list[BaseException],
+    stop: threading.Event | None = None,
 ) -> Iterator[ConsumedRecord]:
     count = 0
     at_end: set[int] = set()
     last_activity = time.monotonic()
     while True:
-        wait = 0.5
+        if stop is not None and stop.is_set():
+            return
+        wait = 0.5 if stop is None else 0.2
         if idle_timeout is not None:
             left = idle_timeout - (time.monotonic() - last_activity)
             if left <= 0:
@@ -371,6 +380,8 @@ def _poll_loop(
             raise translate_error(KafkaException(err), "consume", msg.topic())
         at_end.discard(msg.partition())
         last_activity = time.monotonic()
+        if stop is not None and stop.is_set():
+            return  # not handed out, not stored: the group reads it again next time
         yield ConsumedRecord.from_message(msg)
         if store_offsets:
             consumer.store_offsets(message=msg)

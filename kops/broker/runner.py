@@ -27,23 +27,39 @@ def serve_forever(
     advertise: tuple[str, int] | None = None,
     config: Mapping[str, str] | None = None,
     on_listening: Callable[[Broker], None] | None = None,
-) -> None:
-    """Run until SIGINT or SIGTERM, then shut down cleanly."""
+) -> int:
+    """Run until SIGINT or SIGTERM, then shut down cleanly; return that signal's number
+    (the CLI exits 128 + it: 130 after Ctrl-C, 143 after SIGTERM, like every long-running
+    ``kops`` command)."""
+    received: list[int] = []
 
     async def main() -> None:
         broker = Broker(data_dir, host=host, port=port, advertise=advertise, config=config)
         await broker.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+
+        def on_signal(signum: int) -> None:
+            if not received:
+                received.append(signum)
+            stop.set()
+
+        for signum in STOP_SIGNALS:
+            loop.add_signal_handler(signum, on_signal, signum)
         if on_listening is not None:
             on_listening(broker)
         await stop.wait()
-        log.info("shutting down")
+        log.info("%s: shutting down", signal.Signals(received[0]).name)
         await broker.stop()
 
     asyncio.run(main())
+    return received[0]
+
+
+#: The signals that stop a foreground broker cleanly.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Exit statuses of a clean stop of ``kops broker start``: 128 + the signal.
+CLEAN_STOP_CODES = frozenset(128 + s for s in STOP_SIGNALS)
 
 
 class BrokerThread:
@@ -172,12 +188,18 @@ class BrokerProcess:
         if self.process is not None:
             self.process.wait(10)
 
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM and wait: a clean shutdown."""
-        if self.process is None or self.process.poll() is not None:
-            return
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM and wait: a clean shutdown. Returns the exit status: 143 (128 +
+        SIGTERM, in :data:`CLEAN_STOP_CODES`) after a clean stop, -9 when the broker had to
+        be killed after ``timeout``, whatever it exited with if it had already exited, None
+        if it never started."""
+        if self.process is None:
+            return None
+        if self.process.poll() is not None:
+            return self.process.returncode
         self.process.terminate()
         try:
-            self.process.wait(timeout)
+            return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+            return self.process.returncode

@@ -15,7 +15,6 @@ from kops import admin
 from kops.cli.common import (
     KEY_VALUE,
     POSITIVE_INT_LIST,
-    GracefulStop,
     console,
     echo_err,
     graceful_stop,
@@ -60,26 +59,27 @@ def _producer_options(f):  # type: ignore[no-untyped-def]
     return f
 
 
-#: Printed when SIGTERM/Ctrl-C stop a bench before it has figures (exit 143/130).
-_INTERRUPTED = "bench stopped before it finished: no figures (scratch topics deleted)"
+#: Printed when SIGTERM/Ctrl-C stop a bench early; the partial figures are printed first
+#: (table or JSON, ``"partial": true``), then the command exits 143/130.
+_STOPPED = "bench stopped before it finished: partial figures"
 
 
 @contextlib.contextmanager
-def _progress(stop: GracefulStop | None = None) -> Iterator[BenchProgress]:
-    """A bar per bench phase (produce, consume; per partition count in a sweep). After a
-    stop signal the next update raises StopRequested, so the bench unwinds cleanly (its
-    clients close, scratch topics are deleted)."""
+def _progress() -> Iterator[BenchProgress]:
+    """A bar per bench phase (produce, consume; per partition count in a sweep)."""
     with progress_bar() as bar:
         tasks: dict[str, TaskID] = {}
 
         def update(phase: str, done: int, total: int) -> None:
-            if stop is not None:
-                stop.check()
             if phase not in tasks:
                 tasks[phase] = bar.add_task(phase, total=total)
             bar.update(tasks[phase], completed=done, total=total)
 
         yield update
+
+
+def _stopped_note(what: str, scratch: bool) -> None:
+    echo_err(f"{_STOPPED} ({what}{'; scratch topics deleted' if scratch else ''})")
 
 
 def _result_table(results: list[BenchResult]) -> Table:
@@ -164,11 +164,14 @@ def produce(
         raise click.UsageError("--throughput must be positive, or -1 for no limit")
     scratch = topic is None
     name = topic or f"kops-bench-{uuid.uuid4().hex[:10]}"
-    with graceful_stop(interrupted=_INTERRUPTED) as stop:
+    # SIGTERM/Ctrl-C set the stop event: the bench stops producing at once (also in a
+    # throttled wait), flushes, deletes its scratch topic, prints the figures so far
+    # (marked partial) and exits 143/130.
+    with graceful_stop() as stop:
         if scratch:
             admin.create_topic(settings, name, partitions)
         try:
-            with _progress(stop) as update:
+            with _progress() as update:
                 result = bench_produce(
                     settings,
                     name,
@@ -181,11 +184,14 @@ def produce(
                     compression=compression,
                     config=dict(producer_props),
                     progress=update,
+                    stop=stop.event,
                 )
         finally:
             if scratch and not keep_topic:
                 admin.delete_topic(settings, name)
         _report(result, as_json)
+        if result.partial:
+            _stopped_note(f"{result.records} of {num_records} records", scratch and not keep_topic)
 
 
 @bench.command("consume")
@@ -232,8 +238,8 @@ def consume(
     committed). Latency is each record's age on arrival: end-to-end latency while a
     producer runs, the backlog's age otherwise.
     """
-    with graceful_stop(interrupted=_INTERRUPTED) as stop:
-        with _progress(stop) as update:
+    with graceful_stop() as stop:
+        with _progress() as update:
             result = bench_consume(
                 settings,
                 topic,
@@ -242,8 +248,11 @@ def consume(
                 timeout=timeout,
                 fetch_max_bytes=fetch_max_bytes,
                 progress=update,
+                stop=stop.event,
             )
         _report(result, as_json)
+        if result.partial:
+            _stopped_note(f"{result.records} records consumed", False)
 
 
 def _report(result: BenchResult, as_json: bool) -> None:
@@ -314,7 +323,7 @@ def sweep(
     """
     if plot is not None:
         _check_matplotlib()
-    with graceful_stop(interrupted=_INTERRUPTED) as stop, _progress(stop) as update:
+    with graceful_stop(exit_on_signal=False) as stop, _progress() as update:
         result = run_sweep(
             settings,
             counts,
@@ -327,7 +336,22 @@ def sweep(
             compression=compression,
             keep_topics=keep_topics,
             progress=update,
+            stop=stop.event,
         )
+    if result.partial:
+        # The counts measured in full before the stop; no plot, no recommendation when none.
+        if as_json:
+            print_json(result.to_dict(target_throughput) | {"plot": None})
+        else:
+            console().print(_sweep_table(result))
+        if result.points:
+            echo_err(result.recommend(target_throughput).text)
+        done = len(result.points)
+        _stopped_note(
+            f"{done} of {len(set(counts))} partition count{'s' * (len(set(counts)) != 1)} measured",
+            not keep_topics,
+        )
+        stop.exit_if_stopped()
     rec = result.recommend(target_throughput)
     if plot is not None:
         plot_sweep(result, plot, target_throughput)  # marks the same recommendation
@@ -342,6 +366,7 @@ def sweep(
     echo_err(rec.text)
     if plot is not None:
         echo_err(f"wrote {plot}")
+    stop.exit_if_stopped()  # a signal came as the sweep finished: still 143/130
 
 
 def _sweep_table(result: SweepResult) -> Table:

@@ -64,7 +64,11 @@ def broker() -> None:
 def start(
     listen: str, advertise: str | None, data_dir: Path, configs: tuple[str, ...], log_level: str
 ) -> None:
-    """Start a broker in the foreground; stop it with Ctrl-C or SIGTERM."""
+    """Start a broker in the foreground; stop it with Ctrl-C or SIGTERM.
+
+    A stop is clean (segments flushed, clean-shutdown marker written) and exits 130 after
+    Ctrl-C, 143 after SIGTERM (128 + the signal), like every long-running kops command.
+    """
     from kops.broker.runner import serve_forever
 
     logging.basicConfig(
@@ -81,8 +85,9 @@ def start(
         sys.stdout.flush()
 
     try:
-        serve_forever(
+        signum = serve_forever(
             data_dir, host, port, advertise=advertised, config=settings, on_listening=announce
         )
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    raise click.exceptions.Exit(128 + signum)  # 143 after SIGTERM, 130 after Ctrl-C

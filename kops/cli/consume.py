@@ -7,7 +7,6 @@ import click
 from kops.cli.common import (
     DURATION,
     TIMESTAMP,
-    StopRequested,
     echo_err,
     graceful_stop,
     kafka_options,
@@ -147,34 +146,30 @@ def consume(
         start = StartAt.end()
 
     count = 0
-    records = consume_records(
-        settings,
-        topic,
-        start=start,
-        partitions=_parse_partitions(partitions) or None,
-        group=group,
-        max_messages=max_messages,
-        idle_timeout=idle_timeout,
-        stop_at_end=exit_at_end,
-        on_unreachable=lambda reason: echo_err(f"warning: {reason}"),
-    )
-    # SIGTERM or Ctrl-C interrupt the wait for the next record only, never a record being
-    # printed: every printed record's offset is stored, and closing the consumer commits
-    # them (with --group) and leaves the group. Then exit 143 (SIGTERM) or 130 (Ctrl-C).
+    # SIGTERM or Ctrl-C set the stop event; the generator sees it between records (never
+    # while one is being printed or its offset stored), so every printed record's offset
+    # is stored and closing the consumer commits them (with --group) and leaves the group.
+    # Then exit 143 (SIGTERM) or 130 (Ctrl-C).
     with graceful_stop(exit_on_signal=False) as stop:
+        records = consume_records(
+            settings,
+            topic,
+            start=start,
+            partitions=_parse_partitions(partitions) or None,
+            group=group,
+            max_messages=max_messages,
+            idle_timeout=idle_timeout,
+            stop_at_end=exit_at_end,
+            on_unreachable=lambda reason: echo_err(f"warning: {reason}"),
+            stop=stop.event,
+        )
         try:
-            while True:
-                with stop.interruptible():
-                    rec = next(records, None)
-                if rec is None:
-                    break
+            for rec in records:
                 if as_json:
                     print_json(rec.to_json(), compact=True)
                 else:
                     click.echo(format_record(rec))
                 count += 1
-        except StopRequested:
-            pass
         finally:
             records.close()
     echo_err(f"consumed {count} record{'s' * (count != 1)} from {topic}")

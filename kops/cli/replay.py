@@ -16,7 +16,6 @@ from kops.cli.common import (
 )
 from kops.client import ClientSettings
 from kops.consume import format_timestamp
-from kops.recipes.replay import ReplayReport
 from kops.recipes.replay import replay as replay_window
 
 
@@ -76,16 +75,13 @@ def replay(
     A non-destructive rewind: no consumer group's offsets change; point a consumer at the
     copy to process the window again. Keys, values, headers and timestamps are kept.
     """
-    read = [0]
-    report: ReplayReport | None = None
-    # SIGTERM/Ctrl-C: the next record read raises StopRequested, so the reader closes and
-    # the producer flushes what was read into --into before the command exits 143/130.
+    # SIGTERM/Ctrl-C set the stop event: the reader stops (at once, also while waiting for
+    # records), the producer flushes what was read into --into, and the partial report is
+    # printed before the command exits 143/130.
     with graceful_stop(exit_on_signal=False) as stop, progress_bar() as bar:
         task = bar.add_task(f"replay {topic} -> {into}", total=None)
 
         def on_progress(done: int, total: int) -> None:
-            stop.check()
-            read[0] = done
             bar.update(task, completed=done, total=total)
 
         report = replay_window(
@@ -99,13 +95,8 @@ def replay(
             keep_partition=keep_partition,
             create=create,
             progress=on_progress,
+            stop=stop.event,
         )
-    if report is None:  # stopped by a signal before the window was copied
-        echo_err(
-            f"{stop.signal_name}: replay stopped after reading {read[0]} record(s) from "
-            f"{topic}; those in the window were flushed to {into} (the copy is incomplete)"
-        )
-        raise click.exceptions.Exit(stop.exit_code or 1)
     if as_json:
         print_json(report.to_dict())
     window = f"[{format_timestamp(from_ms)}, {format_timestamp(to_ms)})"
@@ -114,6 +105,12 @@ def replay(
         f"into {into} in {report.elapsed:.1f}s"
         + (f" ({report.outside_window} read outside the window)" if report.outside_window else "")
     )
+    if report.partial:
+        echo_err(
+            f"{stop.signal_name or 'stop'}: replay stopped after reading {report.read} "
+            f"record(s) from {topic}; {report.copied} copied into {into} (the copy is "
+            "incomplete)"
+        )
     if not report.ok:
         raise click.ClickException(
             f"{report.failed} record(s) not delivered to {into}: {'; '.join(report.errors)}"

@@ -20,6 +20,7 @@ out-of-order create times and brokers that look up times per batch do not widen 
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import Counter
@@ -91,6 +92,9 @@ class ReplayReport:
     per_partition: Counter[int] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     elapsed: float = 0.0
+    #: Stopped (``stop`` set) before the window was read to its end: the copy holds what
+    #: was read so far (flushed), not the whole window.
+    partial: bool = False
 
     @property
     def ok(self) -> bool:
@@ -111,6 +115,7 @@ class ReplayReport:
             "per_partition": {str(p): n for p, n in sorted(self.per_partition.items())},
             "errors": self.errors,
             "elapsed_seconds": round(self.elapsed, 3),
+            "partial": self.partial,
         }
 
 
@@ -158,6 +163,7 @@ def replay(
     keep_partition: bool = False,
     create: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> ReplayReport:
     """Copy records of ``topic`` with timestamps in ``[from_ms, to_ms)`` into ``into``.
 
@@ -166,6 +172,10 @@ def replay(
     ``into`` (with the source's partition count) when it does not exist. ``progress`` is
     called with (records read so far, estimated total). Raises
     :class:`kops.client.KopsClientError`; per-record delivery failures are in the report.
+
+    ``stop`` (e.g. set by a SIGTERM handler) ends the reading within a fraction of a second,
+    also while no record is arriving: what was read is flushed into ``into`` and the report
+    is returned with ``partial`` set (nothing is raised).
     """
     settings = ClientSettings.of(target)
     if into == topic:
@@ -177,7 +187,7 @@ def replay(
 
     report = ReplayReport(topic, into, from_ms, to_ms)
     started = time.monotonic()
-    records = _read_window(settings, topic, windows, from_ms, to_ms, report, rate, progress)
+    records = _read_window(settings, topic, windows, from_ms, to_ms, report, rate, progress, stop)
     produced = produce_records(
         settings,
         into,
@@ -222,9 +232,11 @@ def _read_window(
     report: ReplayReport,
     rate: float | None,
     progress: Callable[[int, int], None] | None,
+    stop: threading.Event | None = None,
 ) -> Iterator[tuple[Any, int | None]]:
     """Yield (message, timestamp) for records inside the window, partition by partition
-    interleaved as the broker delivers them."""
+    interleaved as the broker delivers them; end early (``report.partial``) once ``stop``
+    is set."""
     todo = {w.partition: w for w in windows if w.start is not None and w.start < w.end}
     total = sum(w.estimate for w in todo.values())
     if progress is not None:
@@ -239,12 +251,16 @@ def _read_window(
             f"kops-replay-{uuid.uuid4().hex[:12]}", watch, **{"enable.partition.eof": True}
         )
     )
-    pacer = Pacer(rate)
+    pacer = Pacer(rate, stop=stop)
+    stopped = stop.is_set if stop is not None else (lambda: False)
     try:
         consumer.assign([TopicPartition(topic, p, w.start) for p, w in todo.items()])
         last_progress = time.monotonic()
         while todo:
-            batch = consumer.consume(num_messages=500, timeout=0.5)
+            if stopped():
+                report.partial = True
+                return
+            batch = consumer.consume(num_messages=500, timeout=0.2 if stop else 0.5)
             if not batch:
                 watch.check()
                 if time.monotonic() - last_progress > STALL_TIMEOUT:
@@ -255,6 +271,9 @@ def _read_window(
                 continue
             last_progress = time.monotonic()
             for msg in batch:
+                if stopped():
+                    report.partial = True
+                    return
                 p = msg.partition()
                 err = msg.error()
                 if err is not None:
@@ -286,8 +305,12 @@ def _read_window(
                 if ts_value is None or not from_ms <= ts_value < to_ms:
                     report.outside_window += 1
                     continue
-                report.per_partition[p] += 1
                 pacer.pace()
+                if stopped():  # woken from the pacer's wait: this record is not copied
+                    report.read -= 1
+                    report.partial = True
+                    return
+                report.per_partition[p] += 1
                 yield msg, ts_value
     finally:
         consumer.close()

@@ -47,7 +47,7 @@ def test_start_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=20)
-    assert proc.returncode == 0, stderr
+    assert proc.returncode == 128 + signal.SIGTERM, stderr  # 143: a clean stop, as every command
     assert (tmp_path / ".kafka_cleanshutdown").exists()
     assert (tmp_path / "explicit-1" / "00000000000000000000.log").exists()
 
@@ -55,8 +55,10 @@ def test_start_serves_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
 def test_sigint_stops_cleanly(tmp_path: Path) -> None:
     proc, _ = _start(tmp_path)
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=20)
-    assert proc.returncode == 0
+    _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 128 + signal.SIGINT, stderr  # 130
+    assert "Traceback" not in stderr
+    assert (tmp_path / ".kafka_cleanshutdown").exists()
 
 
 def test_advertise_is_reported_in_metadata(tmp_path: Path) -> None:

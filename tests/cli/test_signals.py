@@ -24,10 +24,11 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from kops import admin
+from kops.broker.runner import CLEAN_STOP_CODES
 from kops.client import ClientSettings
 from kops.groups import UnknownGroup, describe_group
 from kops.recipes.delay import DelayTiers, send_delayed
-from kops.testing import wait_until
+from kops.testing import BrokerProcess, wait_until
 
 SIGTERM_EXIT = 128 + signal.SIGTERM  # 143
 SIGINT_EXIT = 128 + signal.SIGINT  # 130
@@ -342,7 +343,7 @@ def test_replay_flushes_what_it_read(kafka_broker: str, running: Callable[..., R
     admin.create_topic(kafka_broker, source, 1)
     _produce(kafka_broker, source, [f"v{i}".encode() for i in range(2000)])
     r = running(
-        "replay", source, "--from", "1h", "--into", into, "--create", "--rate", "200",
+        "replay", source, "--from", "1h", "--into", into, "--create", "--rate", "200", "--json",
         bootstrap=kafka_broker,
     )  # fmt: skip
     r.wait_for(
@@ -358,6 +359,39 @@ def test_replay_flushes_what_it_read(kafka_broker: str, running: Callable[..., R
     copied = _records(kafka_broker, into)
     assert 0 < copied < 2000
     assert copied == read  # every record read was delivered before the exit
+    report = json.loads(r.stdout)  # the partial report, printed before the exit
+    assert report["partial"] is True
+    assert report["read"] == report["copied"] == copied and report["failed"] == 0
+
+
+def test_idle_replay_stops_at_once(kafka_broker: str, running: Callable[..., Running]) -> None:
+    """A replay waiting for records that do not come (the broker holds each fetch for 40 s:
+    fetch.min.bytes is never reached) stops on SIGTERM at once, not at its 30 s stall
+    timeout, and prints its (empty) partial report."""
+    tag = _tag()
+    source, into = f"sri{tag}", f"sri{tag}.copy"
+    admin.create_topic(kafka_broker, source, 1)
+    _produce(kafka_broker, source, [f"v{i}".encode() for i in range(20)])
+    r = running(
+        "replay", source, "--from", "1h", "--into", into, "--create", "--json",
+        "-X", "fetch.min.bytes=100000000", "-X", "fetch.wait.max.ms=40000",
+        bootstrap=kafka_broker, env=_BAR,
+    )  # fmt: skip
+    r.wait_for(
+        lambda: (
+            f"replay {source}" in r.stderr
+            and into in {t.name for t in admin.list_topics(kafka_broker)}
+        ),
+        "the replay reading",
+    )
+    sent = time.monotonic()
+    code = r.stop()
+    took = time.monotonic() - sent
+    _assert_clean(r, code)
+    assert took < 5, f"took {took:.1f}s to stop"
+    report = json.loads(r.stdout)
+    assert report["partial"] is True and report["copied"] == 0
+    assert _records(kafka_broker, into) == 0
 
 
 # --------------------------------------------------------------------------- lag --watch
@@ -400,7 +434,35 @@ def test_bench_produce_stops_and_deletes_its_scratch_topic(
     )  # fmt: skip
     r.wait_for(lambda: "produce" in r.stderr and _bench_topics(kafka_broker) - before, "producing")
     _assert_clean(r, r.stop())
-    assert "bench stopped before it finished" in r.stderr
+    assert "bench stopped before it finished: partial figures" in r.stderr
+    assert _bench_topics(kafka_broker) - before == set()
+    assert "records sent" in r.stderr  # the figures so far
+
+
+def test_bench_produce_throttled_stops_within_a_second_with_partial_json(
+    kafka_broker: str, running: Callable[..., Running]
+) -> None:
+    """--throughput 0.5: the producer waits 2 s between records; SIGTERM wakes it."""
+    before = _bench_topics(kafka_broker)
+    r = running(
+        "bench", "produce", "-n", "100", "-s", "10", "--throughput", "0.5", "--json",
+        bootstrap=kafka_broker, env=_BAR,
+    )  # fmt: skip
+    r.wait_for(
+        lambda: (
+            "produce" in r.stderr
+            and any(_records(kafka_broker, t) >= 1 for t in _bench_topics(kafka_broker) - before)
+        ),
+        "the first record sent",
+    )
+    sent = time.monotonic()
+    code = r.stop()
+    took = time.monotonic() - sent
+    _assert_clean(r, code)
+    assert took < 1.5, f"took {took:.1f}s to stop"
+    result = json.loads(r.stdout)
+    assert result["partial"] is True
+    assert 1 <= result["records"] < 100 and result["errors"] == 0
     assert _bench_topics(kafka_broker) - before == set()
 
 
@@ -410,12 +472,14 @@ def test_bench_consume_stops_cleanly(kafka_broker: str, running: Callable[..., R
     _produce(kafka_broker, topic, [b"x" * 10] * 100)
     # Asks for more records than there are, so it keeps consuming until stopped.
     r = running(
-        "bench", "consume", topic, "-n", "1000000", "-c", "2", "--timeout", "120",
+        "bench", "consume", topic, "-n", "1000000", "-c", "2", "--timeout", "120", "--json",
         bootstrap=kafka_broker, env=_BAR,
     )  # fmt: skip
     r.wait_for(lambda: "consume" in r.stderr and "100/1000000" in r.stderr, "100 consumed")
     _assert_clean(r, r.stop())
-    assert "bench stopped before it finished" in r.stderr
+    assert "bench stopped before it finished: partial figures" in r.stderr
+    result = json.loads(r.stdout)
+    assert result["partial"] is True and result["records"] == 100
 
 
 def test_bench_sweep_stops_and_deletes_its_topics(
@@ -423,10 +487,48 @@ def test_bench_sweep_stops_and_deletes_its_topics(
 ) -> None:
     before = _bench_topics(kafka_broker)
     r = running(
-        "bench", "sweep", "-p", "1,2", "-n", "5000000", "-s", "10",
+        "bench", "sweep", "-p", "1,2", "-n", "5000000", "-s", "10", "--json",
         bootstrap=kafka_broker, env=_BAR,
     )  # fmt: skip
     r.wait_for(lambda: "1 partitions: produce" in r.stderr, "the first sweep point producing")
     _assert_clean(r, r.stop())
-    assert "bench stopped before it finished" in r.stderr
+    assert "bench stopped before it finished: partial figures" in r.stderr
+    assert "0 of 2 partition counts measured" in r.stderr
     assert _bench_topics(kafka_broker) - before == set()
+    result = json.loads(r.stdout)
+    assert result["partial"] is True and result["points"] == []
+    assert result["recommendation"] is None
+
+
+# --------------------------------------------------------------------------- broker start
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_broker_start_stops_cleanly(
+    running: Callable[..., Running], tmp_path: Path, sig: int
+) -> None:
+    """`kops broker start` (its own broker, whatever KOPS_TEST_BOOTSTRAP says) exits
+    143 / 130 like the other commands, after a clean shutdown that served a real client."""
+    r = running(
+        "broker", "start", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
+        bootstrap="unused:9092",
+    )  # fmt: skip
+    r.wait_for(lambda: "listening on" in r.stdout, "the broker listening")
+    bootstrap = r.stdout.split("listening on ")[1].split()[0]
+    topic = f"sbs{_tag()}"
+    admin.create_topic(bootstrap, topic, 1)
+    _produce(bootstrap, topic, [b"a", b"b"])
+    assert _records(bootstrap, topic) == 2
+    _assert_clean(r, r.stop(sig), 128 + sig)
+    assert (tmp_path / ".kafka_cleanshutdown").exists()
+
+
+def test_broker_process_stop_reports_the_clean_exit(tmp_path: Path) -> None:
+    broker = BrokerProcess(tmp_path / "broker")
+    bootstrap = broker.start()
+    try:
+        _produce(bootstrap, f"sbp{_tag()}", [b"x"])
+    finally:
+        code = broker.stop()
+    assert code == SIGTERM_EXIT and code in CLEAN_STOP_CODES
+    assert broker.stop() == SIGTERM_EXIT  # already stopped: the same status again

@@ -114,6 +114,8 @@ class BenchResult:
     #: Consume only: seconds from start to the first fetch that returned records (not
     #: counted in ``elapsed``).
     startup: float | None = None
+    #: Stopped (``stop`` set) before the run finished: the figures cover what was done.
+    partial: bool = False
 
     @property
     def records_per_sec(self) -> float:
@@ -154,6 +156,7 @@ class BenchResult:
             "latency": None if self.latency is None else self.latency.to_dict(),
             "errors": self.errors,
             "first_error": self.first_error,
+            "partial": self.partial,
         }
 
 
@@ -176,11 +179,14 @@ def bench_produce(
     compression: str | None = None,
     config: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> BenchResult:
     """Send ``records`` records of ``record_size`` bytes (no key) and measure.
 
     ``throughput`` caps records per second (None: as fast as possible). Batch settings map to
     librdkafka's ``batch.size`` and ``linger.ms``. Delivery failures are counted, not raised.
+    ``stop`` set (e.g. by a SIGTERM handler) ends the run early, also in the middle of a
+    throttled wait: what was sent is flushed and measured, and the result is ``partial``.
     """
     if records < 1 or record_size < 0:
         raise KopsClientError("records must be >= 1 and the record size >= 0")
@@ -217,9 +223,16 @@ def bench_produce(
 
     started = time.monotonic()
     step = max(records // 200, 1)
-    pacer = Pacer(throughput)  # an even rate, no bursts
+    pacer = Pacer(throughput, stop=stop)  # an even rate, no bursts; woken by stop
+    partial = False
     for i in range(records):
+        if stop is not None and stop.is_set():
+            partial = True
+            break
         pacer.pace()
+        if stop is not None and stop.is_set():
+            partial = True
+            break
         produce_with_room(producer, topic, payload, on_delivery=on_delivery, poll_timeout=0.05)
         producer.poll(0)
         if i % step == 0:
@@ -228,7 +241,7 @@ def bench_produce(
                 progress("produce", i, records)
     left = producer.flush(settings.timeout + 30)
     elapsed = time.monotonic() - started
-    if progress is not None:
+    if progress is not None and not partial:
         progress("produce", records, records)
     return BenchResult(
         kind="produce",
@@ -240,6 +253,7 @@ def bench_produce(
         errors=state["errors"] + left,
         partitions=n_partitions,
         first_error=first_error[0] if first_error else None,
+        partial=partial,
     )
 
 
@@ -253,6 +267,7 @@ def bench_consume(
     fetch_max_bytes: int | None = None,
     config: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> BenchResult:
     """Read ``records`` records (default: all retained when it starts) from the beginning with
     ``consumers`` consumers, each assigned a share of the partitions, and measure.
@@ -260,6 +275,8 @@ def bench_consume(
     Partitions are assigned directly (no group join, nothing committed), so the figure is
     fetch throughput, not rebalance time. Stops early after ``timeout`` seconds without a
     record. Consumers run as threads in this process; librdkafka fetches in its own threads.
+    ``stop`` set (e.g. by a SIGTERM handler) ends the run early: the consumers close and the
+    figures so far are returned, marked ``partial``.
     """
     if consumers < 1:
         raise KopsClientError("consumers must be at least 1")
@@ -335,7 +352,11 @@ def bench_consume(
     last_record[0] = started
     for t in threads:
         t.start()
+    partial = False
     while any(t.is_alive() for t in threads):
+        if stop is not None and stop.is_set() and not done.is_set():
+            partial = totals["records"] < records
+            done.set()
         if progress is not None:
             progress("consume", min(totals["records"], records), records)
         done.wait(0.1)
@@ -359,4 +380,5 @@ def bench_consume(
         partitions=len(parts),
         consumers=consumers,
         startup=fetch_started - started,
+        partial=partial,
     )

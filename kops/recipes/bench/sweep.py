@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import math
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -122,6 +123,9 @@ class SweepResult:
     consumers: int = 1
     record_size: int = 0
     records: int = 0
+    #: Stopped (``stop`` set) before every count was measured: ``points`` holds the counts
+    #: measured in full before the stop (maybe none).
+    partial: bool = False
 
     def recommend(self, target_mb_s: float | None = None) -> Recommendation:
         """The partition count for ``target_mb_s`` by Confluent's rule, from this sweep's own
@@ -178,6 +182,7 @@ class SweepResult:
             "target_mb_per_sec": target_mb_s,
             "points": [pt.to_dict() for pt in self.points],
             "recommendation": self.recommend(target_mb_s).to_dict() if self.points else None,
+            "partial": self.partial,
         }
 
 
@@ -198,9 +203,14 @@ def sweep(
     compression: str | None = None,
     keep_topics: bool = False,
     progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> SweepResult:
     """For each count: create a fresh topic, produce ``records`` as fast as possible, read them
-    back with ``consumers`` consumers, delete the topic (unless ``keep_topics``)."""
+    back with ``consumers`` consumers, delete the topic (unless ``keep_topics``).
+
+    ``stop`` set (e.g. by a SIGTERM handler) ends the sweep early: the count being measured
+    is dropped (its topic deleted) and the result holds the counts measured so far, marked
+    ``partial``."""
     settings = ClientSettings.of(target)
     counts = sorted(set(partition_counts))
     if not counts or counts[0] < 1:
@@ -208,6 +218,9 @@ def sweep(
     result = SweepResult(consumers=consumers, record_size=record_size, records=records)
     run_id = uuid.uuid4().hex[:8]
     for n in counts:
+        if stop is not None and stop.is_set():
+            result.partial = True
+            break
         topic = f"kops-bench-{run_id}-p{n}"
         topics_admin.create_topic(settings, topic, n)
         try:
@@ -226,15 +239,27 @@ def sweep(
                 linger_ms=linger_ms,
                 compression=compression,
                 progress=phase,
+                stop=stop,
             )
+            if produced.partial:
+                result.partial = True
+                break
             if produced.errors:
                 raise KopsClientError(
                     f"{produced.errors} records failed while producing to {topic}: "
                     f"{produced.first_error}"
                 )
             consumed = bench_consume(
-                settings, topic, records=produced.records, consumers=consumers, progress=phase
+                settings,
+                topic,
+                records=produced.records,
+                consumers=consumers,
+                progress=phase,
+                stop=stop,
             )
+            if consumed.partial:
+                result.partial = True
+                break
             result.points.append(SweepPoint(n, produced, consumed))
         finally:
             if not keep_topics:
