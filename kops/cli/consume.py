@@ -119,6 +119,12 @@ def consume(
     values and header values are UTF-8 strings, or base64 when not valid UTF-8 (their
     *_encoding field says "utf-8" or "base64"; null for a null key or value).
     """
+    if group is not None and not group.strip():
+        # Kafka's console consumer would silently consume without a group here;
+        # an empty id is almost always an unset shell variable.
+        raise click.UsageError(
+            "--group must not be empty (leave it out to consume without a group)"
+        )
     chosen = [
         name
         for name, used in (

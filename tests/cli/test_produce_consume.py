@@ -291,3 +291,10 @@ def test_failed_deliveries_are_counted_and_exit_1(kops: Kops, topic: str) -> Non
     assert res.returncode == 1
     assert "2 of 5 records not delivered" in res.stderr, res.stderr
     assert res.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_consume_refuses_an_empty_group(kops, topic: str) -> None:
+    result = kops("consume", topic, "--group", "", "--max-messages", "1", "--timeout", "1")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--group" in lines[0]
