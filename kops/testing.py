@@ -48,19 +48,11 @@ def wait_until(
     check) naming what was awaited. The poll interval grows from `interval`
     to at most 0.25 s so a long wait costs little CPU and a short one is quick.
     """
-    deadline = time.monotonic() + timeout
-    pause = interval
-    while True:
-        value = condition()
+    for pause, value in _polls(condition, timeout, interval, message):
         if value:
             return value
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            text = message() if callable(message) else message
-            what = text or getattr(condition, "__name__", "condition")
-            raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(min(pause, remaining))
-        pause = min(pause * 1.5, 0.25)
+        time.sleep(pause)
+    raise AssertionError("unreachable: _polls ends by returning or raising")
 
 
 async def async_wait_until(
@@ -68,22 +60,39 @@ async def async_wait_until(
     timeout: float = 10.0,
     *,
     interval: float = 0.02,
-    message: str | None = None,
+    message: str | Callable[[], str] | None = None,
 ) -> object:
     """`wait_until` for asyncio code: polls without blocking the event loop."""
     import asyncio
 
+    for pause, value in _polls(condition, timeout, interval, message):
+        if value:
+            return value
+        await asyncio.sleep(pause)
+    raise AssertionError("unreachable: _polls ends by returning or raising")
+
+
+def _polls(
+    condition: Callable[[], object],
+    timeout: float,
+    interval: float,
+    message: str | Callable[[], str] | None,
+) -> Iterator[tuple[float, object]]:
+    """The shared polling schedule: yields (pause before the next check, the
+    condition's value); a truthy value ends the wait. Raises WaitTimeout when time is up."""
     deadline = time.monotonic() + timeout
     pause = interval
     while True:
         value = condition()
         if value:
-            return value
+            yield 0.0, value
+            return
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            what = message or getattr(condition, "__name__", "condition")
+            text = message() if callable(message) else message
+            what = text or getattr(condition, "__name__", "condition")
             raise WaitTimeout(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(min(pause, remaining))
+        yield min(pause, remaining), value
         pause = min(pause * 1.5, 0.25)
 
 

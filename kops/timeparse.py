@@ -60,16 +60,9 @@ def parse_instant(text: str) -> int:
     s = text.strip()
     if not s:
         raise ValueError("empty time")
-    if re.fullmatch(r"\d+", s):
-        return int(s)
-    try:
-        dt = datetime.fromisoformat(s)
-    except ValueError:
-        pass
-    else:
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-        return int(dt.timestamp() * 1000)
+    absolute = _absolute_ms(s)
+    if absolute is not None:
+        return absolute
     try:
         parse_duration(s)
     except ValueError:
@@ -97,16 +90,9 @@ def parse_timestamp(text: str, *, now_ms: int | None = None) -> int:
         raise ValueError("empty timestamp")
     if s.lower() == "now":
         return now_ms
-    if re.fullmatch(r"\d+", s):
-        return int(s)
-    try:
-        dt = datetime.fromisoformat(s)
-    except ValueError:
-        pass
-    else:
-        if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=UTC)
-        return int(dt.timestamp() * 1000)
+    absolute = _absolute_ms(s)
+    if absolute is not None:
+        return absolute
     try:
         ago = parse_duration(s)
     except ValueError:
@@ -115,3 +101,16 @@ def parse_timestamp(text: str, *, now_ms: int | None = None) -> int:
             "milliseconds, 'now', or a duration ago (15m, 2h, 1d)"
         ) from None
     return now_ms - int(ago * 1000)
+
+
+def _absolute_ms(s: str) -> int | None:
+    """Epoch ms from epoch milliseconds or ISO-8601 (UTC when no offset); None otherwise."""
+    if re.fullmatch(r"\d+", s):
+        return int(s)
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
