@@ -226,13 +226,20 @@ def test_rebalance_between_two_parallel_consumers_loses_nothing(
     # Two workers each: a alone needs ~2 s, so b's join lands mid-way.
     a = ParallelConsumer(_consumer(kafka_broker, group), handler("a"), workers=2, max_in_flight=200)
     b = ParallelConsumer(_consumer(kafka_broker, group), handler("b"), workers=2, max_in_flight=200)
+    # b subscribes only once a is processing: librdkafka joins the group from subscribe()
+    # in its own thread, so an early b could take every partition and then, never polling,
+    # hold up the revoke a's join needs until max.poll.interval.ms.
     a.subscribe([topic])
-    b.subscribe([topic])
     ta = threading.Thread(target=a.run, kwargs={"idle_timeout": 6})
     ta.start()
     # b joins while a is busy: a's revoke must finish and commit.
     wait_until(lambda: by_member["a"] > 0, 30, message="consumer a to be processing")
-    tb = threading.Thread(target=b.run, kwargs={"idle_timeout": 6})
+
+    def run_b() -> None:
+        b.subscribe([topic])
+        b.run(idle_timeout=6)
+
+    tb = threading.Thread(target=run_b)
     tb.start()
     ta.join(60)
     tb.join(60)
