@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+
+from kops.pytest_plugin import EXTERNAL_BOOTSTRAP_ENV
 
 INNER = """
 from kops.pytest_plugin import requires_bundled_broker
@@ -13,7 +16,7 @@ from kops.pytest_plugin import requires_bundled_broker
 def test_uses_the_external_cluster(kafka_broker):
     from kops import admin
     assert kafka_broker == "{bootstrap}"
-    admin.create_topic(kafka_broker, "external-check", 1)
+    admin.create_topic(kafka_broker, "{topic}", 1)
 
 def test_fresh_broker_is_skipped(fresh_kafka_broker):
     raise AssertionError("fresh_kafka_broker must skip with KOPS_TEST_BOOTSTRAP set")
@@ -27,8 +30,11 @@ def test_bundled_only():
 def test_fixture_yields_the_external_cluster_and_skips_bundled_only_tests(
     kafka_broker: str, tmp_path: Path
 ) -> None:
-    (tmp_path / "test_inner.py").write_text(INNER.format(bootstrap=kafka_broker))
-    env = {**os.environ, "KOPS_TEST_BOOTSTRAP": kafka_broker}
+    # A fresh topic name: with the outer suite itself on an external cluster, a fixed
+    # name would already exist on the second run.
+    inner = INNER.format(bootstrap=kafka_broker, topic=f"external-check-{uuid.uuid4().hex[:8]}")
+    (tmp_path / "test_inner.py").write_text(inner)
+    env = {**os.environ, EXTERNAL_BOOTSTRAP_ENV: kafka_broker}
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider", "-rs"],
         cwd=tmp_path,
@@ -39,4 +45,4 @@ def test_fixture_yields_the_external_cluster_and_skips_bundled_only_tests(
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed, 2 skipped" in result.stdout, result.stdout
-    assert "KOPS_TEST_BOOTSTRAP is set" in result.stdout
+    assert f"{EXTERNAL_BOOTSTRAP_ENV} is set" in result.stdout
