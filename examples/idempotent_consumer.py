@@ -36,7 +36,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
-from kops.client import ClientSettings
+from kops.client import ClientSettings, IdleClock
 from kops.recipes.idempotent import Idempotent, SQLiteStore
 
 
@@ -121,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     consumer.subscribe([args.topic])
     print("ready", flush=True)
     handled = 0
-    last = time.monotonic()
+    idle = IdleClock(args.idle_timeout)  # counts only once the group has assigned partitions
     try:
-        while args.idle_timeout is None or time.monotonic() - last < args.idle_timeout:
+        while not idle.expired(consumer):
             msg = consumer.poll(0.2)
             if msg is None:
                 continue
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 print(f"error: {msg.error()}", file=sys.stderr)
                 return 1
-            last = time.monotonic()
+            idle.touch()
             handle(msg)
             consumer.store_offsets(msg)
             handled += 1

@@ -404,3 +404,44 @@ def fetch_metadata(
         f"cannot reach Kafka at {watch.bootstrap}: {detail} (waited {timeout:g}s)",
         code="_TIMED_OUT",
     )
+
+
+# Kafka holds a new group's first join for group.initial.rebalance.delay.ms (3 s by default)
+# and waits up to the rebalance timeout for other members; some engines take far longer
+# (tansu 0.6: about 23 s). A consumer still joining is not idle.
+JOIN_ALLOWANCE_S = 60.0
+
+
+class IdleClock:
+    """``idle_timeout`` for a group consumer, counted only while it holds partitions.
+
+    Without this, a short idle timeout ends a batch run before its first assignment. The
+    clock restarts whenever the consumer goes from no partitions to some. While it holds
+    none, it waits up to ``join_allowance`` seconds before counting as idle, so a member
+    the group never gives a partition still ends.
+    """
+
+    def __init__(self, timeout: float | None, *, join_allowance: float = JOIN_ALLOWANCE_S) -> None:
+        self.timeout = timeout
+        self.join_allowance = join_allowance
+        self._last = time.monotonic()
+        self._assigned = False
+
+    def touch(self) -> None:
+        """A record arrived."""
+        self._last = time.monotonic()
+
+    def left(self, consumer: Consumer) -> float | None:
+        """Seconds until idle (<= 0: idle now), or None when there is no timeout."""
+        if self.timeout is None:
+            return None
+        assigned = bool(consumer.assignment())
+        if assigned and not self._assigned:
+            self._last = time.monotonic()
+        self._assigned = assigned
+        limit = self.timeout if assigned else max(self.timeout, self.join_allowance)
+        return limit - (time.monotonic() - self._last)
+
+    def expired(self, consumer: Consumer) -> bool:
+        left = self.left(consumer)
+        return left is not None and left <= 0

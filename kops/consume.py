@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from confluent_kafka import (
 from kops.client import (
     ClientSettings,
     ErrorWatch,
+    IdleClock,
     KopsClientError,
     fetch_metadata,
     translate_error,
@@ -344,13 +344,13 @@ def _poll_loop(
 ) -> Iterator[ConsumedRecord]:
     count = 0
     at_end: set[int] = set()
-    last_activity = time.monotonic()
+    idle = IdleClock(idle_timeout)
     while True:
         if stop is not None and stop.is_set():
             return
         wait = 0.5 if stop is None else 0.2
-        if idle_timeout is not None:
-            left = idle_timeout - (time.monotonic() - last_activity)
+        left = idle.left(consumer)
+        if left is not None:
             if left <= 0:
                 return
             wait = min(wait, left)
@@ -379,7 +379,7 @@ def _poll_loop(
                 continue
             raise translate_error(KafkaException(err), "consume", msg.topic())
         at_end.discard(msg.partition())
-        last_activity = time.monotonic()
+        idle.touch()
         if stop is not None and stop.is_set():
             return  # not handed out, not stored: the group reads it again next time
         yield ConsumedRecord.from_message(msg)

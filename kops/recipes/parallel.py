@@ -50,7 +50,7 @@ from typing import Any, Literal
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from kops.client import translate_error
+from kops.client import IdleClock, translate_error
 from kops.recipes.idempotent.records import as_record
 
 __all__ = [
@@ -456,7 +456,8 @@ class ParallelConsumer:
         ex = self.executor
         started = time.monotonic()
         next_commit = started + self.commit_interval
-        last_record = last_poll = started
+        last_poll = started
+        idle = IdleClock(idle_timeout)
         try:
             while not self._stop.is_set():
                 if ex.failure is not None:
@@ -489,14 +490,9 @@ class ParallelConsumer:
                             continue
                         raise translate_error(KafkaException(err), "consume")
                     ex.submit(msg)
-                    last_record = now
                 if msgs:
-                    last_record = now
-                if (
-                    idle_timeout is not None
-                    and now - last_record >= idle_timeout
-                    and ex.in_flight == 0
-                ):
+                    idle.touch()
+                if ex.in_flight == 0 and idle.expired(self.consumer):
                     break
                 if now >= next_commit:
                     self._commit()

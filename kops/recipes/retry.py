@@ -55,6 +55,7 @@ from kops.client import (
     AdminSession,
     ClientSettings,
     ErrorWatch,
+    IdleClock,
     KopsClientError,
     fetch_metadata,
     translate_error,
@@ -485,11 +486,11 @@ def run_retrying_consumer(
     try:
         fetch_metadata(consumer, watch, settings.timeout)
         consumer.subscribe(subscribed)
-        last_record = time.monotonic()
+        idle = IdleClock(idle_timeout)
         while not (stop is not None and stop.is_set()):
             if max_records is not None and processed >= max_records:
                 break
-            if idle_timeout is not None and time.monotonic() - last_record > idle_timeout:
+            if idle.expired(consumer):
                 break
             want = batch_size if max_records is None else min(batch_size, max_records - processed)
             batch = consumer.consume(want, timeout=0.2)
@@ -512,7 +513,7 @@ def run_retrying_consumer(
                 if on_outcome is not None:
                     on_outcome(msg, outcome)
             if batch:
-                last_record = time.monotonic()
+                idle.touch()
             if offsets:
                 # Cleared first: if a retry or dead letter fails to send, these offsets
                 # must never be committed (the finally below would otherwise do it).

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from kops import admin
 from kops.recipes import headers as h
@@ -148,6 +148,9 @@ def test_percentiles_nearest_rank() -> None:
 # --------------------------------------------------------------------------- with broker
 
 
+TARGET_PARTITIONS = 2
+
+
 @dataclass
 class DelayEnv:
     bootstrap: str
@@ -169,7 +172,10 @@ class DelayEnv:
                 "auto.offset.reset": "earliest",
             }
         )
-        consumer.subscribe([self.target])
+        # The reader is not under test: assign() keeps a slow group join (tansu's) out of it.
+        consumer.assign(
+            [TopicPartition(self.target, p, OFFSET_BEGINNING) for p in range(TARGET_PARTITIONS)]
+        )
         got: dict[str, tuple[int, int, int, bytes]] = {}
         deadline = time.monotonic() + timeout
         try:
@@ -204,7 +210,7 @@ def delay_env(kafka_broker: str) -> Iterator[DelayEnv]:
         stats_interval=0.5,
     )
     target = f"target-{tag}"
-    admin.create_topic(kafka_broker, target, 2)
+    admin.create_topic(kafka_broker, target, TARGET_PARTITIONS)
     fw = DelayForwarders(kafka_broker, options)
     stop = threading.Event()
     thread = threading.Thread(target=fw.run, args=(stop,), daemon=True)
