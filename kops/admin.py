@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from confluent_kafka import TopicCollection, TopicPartition
+from confluent_kafka import Producer, TopicCollection, TopicPartition
 from confluent_kafka.admin import (
     AlterConfigOpType,
     ConfigEntry,
@@ -31,7 +31,14 @@ from confluent_kafka.admin import (
 )
 from kio.schema.describe_log_dirs.v1.request import DescribableLogDirTopic, DescribeLogDirsRequest
 
-from kops.client import AdminSession, ClientSettings, KopsClientError
+from kops.client import (
+    AdminSession,
+    ClientSettings,
+    ErrorWatch,
+    KopsClientError,
+    UnknownTopic,
+    fetch_metadata,
+)
 from kops.protocol.client import RequestError, send_request
 
 __all__ = [
@@ -40,6 +47,8 @@ __all__ = [
     "TopicInfo",
     "TopicSummary",
     "alter_topic_configs",
+    "auto_create_topic",
+    "broker_config",
     "create_partitions",
     "create_topic",
     "delete_topic",
@@ -48,6 +57,7 @@ __all__ = [
     "list_offsets",
     "list_topics",
     "offsets_for_time",
+    "topic_config",
     "watermarks",
 ]
 
@@ -165,6 +175,56 @@ def create_topic(
         admin.wait(futures[name], "create topic", name)
 
 
+def auto_create_topic(target: ClientSettings | str, name: str) -> bool:
+    """Make sure ``name`` exists the way a Kafka producer's first use does: when it is missing,
+    ask the broker for its metadata with ``allow_auto_topic_creation`` (librdkafka's
+    ``allow.auto.create.topics=true``), so a broker with ``auto.create.topics.enable=true``
+    creates it with its defaults (``num.partitions``, ``default.replication.factor``).
+
+    Returns True when the broker created it now, False when it existed. Raises
+    :class:`kops.client.UnknownTopic` saying why when the broker did not create it (its
+    ``auto.create.topics.enable`` is false, when it says so) and how to create it.
+    """
+    settings = ClientSettings.of(target)
+    watch = ErrorWatch(settings.bootstrap)
+    try:
+        fetch_metadata(Producer(settings.producer_config(watch)), watch, settings.timeout, name)
+        return False
+    except UnknownTopic:
+        pass
+    creating = Producer(settings.producer_config(watch, **{"allow.auto.create.topics": True}))
+    try:
+        fetch_metadata(creating, watch, settings.timeout, name)
+        return True
+    except UnknownTopic:
+        pass
+    if broker_config(settings, "auto.create.topics.enable") == "false":
+        why = "the broker does not create topics on first use (auto.create.topics.enable=false)"
+    else:
+        why = "the broker did not create it on first use"
+    raise UnknownTopic(
+        f"unknown topic {name!r}: {why}; create it with `kops topic create {name}`",
+        code="UNKNOWN_TOPIC_OR_PART",
+    )
+
+
+def broker_config(target: ClientSettings | str, key: str) -> str | None:
+    """One setting of a broker (DescribeConfigs of the first broker in the metadata), or None
+    when the cluster does not say (no such key, or the request is refused)."""
+    with AdminSession(target) as admin:
+        brokers = admin.metadata().brokers
+        if not brokers:
+            return None
+        res = ConfigResource(ResourceType.BROKER, str(min(brokers)))
+        futures = admin.client.describe_configs([res], request_timeout=admin.request_timeout)
+        try:
+            entries = admin.wait(next(iter(futures.values())), "describe configs")
+        except KopsClientError:
+            return None
+    entry = entries.get(key)
+    return None if entry is None or entry.value is None else str(entry.value)
+
+
 def list_topics(target: ClientSettings | str, include_internal: bool = False) -> list[TopicSummary]:
     """Topics sorted by name; internal ones (``__*``) only when ``include_internal``."""
     with AdminSession(target) as admin:
@@ -246,6 +306,17 @@ def _describe_configs(admin: AdminSession, name: str) -> list[ConfigValue]:
             )
         )
     return sorted(out, key=lambda c: c.name)
+
+
+def topic_config(target: ClientSettings | str, name: str, key: str) -> str | None:
+    """One config of topic ``name`` as the broker reports it (its own or the default), or
+    None when the broker does not say."""
+    with AdminSession(target) as admin:
+        try:
+            configs = _describe_configs(admin, name)
+        except KopsClientError:
+            return None
+    return next((c.value for c in configs if c.name == key), None)
 
 
 def describe_topic(target: ClientSettings | str, name: str) -> TopicInfo:

@@ -9,6 +9,7 @@ Errors raised to callers form one small tree::
     +-- BrokerUnavailable      no broker answered (refused, unresolvable, timed out)
     +-- TopicAlreadyExists
     +-- UnknownTopic
+    +-- RecordTooLarge         the client or the broker refused a record as too large
 
 Typical use::
 
@@ -42,9 +43,11 @@ __all__ = [
     "ClientSettings",
     "ErrorWatch",
     "KopsClientError",
+    "RecordTooLarge",
     "TopicAlreadyExists",
     "UnknownTopic",
     "fetch_metadata",
+    "record_too_large",
     "translate_error",
 ]
 
@@ -87,6 +90,16 @@ class TopicAlreadyExists(KopsClientError):
 
 class UnknownTopic(KopsClientError):
     """The topic (or partition) does not exist on the cluster."""
+
+
+class RecordTooLarge(KopsClientError):
+    """A record (or batch) was too large: for the client (librdkafka's ``message.max.bytes``,
+    refused by ``produce()`` before it is sent) or for the broker (the topic's
+    ``max.message.bytes``, refused in the delivery report)."""
+
+
+#: librdkafka's default ``message.max.bytes``: the largest record a client sends.
+LIBRDKAFKA_MESSAGE_MAX_BYTES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -261,6 +274,41 @@ def translate_error(exc: BaseException, what: str = "", subject: str | None = No
         return KopsClientError(f"{prefix}not supported by this broker ({err.str()})", code=name)
     return KopsClientError(
         f"{prefix}{err.str()} ({name})", code=name, retriable=bool(err.retriable())
+    )
+
+
+def record_too_large(
+    topic: str,
+    *,
+    settings: ClientSettings | None = None,
+    size: int | None = None,
+    topic_limit: str | None = None,
+) -> RecordTooLarge:
+    """The one-line error for ``MSG_SIZE_TOO_LARGE`` (librdkafka names the broker's
+    MESSAGE_TOO_LARGE so, and its own refusal too, both worded "Broker: Message size too
+    large"), saying which limit was hit and which setting to change.
+
+    With ``settings`` the client refused the record in ``produce()``: the broker never saw
+    it, and the limit is the producer's ``message.max.bytes``. Without, the broker refused
+    it in a delivery report: the limit is the topic's ``max.message.bytes`` (``topic_limit``
+    when known), which defaults to the broker's ``message.max.bytes``.
+    """
+    if settings is not None:
+        limit = settings.producer_config().get("message.max.bytes", LIBRDKAFKA_MESSAGE_MAX_BYTES)
+        what = f"a record of {size} bytes" if size is not None else "a record"
+        return RecordTooLarge(
+            f"{what} is over the client's limit message.max.bytes={limit} (librdkafka refused "
+            "it; the broker never saw it): raise it with -X message.max.bytes=N (the topic's "
+            "max.message.bytes must allow it too)",
+            code="MSG_SIZE_TOO_LARGE",
+        )
+    limit_text = f"={topic_limit}" if topic_limit is not None else ""
+    return RecordTooLarge(
+        f"the broker refused a record batch for {topic!r} as too large (MESSAGE_TOO_LARGE): "
+        f"over the topic's max.message.bytes{limit_text} (the broker's message.max.bytes "
+        f"unless the topic sets it); raise it with "
+        f"`kops topic config {topic} --set max.message.bytes=N`",
+        code="MSG_SIZE_TOO_LARGE",
     )
 
 

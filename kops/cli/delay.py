@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from rich.table import Table
 
 from kops.cli.common import (
@@ -25,8 +25,16 @@ from kops.cli.common import (
     kafka_options,
     print_json,
 )
-from kops.cli.worker import jobs_table, serve, setup_logging
-from kops.client import ClientSettings, ErrorWatch, KopsClientError, fetch_metadata
+from kops.cli.worker import jobs_table, logging_options, serve, setup_logging
+from kops.client import (
+    ClientSettings,
+    ErrorWatch,
+    KopsClientError,
+    UnknownTopic,
+    fetch_metadata,
+    record_too_large,
+    translate_error,
+)
 from kops.consume import format_timestamp
 from kops.produce import DeliveryTracker
 from kops.recipes import headers as h
@@ -205,7 +213,14 @@ def send(
     watch = ErrorWatch(settings.bootstrap)
     producer = _producer(settings, watch)
     if check_target:
-        fetch_metadata(producer, watch, settings.timeout, topic)  # fails fast on a missing TOPIC
+        try:
+            fetch_metadata(producer, watch, settings.timeout, topic)  # fails fast when missing
+        except UnknownTopic as exc:
+            raise UnknownTopic(
+                f"{exc}; create it with `kops topic create {topic}`, or pass --no-check-target "
+                "to send to a topic created before the records are due",
+                code=exc.code,
+            ) from exc
     ensure_tier_topics(settings, tiers)
     if sys.stdin.isatty():
         echo_err(f"reading records for {topic} from stdin, one per line; Ctrl-D to finish")
@@ -230,6 +245,12 @@ def send(
         except ValueError as exc:
             tracker.flush(producer, max(settings.timeout, 30))
             raise click.ClickException(str(exc)) from None
+        except KafkaException as exc:
+            tracker.flush(producer, max(settings.timeout, 30))
+            if exc.args and exc.args[0].code() == KafkaError.MSG_SIZE_TOO_LARGE:
+                size = len(value) + len(key or "")
+                raise record_too_large(topic, settings=settings, size=size) from exc
+            raise translate_error(exc, "send", topic) from exc
         tracker.sent()
         ids.append(msg_id)
         producer.poll(0)
@@ -346,7 +367,7 @@ def status(
     show_default=True,
     help="How often lateness stats are published.",
 )
-@click.option("--log-level", default="INFO", show_default=True, help="Logging level for stderr.")
+@logging_options("INFO")
 @tier_options
 @kafka_options()
 def worker(

@@ -121,7 +121,9 @@ def lag(
       STOPPED  committed offset frozen while lagging, and no member owns the partition
       REWOUND  the committed offset went backwards
       GROWING  consuming, but lag never fell and ended higher than it started
-      UNKNOWN  too few samples to judge, or no committed offset
+      no commits yet (NO_COMMITS in --json)
+               the group has committed nothing for the partition yet
+      UNKNOWN  too few samples to judge, or no log end known
 
     With --watch and --json, one JSON document per line per refresh.
     """

@@ -4,6 +4,7 @@ running the recipe files, in the foreground; Ctrl-C or SIGTERM stops everything 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -13,13 +14,22 @@ import tomllib
 from pathlib import Path
 
 import click
+from confluent_kafka.admin import NewTopic
+from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
 from kops.broker.runner import BrokerProcess, BrokerStartError
 from kops.cli.common import KEY_VALUE, console, echo_err, kafka_options
-from kops.cli.worker import explicit_bootstrap, jobs_table, recipe_files, serve, setup_logging
-from kops.client import ClientSettings
+from kops.cli.worker import (
+    explicit_bootstrap,
+    jobs_table,
+    logging_options,
+    recipe_files,
+    serve,
+    setup_logging,
+)
+from kops.client import AdminSession, ClientSettings, KopsClientError
 from kops.worker import RecipeError, Worker, load_recipes, parse_recipe, settings_for
 from kops.worker.defaults import DEFAULT_RECIPE
 
@@ -79,7 +89,7 @@ def default_recipe_files() -> list[Path]:
     multiple=True,
     help="Setting for a broker kops starts, Kafka names (repeatable).",
 )
-@click.option("--log-level", default="INFO", show_default=True, help="Logging level for stderr.")
+@logging_options("WARNING")
 @kafka_options(json_output=False)
 def up(
     *,
@@ -93,8 +103,14 @@ def up(
 
     Starts a broker listening on --bootstrap unless one already answers there, then runs the
     jobs of FILES (default: recipes/*.toml, else a built-in delay-tiers recipe) and shows
-    what is running. Ctrl-C or SIGTERM stops the worker (commits, closes consumers), then
-    the broker, and exits 130 (Ctrl-C) or 143 (SIGTERM).
+    what is running. On a broker it starts, it first creates the topics the jobs read
+    (e.g. `orders` for recipes/orders-retry-dlq.toml). Ctrl-C or SIGTERM stops the worker
+    (commits, closes consumers), then the broker, and exits 130 (Ctrl-C) or 143 (SIGTERM).
+
+    stderr gets warnings and errors only: what needs you. How each job is doing
+    (partitions assigned, records handled, the delay tiers' status) is in the panel, kept
+    up to date on a terminal; -v logs the start and stop of jobs, -vv also assignments
+    and periodic status lines (and the broker's log at the same level).
 
     \b
     Examples:
@@ -123,6 +139,7 @@ def up(
             host=host,
             port=port,
             config=dict(broker_configs),
+            extra_args=["--log-level", log_level],
             stderr=None,  # the broker's log goes to our stderr
             preexec_fn=_die_with_parent,
         )
@@ -139,15 +156,46 @@ def up(
             "local address (127.0.0.1, localhost)"
         )
 
-    def started(w: Worker) -> None:
+    topics_line = ""
+    if broker is not None:
+        topics_line = _create_input_topics(settings, worker)
+
+    out = console()
+    live: Live | None = None
+    drawn_at = 0.0
+
+    def panel(w: Worker, *, detail: bool) -> Panel:
         grid = Table.grid(padding=(0, 2))
         grid.add_row("broker", broker_line)
         grid.add_row("bootstrap", settings.bootstrap)
         grid.add_row("recipes", ", ".join(str(p) for p in paths) or "(built-in delay tiers)")
-        grid.add_row("jobs", jobs_table(w))
-        console().print(Panel(grid, title="kops up", subtitle="Ctrl-C to stop", expand=False))
-        click.echo(f"kops up: running {len(w.jobs)} job(s) against {settings.bootstrap}")
-        sys.stdout.flush()
+        if topics_line:
+            grid.add_row("topics", topics_line)
+        grid.add_row("jobs", jobs_table(w, detail=detail))
+        return Panel(grid, title="kops up", subtitle="Ctrl-C to stop", expand=False)
+
+    def started(w: Worker) -> None:
+        nonlocal live
+        running = f"kops up: running {len(w.jobs)} job(s) against {settings.bootstrap}"
+        if not out.is_terminal:
+            out.print(panel(w, detail=False))  # logs and pipes get it once
+            click.echo(running)
+            sys.stdout.flush()
+            return
+        click.echo(running)
+        # Log lines to a terminal go above the live panel (rich redirects sys.stderr while
+        # it draws), so they do not tear it; a redirected stderr keeps getting them as is.
+        through = sys.stderr.isatty()
+        live = Live(panel(w, detail=True), console=out, auto_refresh=False, redirect_stderr=through)
+        live.start(refresh=True)
+        if through:
+            _log_to(sys.stderr)
+
+    def redraw(w: Worker) -> None:
+        nonlocal drawn_at
+        if live is not None and time.monotonic() - drawn_at >= 1.0:
+            drawn_at = time.monotonic()
+            live.update(panel(w, detail=True), refresh=True)
 
     def broker_alive() -> str | None:
         if broker is not None and (code := broker.exited()) is not None:
@@ -156,11 +204,39 @@ def up(
 
     started_at = time.monotonic()
     try:
-        code = serve(worker, on_started=started, still_ok=broker_alive)
+        code = serve(worker, on_started=started, still_ok=broker_alive, on_tick=redraw)
     finally:
+        if live is not None:
+            live.update(panel(worker, detail=True), refresh=True)
+            live.stop()
+            _log_to(sys.stderr)
         if broker is not None:
             echo_err("stopping the broker...")
             broker.stop()
     echo_err(f"kops up: stopped after {time.monotonic() - started_at:.0f}s")
     if code is not None:
         sys.exit(code)  # 143 after SIGTERM, 130 after Ctrl-C: everything stopped cleanly
+
+
+def _log_to(stream: object) -> None:
+    """Point the stderr log handlers at ``stream`` (rich's Live swaps sys.stderr while it
+    draws, and logging keeps the stream it was given)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(stream)  # type: ignore[arg-type]
+
+
+def _create_input_topics(settings: ClientSettings, worker: Worker) -> str:
+    """On the broker `kops up` started: create the topics the jobs read and nobody creates
+    (the shipped orders recipe reads `orders`), with the broker's defaults, so no job starts
+    by waiting for a topic. Returns the panel line ("" when nothing was missing)."""
+    wanted = worker.input_topics()
+    if not wanted:
+        return ""
+    try:
+        with AdminSession(settings) as session:
+            created = session.ensure_topics([NewTopic(t) for t in wanted])
+    except KopsClientError as exc:  # the jobs wait for their topics and say so
+        echo_err(f"kops up: could not create {', '.join(wanted)}: {exc}")
+        return ""
+    return ", ".join(f"created {t} (read by {', '.join(wanted[t])})" for t in created)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from rich.table import Table
@@ -15,10 +17,62 @@ from kops.client import ClientSettings
 from kops.worker import RecipeError, Worker, job_kinds, load_recipes, settings_for
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: What each -v adds: the default level, then one step more per -v.
+LOG_LEVELS = ("WARNING", "INFO", "DEBUG")
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def setup_logging(level: str) -> None:
+    """Log to stderr at ``level``. The scheduler's own chatter (apscheduler: jobs added,
+    scheduler started) shows only at DEBUG."""
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format=LOG_FORMAT, force=True)
+    quiet = logging.getLevelName(level.upper()) != logging.DEBUG
+    logging.getLogger("apscheduler").setLevel(logging.WARNING if quiet else logging.NOTSET)
+
+
+def log_level_for(default: str, verbose: int, explicit: str | None) -> str:
+    """``--log-level`` when given, else ``default`` raised one step (WARNING, INFO, DEBUG)
+    per ``-v``."""
+    if explicit:
+        return explicit.upper()
+    start = LOG_LEVELS.index(default) if default in LOG_LEVELS else 0
+    return LOG_LEVELS[min(start + verbose, len(LOG_LEVELS) - 1)]
+
+
+def logging_options(default: str) -> Callable[[F], F]:
+    """``-v/--verbose`` (repeatable) and ``--log-level`` for a long-running command; the
+    command receives ``log_level``, the level to give :func:`setup_logging`.
+
+    stderr is for what a person must act on: per-partition assignments and periodic status
+    lines are logged at DEBUG, the lifecycle (started, stopped) at INFO."""
+
+    def decorator(f: F) -> F:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            verbose = kwargs.pop("verbose")
+            kwargs["log_level"] = log_level_for(default, verbose, kwargs.pop("log_level"))
+            return f(*args, **kwargs)
+
+        levels = LOG_LEVELS[LOG_LEVELS.index(default) :]
+        more = ", ".join(f"{'-' + 'v' * i} {lvl}" for i, lvl in enumerate(levels[1:], start=1))
+        out: Callable[..., Any] = click.option(
+            "--log-level",
+            type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+            default=None,
+            help=f"Logging level for stderr [default: {default}].",
+        )(wrapper)
+        out = click.option(
+            "--verbose",
+            "-v",
+            count=True,
+            help=f"Log more on stderr: {more} (assignments, periodic status)."
+            if more
+            else "Log more on stderr.",
+        )(out)
+        return out  # type: ignore[return-value]
+
+    return decorator
 
 
 def explicit_bootstrap() -> bool:
@@ -28,14 +82,18 @@ def explicit_bootstrap() -> bool:
     return source not in (None, click.core.ParameterSource.DEFAULT)
 
 
-def jobs_table(worker: Worker) -> Table:
+def jobs_table(worker: Worker, *, detail: bool = False) -> Table:
+    """The jobs, one row each; with ``detail``, how each is doing (the live panel of
+    ``kops up``) instead of its recipe file."""
     table = Table(box=None, pad_edge=False)
-    for col in ("JOB", "KIND", "SCHEDULE", "STATUS", "RECIPE"):
+    last = "DETAIL" if detail else "RECIPE"
+    for col in ("JOB", "KIND", "SCHEDULE", "STATUS", last):
         table.add_column(col)
     for job in worker.describe():
-        table.add_row(
-            job["name"], job["kind"], job["schedule"], job["status"], job["recipe"] or "-"
-        )
+        extra = job["recipe"]
+        if detail:
+            extra = job["detail"] or (f"next run {job['next_run']}" if job["next_run"] else None)
+        table.add_row(job["name"], job["kind"], job["schedule"], job["status"], extra or "-")
     return table
 
 
@@ -44,11 +102,13 @@ def serve(
     *,
     on_started: Callable[[Worker], None] | None = None,
     still_ok: Callable[[], str | None] | None = None,
+    on_tick: Callable[[Worker], None] | None = None,
 ) -> int | None:
     """Start ``worker``, block until SIGTERM/SIGINT (or ``still_ok`` returns a reason to
     stop), then stop it cleanly: every job commits and closes its consumers, which leave
-    their group at once. Returns the exit status for the signal (130 SIGINT, 143 SIGTERM),
-    None when none came; raises ClickException when ``still_ok`` gave a reason."""
+    their group at once. ``on_tick`` runs every half second meanwhile (to redraw a live
+    view). Returns the exit status for the signal (130 SIGINT, 143 SIGTERM), None when none
+    came; raises ClickException when ``still_ok`` gave a reason."""
     problem: str | None = None
     with graceful_stop(exit_on_signal=False) as stop:
         try:
@@ -58,6 +118,8 @@ def serve(
             while not stop.wait(0.5):
                 if still_ok is not None and (problem := still_ok()):
                     break
+                if on_tick is not None:
+                    on_tick(worker)
         finally:
             worker.stop()
     if problem:
@@ -80,14 +142,15 @@ def worker() -> None:
 
 @worker.command("run")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--log-level", default="INFO", show_default=True, help="Logging level for stderr.")
+@logging_options("INFO")
 @kafka_options()
 def run(
     *, files: tuple[Path, ...], log_level: str, settings: ClientSettings, as_json: bool
 ) -> None:
     """Run the jobs of recipe FILES (TOML; a directory means its *.toml) until SIGTERM/Ctrl-C.
 
-    Prints the jobs on stdout, logs on stderr. On SIGTERM or Ctrl-C every job stops cleanly
+    Prints the jobs on stdout, logs on stderr (INFO: start and stop; -v adds partition
+    assignments and periodic status lines). On SIGTERM or Ctrl-C every job stops cleanly
     (commits, closes its consumers), then it exits 143 (SIGTERM) or 130 (Ctrl-C).
     --bootstrap/KOPS_BOOTSTRAP win over a file's bootstrap.
     The format is described in recipes/README.md; `kops worker kinds` lists job kinds.

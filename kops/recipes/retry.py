@@ -503,7 +503,10 @@ def run_retrying_consumer(
                         # A long-running consumer outlives a missing topic: librdkafka
                         # picks the topic up once it is created.
                         if msg.topic() not in missing:
-                            log.warning("topic %s does not exist (yet): waiting", msg.topic())
+                            log.warning(
+                                "topic %s does not exist (yet): waiting for it; create it with "
+                                "`kops topic create %s`", msg.topic(), msg.topic(),
+                            )  # fmt: skip
                             missing.add(msg.topic())
                         continue
                     raise translate_error(KafkaException(err), "consume", msg.topic())

@@ -11,6 +11,10 @@ A *kind* maps to a factory ``factory(options, context)`` that builds the job fro
   ``cron`` schedule (never two runs of one job at once; missed runs are coalesced). Long
   runs should check ``context.stop`` and return early when it is set.
 
+How a job is doing (partitions assigned, the last run's figures) goes to ``context.note``
+(or a ``status_line()`` method of a long-running job), which ``kops up`` shows in its
+panel; the log gets it at DEBUG. Keep WARNING and above for what a person must act on.
+
 Add a kind by adding a line to :data:`BUILTIN_KINDS` (``"module:attribute"``, imported only
 when a recipe uses the kind, so modules never import each other at start-up), or at run time
 with :func:`register_job_kind`. Factories raise :class:`RecipeError` for bad options; use
@@ -67,6 +71,15 @@ class JobContext:
     #: Set when the worker shuts down; periodic jobs should return early when they see it.
     stop: threading.Event = field(default_factory=threading.Event)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("kops.worker"))
+    #: One line on how the job is doing, shown by ``kops up`` and ``kops worker run`` (the
+    #: DETAIL column): set it with :meth:`note`. A long-running job may instead have a
+    #: ``status_line()`` method returning it.
+    detail: str | None = None
+
+    def note(self, text: str) -> None:
+        """Say how the job is doing, for people: ``kops up`` shows it in its panel. What
+        fires per partition or per run goes here (and to the log at DEBUG), not to INFO."""
+        self.detail = text
 
 
 JobFactory = Callable[[dict[str, Any], JobContext], "LongRunningJob | Callable[[], Any]"]

@@ -95,6 +95,7 @@ class Worker:
         self.jobs: list[JobState] = []
         self._threads: list[threading.Thread] = []
         self._scheduler: BackgroundScheduler | None = None
+        self._contexts: dict[str, JobContext] = {}
         for spec in specs:
             state = JobState(spec)
             state.instance = self._build(spec)
@@ -105,7 +106,10 @@ class Worker:
         return cls([job for r in recipes for job in r.jobs], settings)
 
     def _context(self, spec: JobSpec) -> JobContext:
-        return JobContext(
+        # One context per job, kept across restarts: its note stays until the next one.
+        if spec.name in self._contexts:
+            return self._contexts[spec.name]
+        context = self._contexts[spec.name] = JobContext(
             settings=self.settings,
             name=spec.name,
             kind=spec.kind,
@@ -114,6 +118,7 @@ class Worker:
             stop=self.stop_event,
             log=logging.getLogger(f"kops.worker.{spec.name}"),
         )
+        return context
 
     def _build(self, spec: JobSpec) -> LongRunningJob | Callable[[], Any]:
         where = f"{spec.recipe or 'recipe'}: job {spec.name!r}"
@@ -242,10 +247,36 @@ class Worker:
     def alive(self) -> bool:
         return any(t.is_alive() for t in self._threads) or self._scheduler is not None
 
+    def input_topics(self) -> dict[str, list[str]]:
+        """Topic -> the jobs that read it and do not create it (a job says so with an
+        ``input_topics()`` method): what a new cluster needs before the jobs have work."""
+        out: dict[str, list[str]] = {}
+        for state in self.jobs:
+            method = getattr(state.instance, "input_topics", None)
+            for topic in method() if callable(method) else ():
+                out.setdefault(topic, []).append(state.spec.name)
+        return out
+
+    def detail(self, state: JobState) -> str | None:
+        """One line on how a job is doing: its ``status_line()`` when it has one (and it
+        runs), else the last ``context.note``; then the last error, if any."""
+        text = None
+        status_line = getattr(state.instance, "status_line", None)
+        if callable(status_line) and state.status == "running":
+            with contextlib.suppress(Exception):
+                text = status_line()
+        if text is None:
+            context = self._contexts.get(state.spec.name)
+            text = context.detail if context is not None else None
+        if state.last_error and state.status in ("restarting", "scheduled"):
+            text = f"{text}; last error: {state.last_error}" if text else state.last_error
+        return text
+
     def describe(self) -> list[dict[str, Any]]:
         out = []
         for s in self.jobs:
             d = s.to_dict()
+            d["detail"] = self.detail(s)
             d["next_run"] = (
                 datetime.fromtimestamp(s.next_run_at, UTC).isoformat(timespec="seconds")
                 if s.next_run_at and s.spec.schedule.periodic

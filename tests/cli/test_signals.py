@@ -246,7 +246,7 @@ def test_delay_worker_stops_cleanly(kafka_broker: str, running: Callable[..., Ru
     tiers, args = _delay_args(tag)
     group = f"sig-dw-{tag}"
     r = running(
-        "delay", "worker", *args, "--group", group, "--cancel-topic", f"sdc{tag}",
+        "delay", "worker", "-v", *args, "--group", group, "--cancel-topic", f"sdc{tag}",
         "--stats-topic", f"sds{tag}", bootstrap=kafka_broker,
     )  # fmt: skip
     _forward_through(kafka_broker, r, tiers, f"sdd{tag}", 3, "tier 1s: assigned")
@@ -276,7 +276,8 @@ def test_worker_run_stops_cleanly(
     tag = _tag()
     tiers, _ = _delay_args(tag)
     group = f"sig-wr-{tag}"
-    r = running("worker", "run", str(_recipe(tmp_path, tag, group)), bootstrap=kafka_broker)
+    recipe = str(_recipe(tmp_path, tag, group))
+    r = running("worker", "run", "-v", recipe, bootstrap=kafka_broker)  # -v: assignments
     _forward_through(kafka_broker, r, tiers, f"sdd{tag}", 3, "tier 1s: assigned")
     _assert_clean(r, r.stop())
     assert "worker stopped" in r.stderr
@@ -293,7 +294,7 @@ def test_up_with_a_running_broker_stops_cleanly(
     tiers, _ = _delay_args(tag)
     group = f"sig-up-{tag}"
     r = running(
-        "up", "--bootstrap", kafka_broker, str(_recipe(tmp_path, tag, group)),
+        "up", "-vv", "--bootstrap", kafka_broker, str(_recipe(tmp_path, tag, group)),
         bootstrap=kafka_broker,
     )  # fmt: skip
     r.wait_for(lambda: "kops up: running" in r.stdout, "kops up running")

@@ -63,8 +63,8 @@ def test_up_starts_broker_and_worker_and_stops_on_sigterm(tmp_path: Path) -> Non
     bootstrap = f"127.0.0.1:{port}"
     recipe = tmp_path / "delay.toml"
     recipe.write_text('[[job]]\nkind = "delay-forwarders"\ntiers = ["1s", "2s"]\n')
-    proc, err = _start_up(
-        ["--bootstrap", bootstrap, "--data-dir", str(tmp_path / "data"), str(recipe)]
+    proc, err = _start_up(  # -vv: assignments (DEBUG) and job stops (INFO) on stderr
+        ["-vv", "--bootstrap", bootstrap, "--data-dir", str(tmp_path / "data"), str(recipe)]
     )
     try:
         shown = _wait_running(proc, err)

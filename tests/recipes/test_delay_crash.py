@@ -29,7 +29,7 @@ class ForwarderProcess:
 
     def __init__(self, bootstrap: str, tiers: DelayTiers, group: str, instance: str):
         self.command = [
-            sys.executable, "-m", "kops", "delay", "worker",
+            sys.executable, "-m", "kops", "delay", "worker", "-v",  # -v: assignments
             "--tiers", tiers.describe(), "--template", tiers.template,
             "--group", group, "--instance-id", instance, "--stats-interval", "1s",
         ]  # fmt: skip

@@ -205,7 +205,7 @@ def test_worker_run_recipe_and_sigterm(kafka_broker: str, tmp_path: Path) -> Non
         """
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kops", "worker", "run", str(file), "--json"],
+        [sys.executable, "-m", "kops", "worker", "run", "-v", str(file), "--json"],
         env={**os.environ, "KOPS_BOOTSTRAP": kafka_broker},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

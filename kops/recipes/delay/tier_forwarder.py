@@ -170,7 +170,9 @@ class TierForwarder:
         # otherwise never be fetched again.
         consumer.resume(partitions)
         self.assigned.set()
-        log.info("tier %s: assigned partitions %s", self.label, [tp.partition for tp in partitions])
+        log.debug(
+            "tier %s: assigned partitions %s", self.label, [tp.partition for tp in partitions]
+        )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Everything forwarded up to the first unforwarded record has been committed (async,
@@ -180,7 +182,7 @@ class TierForwarder:
         for tp in partitions:
             self.parts.pop(tp.partition, None)
             self._committed.pop(tp.partition, None)
-        log.info("tier %s: revoked partitions %s", self.label, [tp.partition for tp in partitions])
+        log.debug("tier %s: revoked partitions %s", self.label, [tp.partition for tp in partitions])
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:  # no longer ours: committing would be refused

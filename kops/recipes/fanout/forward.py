@@ -379,7 +379,7 @@ class BacklogFanout:
             self._committed.update({(t.topic, t.partition): t.offset for t in chosen})
         consumer.incremental_assign(committed)
         self._backlog = (self._backlog or 0) + backlog
-        log.info(
+        log.debug(
             "fan-out of %s: partitions %s, backlog %d",
             self.source,
             [p.partition for p in new],

@@ -1,7 +1,9 @@
 """Delay job kinds (registered by name in :data:`kops.worker.registry.BUILTIN_KINDS`).
 
 - ``delay-forwarders`` (long-running): every tier forwarder of a delay ladder.
-- ``delay-status`` (periodic): log one line per tier: pending, oldest due, lateness p50/p99.
+- ``delay-status`` (periodic): one line per tier (pending, oldest due, lateness p50/p99) at
+  DEBUG, a summary as the job's note (``kops up`` shows it), and a warning when a tier's
+  oldest pending record is more than a minute overdue (no forwarder keeps up).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from kops.worker.registry import JobContext, RecipeError, take_options
 __all__ = ["delay_forwarders", "delay_status_report", "tiers_from_options"]
 
 _TIER_KEYS = {"tiers", "template", "max_delay"}
+#: A pending record overdue by more than this is a warning: no forwarder is keeping up.
+OVERDUE_WARNING_S = 60.0
 
 
 def tiers_from_options(options: dict[str, Any]) -> DelayTiers:
@@ -87,21 +91,38 @@ def delay_status_report(options: dict[str, Any], context: JobContext) -> Callabl
     stats_topic = opts.get("stats_topic", STATS_TOPIC) or None
 
     def report() -> None:
+        # One line per tier at DEBUG (-vv); the summary goes to the job's note (the panel of
+        # `kops up`); only a head overdue long enough to need a person is a warning.
         now = time.time() * 1000
-        for st in delay_status(context.settings, tiers, group=group, stats_topic=stats_topic):
+        statuses = delay_status(context.settings, tiers, group=group, stats_topic=stats_topic)
+        missing, pending, delivered, worst = 0, 0, 0, 0.0
+        for st in statuses:
             if not st.exists:
-                context.log.info("tier %s: topic %s does not exist", st.tier, st.topic)
+                missing += 1
+                context.log.debug("tier %s: topic %s does not exist", st.tier, st.topic)
                 continue
-            overdue = (
-                f", head overdue by {(now - st.oldest_due_ms) / 1000:.1f}s"
-                if st.oldest_due_ms is not None and st.oldest_due_ms < now
-                else ""
-            )
-            context.log.info(
+            late_s = (now - st.oldest_due_ms) / 1000 if st.oldest_due_ms is not None else 0.0
+            overdue = f", head overdue by {late_s:.1f}s" if late_s > 0 else ""
+            pending += st.pending
+            delivered += st.delivered
+            worst = max(worst, late_s)
+            context.log.debug(
                 "tier %s: pending %d%s, delivered %d, lateness p50 %s ms p99 %s ms",
                 st.tier, st.pending, overdue, st.delivered,
                 "-" if st.lateness_p50_ms is None else st.lateness_p50_ms,
                 "-" if st.lateness_p99_ms is None else st.lateness_p99_ms,
             )  # fmt: skip
+            if late_s > OVERDUE_WARNING_S:
+                context.log.warning(
+                    "tier %s: the oldest pending record is %.0fs overdue: are the delay "
+                    "forwarders (kops up, kops delay worker) running against this cluster?",
+                    st.tier, late_s,
+                )  # fmt: skip
+        text = f"{len(statuses)} tiers: {pending} pending, {delivered} delivered"
+        if worst > 0:
+            text += f", head overdue by {worst:.1f}s"
+        if missing:
+            text += f", {missing} tier topic{'s' * (missing != 1)} missing"
+        context.note(text)
 
     return report

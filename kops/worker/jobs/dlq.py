@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -39,12 +40,29 @@ class RetryConsumerJob:
         self.context = context
         self.kwargs = kwargs
         self.stats: Any = None
+        self.outcomes: Counter[str] = Counter()
 
     def run(self, stop: threading.Event) -> None:
         from kops.recipes.retry import run_retrying_consumer
 
-        self.stats = run_retrying_consumer(self.context.settings, stop=stop, **self.kwargs)
+        def count(_msg: Any, outcome: Any) -> None:
+            self.outcomes[str(outcome)] += 1
+
+        self.stats = run_retrying_consumer(
+            self.context.settings, stop=stop, on_outcome=count, **self.kwargs
+        )
         self.context.log.info("%s stopped: %s", self.context.name, self.stats.to_dict())
+
+    def input_topics(self) -> list[str]:
+        """The topics it consumes (their retry and dead-letter topics it creates itself)."""
+        return list(self.kwargs["topics"])
+
+    def status_line(self) -> str:
+        """``"handled 3, retry-scheduled 1, dead-lettered 1"`` so far in this run."""
+        counts = dict(self.outcomes)
+        if not counts:
+            return f"waiting for records on {', '.join(self.kwargs['topics'])}"
+        return ", ".join(f"{name} {n}" for name, n in sorted(counts.items()))
 
 
 def retry_consumer_job(options: dict[str, Any], context: JobContext) -> RetryConsumerJob:
@@ -114,5 +132,6 @@ def dlq_replay_job(options: dict[str, Any], context: JobContext) -> Callable[[],
             include_in_doubt=bool(opts.get("include_in_doubt", False)), stop=context.stop,
         )  # fmt: skip
         context.log.info("%s: %s: %s", context.name, report.dlq, report.summary())
+        context.note(f"last run: {report.summary()}")
 
     return run

@@ -79,6 +79,10 @@ class BacklogFanoutJob:
         self.report: Any = None
         self.errors: list[BaseException] = []
 
+    def input_topics(self) -> list[str]:
+        """The backlog's topic (the target it creates itself)."""
+        return [self.fanout.source]
+
     def run(self, stop: threading.Event) -> None:
         from kops.recipes.parallel import ParallelConsumer
 
