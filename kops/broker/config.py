@@ -1,13 +1,30 @@
-"""Broker and topic settings, named and defaulted as Kafka names them."""
+"""Broker and topic settings, named and defaulted as Kafka names them.
+
+The topic-level settings themselves (types, defaults, validation) are
+catalogued in kops.broker.topic_configs.
+"""
 
 from __future__ import annotations
 
 import builtins
 from collections.abc import Mapping
 
-from kio.schema.errors import ErrorCode
+from kops.broker.topic_configs import (
+    CATALOGUE,
+    LONG_MAX,
+    ConfigError,
+)
+from kops.broker.topic_configs import (
+    validate_topic_config as _validate,
+)
 
-from kops.errors import ApiError
+__all__ = [
+    "BROKER_DEFAULTS",
+    "TOPIC_DEFAULT_SOURCES",
+    "BrokerConfig",
+    "ConfigError",
+    "validate_topic_config",
+]
 
 BROKER_DEFAULTS: dict[str, str] = {
     "node.id": "0",
@@ -19,10 +36,29 @@ BROKER_DEFAULTS: dict[str, str] = {
     "log.retention.bytes": "-1",
     "log.segment.bytes": str(1 << 30),
     "log.roll.hours": "168",
+    "log.roll.jitter.hours": "0",
     "log.index.interval.bytes": "4096",
+    "log.index.size.max.bytes": str(10 << 20),
     "log.retention.check.interval.ms": "300000",
     "log.cleanup.policy": "delete",
     "log.message.timestamp.type": "CreateTime",
+    "log.message.timestamp.before.max.ms": str(LONG_MAX),
+    "log.message.timestamp.after.max.ms": str(LONG_MAX),
+    "log.message.timestamp.difference.max.ms": str(LONG_MAX),
+    "log.message.format.version": "3.0-IV1",
+    "log.message.downconversion.enable": "true",
+    "log.flush.interval.messages": str(LONG_MAX),
+    "log.flush.scheduler.interval.ms": str(LONG_MAX),
+    "log.segment.delete.delay.ms": "60000",
+    "log.preallocate": "false",
+    "log.local.retention.ms": "-2",
+    "log.local.retention.bytes": "-2",
+    "remote.log.storage.system.enable": "false",
+    "compression.type": "producer",
+    "compression.gzip.level": "-1",
+    "compression.lz4.level": "9",
+    "compression.zstd.level": "3",
+    "unclean.leader.election.enable": "false",
     "message.max.bytes": "1048588",
     "socket.request.max.bytes": str(100 * 1024 * 1024),
     "offsets.topic.num.partitions": "50",
@@ -32,45 +68,46 @@ BROKER_DEFAULTS: dict[str, str] = {
     "group.initial.rebalance.delay.ms": "3000",
     "group.min.session.timeout.ms": "6000",
     "group.max.session.timeout.ms": "1800000",
-    "delete.retention.ms": "86400000",
+    "log.cleaner.delete.retention.ms": "86400000",
+    "log.cleaner.min.compaction.lag.ms": "0",
+    "log.cleaner.max.compaction.lag.ms": str(LONG_MAX),
     "log.cleaner.backoff.ms": "15000",
     "log.cleaner.min.cleanable.ratio": "0.5",
 }
 
-# Topic-level settings and the broker setting each one defaults from.
+# Topic-level settings and the broker setting each one defaults from (the
+# highest-priority synonym; the full lists are in the catalogue).
 TOPIC_DEFAULT_SOURCES: dict[str, str] = {
-    "cleanup.policy": "log.cleanup.policy",
-    "retention.ms": "log.retention.ms",
-    "retention.bytes": "log.retention.bytes",
-    "segment.bytes": "log.segment.bytes",
-    "segment.ms": "log.roll.ms",
-    "index.interval.bytes": "log.index.interval.bytes",
-    "message.timestamp.type": "log.message.timestamp.type",
-    "max.message.bytes": "message.max.bytes",
-    "min.insync.replicas": "min.insync.replicas",
-    "delete.retention.ms": "delete.retention.ms",
-    "min.cleanable.dirty.ratio": "log.cleaner.min.cleanable.ratio",
+    name: definition.synonyms[0] for name, definition in CATALOGUE.items() if definition.synonyms
 }
 
-
-class ConfigError(ApiError, ValueError):
-    """A setting name or value that the broker does not accept."""
-
-    error_code = ErrorCode.invalid_config
+# Broker settings given in coarser units, as (ms setting, [(alternative, factor)]):
+# Kafka uses the first one set, in this order.
+_DERIVED_MS = (
+    ("log.retention.ms", (("log.retention.minutes", 60_000), ("log.retention.hours", 3600_000))),
+    ("log.roll.ms", (("log.roll.hours", 3600_000),)),
+    ("log.roll.jitter.ms", (("log.roll.jitter.hours", 3600_000),)),
+    ("log.flush.interval.ms", (("log.flush.scheduler.interval.ms", 1),)),
+    # kops named the tombstone retention "delete.retention.ms" before it used Kafka's name.
+    ("log.cleaner.delete.retention.ms", (("delete.retention.ms", 1),)),
+)
 
 
 class BrokerConfig:
     def __init__(self, overrides: Mapping[str, str] | None = None) -> None:
-        self._values = dict(BROKER_DEFAULTS)
-        for key, value in (overrides or {}).items():
-            self._values[key] = str(value)
-        # Kafka derives the ms settings from hours unless the ms form is given.
-        if "log.retention.ms" not in self._values:
-            self._values["log.retention.ms"] = str(
-                int(self._values["log.retention.hours"]) * 3600_000
-            )
-        if "log.roll.ms" not in self._values:
-            self._values["log.roll.ms"] = str(int(self._values["log.roll.hours"]) * 3600_000)
+        given = {key: str(value) for key, value in (overrides or {}).items()}
+        # Settings the operator set: describe reports topic defaults taken from
+        # them as STATIC_BROKER_CONFIG rather than DEFAULT_CONFIG.
+        self._given = frozenset(given)
+        self._values = {**BROKER_DEFAULTS, **given}
+        for target, alternatives in _DERIVED_MS:
+            if target in given:
+                continue
+            source = next((a for a in alternatives if a[0] in given), None)
+            source = source or next((a for a in alternatives if a[0] in self._values), None)
+            if source is not None:
+                key, factor = source
+                self._values[target] = str(int(self._values[key]) * factor)
 
     def get(self, key: str) -> str | None:
         return self._values.get(key)
@@ -85,36 +122,34 @@ class BrokerConfig:
     def node_id(self) -> builtins.int:
         return int(self._values.get("broker.id", self._values["node.id"]))
 
+    def is_set(self, key: str) -> builtins.bool:
+        """Whether the operator gave `key` (rather than it being Kafka's default)."""
+        return key in self._given
+
+    def topic_default_origin(self, topic_key: str) -> str | None:
+        """The broker setting the operator gave that supplies topic config
+        `topic_key`'s default, or None when the default is Kafka's own."""
+        definition = CATALOGUE.get(topic_key)
+        synonyms = definition.synonyms if definition else ()
+        return next((s for s in synonyms if s in self._given), None)
+
     def topic_defaults(self) -> dict[str, str]:
-        return {topic: self._values[broker] for topic, broker in TOPIC_DEFAULT_SOURCES.items()}
+        """Every topic config's value on a topic that does not override it."""
+        return {
+            name: self._values.get(d.synonyms[0], d.default) if d.synonyms else d.default
+            for name, d in CATALOGUE.items()
+        }
 
     def items(self) -> dict[str, str]:
         return dict(self._values)
 
 
-def validate_topic_config(config: Mapping[str, str]) -> None:
-    """Reject unknown names and non-numeric values where numbers are expected."""
-    for key, value in config.items():
-        if key not in TOPIC_DEFAULT_SOURCES:
-            raise ConfigError(f"unknown topic config {key!r}")
-        if key == "cleanup.policy":
-            parts = {p.strip() for p in value.split(",")}
-            if not parts or not parts <= {"delete", "compact"}:
-                raise ConfigError(f"invalid value {value!r} for cleanup.policy")
-        elif key == "min.cleanable.dirty.ratio":
-            try:
-                ratio = float(value)
-            except ValueError:
-                ratio = -1.0
-            if not 0.0 <= ratio <= 1.0:
-                raise ConfigError(
-                    f"invalid value {value!r} for {key}: expected a number from 0 to 1"
-                )
-        elif key == "message.timestamp.type":
-            if value not in ("CreateTime", "LogAppendTime"):
-                raise ConfigError(f"invalid value {value!r} for message.timestamp.type")
-        else:
-            try:
-                int(value)
-            except ValueError:
-                raise ConfigError(f"invalid value {value!r} for {key}") from None
+def validate_topic_config(
+    config: Mapping[str, str], defaults: Mapping[str, str] | None = None
+) -> None:
+    """Reject unknown names and values Kafka would refuse (ConfigError: INVALID_CONFIG).
+
+    `defaults` (BrokerConfig.topic_defaults()) lets settings be checked against
+    the ones the topic does not override (min vs max compaction lag).
+    """
+    _validate(config, defaults)

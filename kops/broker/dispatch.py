@@ -14,6 +14,7 @@ from kops.broker.handlers import (
     ApiHandler,
     ApiRange,
     RequestContext,
+    alter_configs,
     api_versions,
     create_partitions,
     create_topics,
@@ -24,6 +25,7 @@ from kops.broker.handlers import (
     describe_configs,
     describe_groups,
     describe_log_dirs,
+    describe_topic_partitions,
     fetch,
     find_coordinator,
     heartbeat,
@@ -47,7 +49,9 @@ from kops.protocol.messages import (
     MalformedRequestError,
     UnsupportedVersionError,
     decode_request,
+    encode_legacy_produce_response,
     encode_response,
+    is_legacy_produce,
     peek_key_version,
 )
 
@@ -80,12 +84,14 @@ HANDLERS: tuple[ApiHandler[Any], ...] = (
     init_producer_id.API,
     offset_for_leader_epoch.API,
     describe_configs.API,
+    alter_configs.API,
     create_partitions.API,
     incremental_alter_configs.API,
     delete_groups.API,
     offset_delete.API,
     describe_log_dirs.API,
     describe_cluster.API,
+    describe_topic_partitions.API,
 )
 
 
@@ -124,6 +130,8 @@ class Dispatcher:
         response = await api.handle(ctx, request.body)
         if response is None:
             return None
+        if is_legacy_produce(api_key, api_version):
+            return encode_legacy_produce_response(correlation_id, response, api_version)
         return encode_response(correlation_id, response)
 
 

@@ -6,6 +6,7 @@ import click
 from rich.table import Table
 
 from kops import admin
+from kops.broker.topic_configs import CATALOGUE
 from kops.cli.common import KEY_VALUE, console, echo_err, kafka_options, print_json
 from kops.client import ClientSettings, TopicAlreadyExists, UnknownTopic
 
@@ -25,6 +26,42 @@ def _fmt_ids(ids: list[int]) -> str:
 
 def _fmt(value: object) -> str:
     return "-" if value is None else str(value)
+
+
+def _kops_acts(name: str) -> bool | None:
+    """Whether the bundled broker acts on topic config `name` (False: it only stores
+    and reports it); None for a name outside Kafka's topic configs."""
+    definition = CATALOGUE.get(name)
+    return None if definition is None else definition.acted
+
+
+def _kops_label(name: str) -> str:
+    return {True: "acts", False: "stores", None: "-"}[_kops_acts(name)]
+
+
+def _config_table(configs: list[admin.ConfigValue]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in ("CONFIG", "VALUE", "SOURCE", "KOPS"):
+        table.add_column(column)
+    for c in configs:
+        value = "(sensitive)" if c.sensitive else _fmt(c.value)
+        source = _SOURCE_LABELS.get(c.source, c.source.lower())
+        table.add_row(c.name, value, source, _kops_label(c.name))
+    return table
+
+
+def _configs_json(configs: list[admin.ConfigValue]) -> dict[str, dict[str, object]]:
+    return {
+        c.name: {
+            "value": c.value,
+            "source": c.source,
+            "is_default": c.is_default,
+            "read_only": c.read_only,
+            "sensitive": c.sensitive,
+            "kops_acts": _kops_acts(c.name),
+        }
+        for c in configs
+    }
 
 
 @click.group()
@@ -134,7 +171,10 @@ def describe(*, name: str, all_configs: bool, settings: ClientSettings, as_json:
     """
     info = admin.describe_topic(settings, name)
     if as_json:
-        print_json(info.to_dict())
+        described = info.to_dict()
+        for key, entry in (described["configs"] or {}).items():
+            entry["kops_acts"] = _kops_acts(key)
+        print_json(described)
         return
     out = console()
     out.print(f"Topic: {info.name}")
@@ -164,14 +204,7 @@ def describe(*, name: str, all_configs: bool, settings: ClientSettings, as_json:
         shown = [c for c in info.configs if all_configs or c.source == "DYNAMIC_TOPIC_CONFIG"]
         out.print()
         if shown:
-            ctable = Table(box=None, pad_edge=False)
-            ctable.add_column("CONFIG")
-            ctable.add_column("VALUE")
-            ctable.add_column("SOURCE")
-            for c in shown:
-                value = "(sensitive)" if c.sensitive else _fmt(c.value)
-                ctable.add_row(c.name, value, _SOURCE_LABELS.get(c.source, c.source.lower()))
-            out.print(ctable)
+            out.print(_config_table(shown))
         else:
             out.print("Configs: all defaults (use --all-configs to list them)")
     for warning in info.warnings:
@@ -212,23 +245,49 @@ def alter(*, name: str, partitions: int, settings: ClientSettings) -> None:
     metavar="KEY",
     help="Remove a config override, reverting to the default (repeatable).",
 )
-@kafka_options(json_output=False)
+@click.option(
+    "--show",
+    is_flag=True,
+    help="List every config (after any change): value, source, and whether kops acts on it.",
+)
+@kafka_options()
 def config(
     *,
     name: str,
     set_: tuple[tuple[str, str], ...],
     delete: tuple[str, ...],
+    show: bool,
     settings: ClientSettings,
+    as_json: bool,
 ) -> None:
-    """Change NAME's configs incrementally (other configs are left alone)."""
-    if not set_ and not delete:
-        raise click.UsageError("give at least one --set key=value or --delete key")
+    """Change NAME's configs incrementally (other configs are left alone), and/or list them.
+
+    The KOPS column (kops_acts in --json) says what the bundled kops broker does with a
+    config: "acts" on it, or only "stores" it (it is validated, kept and reported like
+    Kafka's, with no effect on the log); "-" for a name that is not a Kafka topic config.
+    --json implies --show.
+    """
+    show = show or as_json
+    if not set_ and not delete and not show:
+        raise click.UsageError("give at least one --set key=value or --delete key, or --show")
     overlap = {k for k, _ in set_} & set(delete)
     if overlap:
         raise click.UsageError(f"cannot both set and delete {', '.join(sorted(overlap))}")
-    admin.alter_topic_configs(settings, name, dict(set_), delete)
-    changes = [f"{k}={v}" for k, v in set_] + [f"-{k}" for k in delete]
-    echo_err(f"updated topic {name}: {' '.join(changes)}")
+    if set_ or delete:
+        admin.alter_topic_configs(settings, name, dict(set_), delete)
+        changes = [f"{k}={v}" for k, v in set_] + [f"-{k}" for k in delete]
+        echo_err(f"updated topic {name}: {' '.join(changes)}")
+    if not show:
+        return
+    info = admin.describe_topic(settings, name)
+    for warning in info.warnings:
+        echo_err(f"warning: {warning}")
+    if info.configs is None:
+        raise click.ClickException(f"the broker did not describe the configs of {name}")
+    if as_json:
+        print_json(_configs_json(info.configs))
+    else:
+        console().print(_config_table(info.configs))
 
 
 @topic.command("delete")

@@ -37,9 +37,9 @@ __all__ = [
     "compress",
     "decode_records",
     "decompress",
-    "has_null_key",
     "iter_batches",
     "iter_raw_records",
+    "null_key_records",
     "parse_header",
     "rebuild_batch",
     "records_body",
@@ -502,16 +502,17 @@ def iter_raw_records(body: bytes, count: int) -> Iterator[RawRecord]:
         pos = end
 
 
-def has_null_key(batch: bytes | bytearray | memoryview) -> bool:
-    """Whether any record of a (possibly compressed) batch has a null key.
+def null_key_records(batch: bytes | bytearray | memoryview) -> list[int]:
+    """The indexes, within the batch, of records with a null key (KIP-467 names them).
 
     Runs on every append to a compacted topic, so it only skips over varints.
     """
     header, body = records_body(batch)
     n = len(body)
     pos = 0
+    missing: list[int] = []
     try:
-        for _ in range(header.records_count):
+        for index in range(header.records_count):
             b = body[pos]
             pos += 1
             raw = b & 0x7F
@@ -532,17 +533,23 @@ def has_null_key(batch: bytes | bytearray | memoryview) -> bool:
                 p += 1
             p += 1
             if body[p] == 1:  # key length -1, zigzag-encoded
-                return True
+                missing.append(index)
             pos = end
     except IndexError:
         raise InvalidBatchError(CORRUPT_MESSAGE, "record overruns batch") from None
-    return False
+    return missing
 
 
 def rebuild_batch(
-    header: BatchHeader, body: bytes | bytearray, records_count: int, max_timestamp: int
+    header: BatchHeader,
+    body: bytes | bytearray,
+    records_count: int,
+    max_timestamp: int,
+    *,
+    codec: int = COMPRESSION_NONE,
 ) -> bytes:
-    """An uncompressed copy of a batch holding only the records in `body` (a records region).
+    """A copy of a batch holding `body` as its records region, compressed with
+    `codec` (by default uncompressed: the cleaner keeps only some records).
 
     Base offset, last offset delta, base timestamp, producer fields and the leader
     epoch stay as they were, so each kept record's offset and timestamp deltas stay
@@ -552,7 +559,7 @@ def rebuild_batch(
         body,
         header.base_offset,
         header.partition_leader_epoch,
-        header.attributes & ~ATTR_COMPRESSION_MASK,
+        (header.attributes & ~ATTR_COMPRESSION_MASK) | codec,
         header.last_offset_delta,
         header.base_timestamp,
         max_timestamp,

@@ -22,6 +22,14 @@ from kio.schema.request_header.v2.header import RequestHeader as RequestHeaderV2
 from kio.schema.response_header.v0.header import ResponseHeader as ResponseHeaderV0
 from kio.schema.response_header.v1.header import ResponseHeader as ResponseHeaderV1
 from kio.serial import entity_reader, entity_writer
+from kio.serial.writers import (
+    write_error_code,
+    write_int32,
+    write_int64,
+    write_legacy_array_length,
+    write_legacy_string,
+    write_timedelta_i32,
+)
 from kio.static.constants import EntityType
 from kio.static.primitive import i32
 from kio.static.protocol import Payload, RequestPayload, ResponsePayload
@@ -29,6 +37,8 @@ from kio.static.protocol import Payload, RequestPayload, ResponsePayload
 from kops.errors import KopsError
 
 API_VERSIONS_KEY = 18
+PRODUCE_KEY = 0
+_NULL_STRING = b"\xff\xff"
 
 _INT32 = struct.Struct(">i")
 _KEY_VERSION = struct.Struct(">hh")
@@ -90,13 +100,26 @@ def _writer(cls: type[Any]) -> Any:
     return entity_writer(cls)
 
 
+def is_legacy_produce(api_key: int, api_version: int) -> bool:
+    """Produce v0-2, which kio has no schema for (see decode_request)."""
+    return api_key == PRODUCE_KEY and 0 <= api_version < 3
+
+
 def decode_request(frame: bytes | memoryview) -> RequestFrame:
-    """Decode header and body; raises UnsupportedVersionError or MalformedRequestError."""
+    """Decode header and body; raises UnsupportedVersionError or MalformedRequestError.
+
+    Produce v0-2 decode as v3 with a null transactional id: by
+    ProduceRequest.json, v3 only added that leading field, so the body is
+    read by kio's v3 schema and the handler sees the real version.
+    """
     api_key, api_version, _ = peek_key_version(frame)
-    cls = request_type(api_key, api_version)
+    legacy = is_legacy_produce(api_key, api_version)
+    cls = request_type(api_key, 3 if legacy else api_version)
     try:
         header_cls = RequestHeaderV2 if cls.__flexible__ else RequestHeaderV1
         header, offset = _reader(header_cls)(frame, 0)
+        if legacy:
+            frame = bytes(frame[:offset]) + _NULL_STRING + bytes(frame[offset:])
         body, _ = _reader(cls)(frame, offset)
     except Exception as exc:
         raise MalformedRequestError(f"cannot decode api {api_key} v{api_version}: {exc}") from exc
@@ -154,6 +177,34 @@ def encode_response(correlation_id: int, body: Payload) -> list[bytes | bytearra
         buffer.write(b"\0")  # empty tagged fields of response header v1
     _writer(cls)(buffer, body)
     return [_INT32.pack(buffer.size), *buffer.chunks()]
+
+
+def encode_legacy_produce_response(
+    correlation_id: int, body: Payload, api_version: int
+) -> list[bytes | bytearray]:
+    """A Produce v0-2 response from a v3 response body.
+
+    By ProduceResponse.json, v3 is the same as v2; v1 lacks each partition's
+    log_append_time and v0 also the throttle time. kio has no schema below
+    v3, so those two are written field by field with kio's own writers.
+    """
+    if api_version == 2:
+        return encode_response(correlation_id, body)
+    buffer = io.BytesIO()
+    buffer.write(_CORRELATION.pack(correlation_id))
+    topics = body.responses  # type: ignore[attr-defined]
+    write_legacy_array_length(buffer, i32(len(topics)))
+    for topic in topics:
+        write_legacy_string(buffer, topic.name)
+        write_legacy_array_length(buffer, i32(len(topic.partition_responses)))
+        for partition in topic.partition_responses:
+            write_int32(buffer, partition.index)
+            write_error_code(buffer, partition.error_code)
+            write_int64(buffer, partition.base_offset)
+    if api_version == 1:
+        write_timedelta_i32(buffer, body.throttle_time)  # type: ignore[attr-defined]
+    data = buffer.getvalue()
+    return [_INT32.pack(len(data)), data]
 
 
 def encode_request(

@@ -14,12 +14,29 @@ from dataclasses import dataclass
 
 from kio.schema.errors import ErrorCode
 
-from kops.broker.log import AppendResult, LogConfig, LogError, OffsetOutOfRangeError, PartitionLog
+from kops.broker.log import (
+    AppendResult,
+    CorruptRecordError,
+    InvalidRecordError,
+    LogConfig,
+    LogError,
+    OffsetOutOfRangeError,
+    PartitionLog,
+    UnsupportedForMessageFormatError,
+)
 from kops.broker.purgatory import Purgatory
+from kops.protocol.batch import InvalidBatchError
+from kops.protocol.recompress import recompress_batches
 
 TopicPartition = tuple[str, int]
 
 __all__ = ["AppendOutcome", "Partition", "ReadOutcome", "TopicPartition"]
+
+_BATCH_ERRORS: dict[int, type[LogError]] = {
+    CorruptRecordError.error_code: CorruptRecordError,
+    UnsupportedForMessageFormatError.error_code: UnsupportedForMessageFormatError,
+    InvalidRecordError.error_code: InvalidRecordError,
+}
 
 
 @dataclass(slots=True)
@@ -31,6 +48,8 @@ class AppendOutcome:
     log_append_time_ms: int = -1
     log_start_offset: int = -1
     message: str | None = None
+    # KIP-467: (index of the record in the request, reason) of the records at fault.
+    record_errors: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(slots=True)
@@ -118,7 +137,10 @@ class Partition:
             result = self.append_records(records, now_ms)
         except LogError as exc:
             return AppendOutcome(
-                exc.error_code, message=str(exc), log_start_offset=self._log.log_start_offset
+                exc.error_code,
+                message=str(exc),
+                log_start_offset=self._log.log_start_offset,
+                record_errors=tuple(getattr(exc, "record_errors", ())),
             )
         return AppendOutcome(
             ErrorCode.none, result.base_offset, result.log_append_time_ms, result.log_start_offset
@@ -128,6 +150,14 @@ class Partition:
         self, records: bytes | bytearray | memoryview, now_ms: int | None = None
     ) -> AppendResult:
         """Append as the leader; raises LogError (a KopsError with its error code)."""
+        config = self._log.config
+        codec = config.target_codec
+        if codec is not None:
+            # compression.type names a codec: the only case that looks inside batches.
+            try:
+                records = recompress_batches(records, codec, config.compression_level)
+            except InvalidBatchError as exc:
+                raise _BATCH_ERRORS.get(exc.error_code, CorruptRecordError)(exc.message) from exc
         result = self._log.append(records, self.leader_epoch, now_ms)
         # Single replica: an append is committed once it is in the local log.
         if len(self.isr) <= 1:
@@ -164,6 +194,11 @@ class Partition:
     def offset_for_timestamp(self, timestamp: int) -> tuple[int, int] | None:
         """(offset, timestamp) of the first record at or after `timestamp`, below the high watermark."""
         return self._log.offset_for_timestamp(timestamp, self._log.high_watermark)
+
+    def max_timestamp(self) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first record with the largest timestamp (KIP-734),
+        or None: an empty log, or that record is not below the high watermark yet."""
+        return self._log.max_timestamp_and_offset(self._log.high_watermark)
 
     def end_offset_for_epoch(self, epoch: int) -> tuple[int, int]:
         """The largest epoch not above `epoch` and its end offset (KIP-101/279)."""

@@ -106,11 +106,19 @@ class GroupCoordinator(OffsetsMixin):
             self.store.partitions,
         )
 
-    def precheck(self, group_id: str | None) -> ErrorCode:
+    def precheck(self, group_id: str | None, *, allow_empty: bool = False) -> ErrorCode:
+        """Kafka's GroupCoordinator.validateGroupStatus: the group id first, then loading.
+
+        Group membership (JoinGroup, SyncGroup, Heartbeat, LeaveGroup) and
+        OffsetDelete need a non-empty group id; OffsetCommit, OffsetFetch,
+        DescribeGroups and DeleteGroups (`allow_empty`) accept "" for backward
+        compatibility, only a null id being invalid (isValidGroupId; likewise
+        GroupCoordinatorService's null-only checks for those four).
+        """
+        if group_id is None or (not group_id and not allow_empty):
+            return ErrorCode.invalid_group_id
         if self.loading:
             return ErrorCode.coordinator_load_in_progress
-        if not group_id:
-            return ErrorCode.invalid_group_id
         return ErrorCode.none
 
     # ---- JoinGroup ------------------------------------------------------------

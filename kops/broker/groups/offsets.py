@@ -12,6 +12,9 @@ Offsets follow Kafka's rules (`GroupCoordinator.handleCommitOffsets`):
   during PreparingRebalance they are still accepted (the member learns about
   the rebalance from its next heartbeat).
 
+The empty group id is valid for OffsetCommit, OffsetFetch, DescribeGroups and
+DeleteGroups, as in Kafka (see GroupCoordinator.precheck).
+
 An offset is visible to OffsetFetch only once its record is in
 `__consumer_offsets`, so a reply never reports an offset a restart would lose.
 Offsets of groups that stay Empty for `offsets.retention.minutes` expire, and
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,6 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("kops.broker.groups")
 
 S = GroupState
+
+# Kafka's name for the type of group this coordinator runs (Group.GroupType.CLASSIC).
+GROUP_TYPE = "classic"
 
 # (topic, partition, offset, leader_epoch, metadata)
 CommitOffset = tuple[str, int, int, int, str | None]
@@ -74,7 +80,7 @@ class OffsetsMixin:
     retention_ms: int
     retention_check_ms: int
 
-    def precheck(self, group_id: str | None) -> ErrorCode:
+    def precheck(self, group_id: str | None, *, allow_empty: bool = False) -> ErrorCode:
         raise NotImplementedError
 
     def _schedule_expiry(
@@ -91,7 +97,7 @@ class OffsetsMixin:
         offsets: Sequence[CommitOffset],
     ) -> list[ErrorCode]:
         """Store offsets; returns one error code per offset, in request order."""
-        error = self.precheck(group_id)
+        error = self.precheck(group_id, allow_empty=True)
         group = self.groups.get(group_id)
         created = False
         if not error and group is None:
@@ -161,7 +167,7 @@ class OffsetsMixin:
         self, group_id: str, topics: Sequence[tuple[str, Sequence[int]]] | None
     ) -> tuple[ErrorCode, list[FetchedOffset]]:
         """Committed offsets of the given partitions, or of all (topics None)."""
-        error = self.precheck(group_id)
+        error = self.precheck(group_id, allow_empty=True)
         if error:
             return error, []
         group = self.groups.get(group_id)
@@ -215,22 +221,35 @@ class OffsetsMixin:
 
     # ---- ListGroups / DescribeGroups / DeleteGroups -----------------------------------
     def list_groups(
-        self, states: set[str] | None = None
-    ) -> tuple[ErrorCode, list[tuple[str, str, str]]]:
-        """(group id, protocol type, state); `states` are lower-case names to keep."""
+        self, states: Iterable[str] = (), types: Iterable[str] = ()
+    ) -> tuple[ErrorCode, list[tuple[str, str, str, str]]]:
+        """(group id, protocol type, state, group type) of the groups in one of `states`
+        and of one of `types` (an empty filter keeps all).
+
+        As Kafka's GroupMetadataManager.listGroups: state names match in any case
+        and with surrounding blanks; type names in any case. Every kops group is a
+        classic one, so a filter naming only other types ("consumer", "share",
+        "streams" or unknown ones) lists none.
+        """
         if self.loading:
             return ErrorCode.coordinator_load_in_progress, []
+        wanted_states = {s.strip().lower() for s in states}
+        wanted_types = {t.lower() for t in types}
+        if wanted_types and GROUP_TYPE not in wanted_types:
+            return ErrorCode.none, []
         listed = []
         for group in self.groups.values():
             if group.is_(S.DEAD):
                 continue
-            if states and group.state.value.lower() not in states:
+            if wanted_states and group.state.value.lower() not in wanted_states:
                 continue
-            listed.append((group.group_id, group.protocol_type or "", group.state.value))
+            listed.append(
+                (group.group_id, group.protocol_type or "", group.state.value, GROUP_TYPE)
+            )
         return ErrorCode.none, listed
 
     def describe_group(self, group_id: str) -> GroupSummary:
-        error = self.precheck(group_id)
+        error = self.precheck(group_id, allow_empty=True)
         group = self.groups.get(group_id)
         if error or group is None:
             return GroupSummary(error, group_id, S.DEAD.value, "", "", [], False)
@@ -249,7 +268,7 @@ class OffsetsMixin:
         return [(group_id, self._delete_group(group_id)) for group_id in group_ids]
 
     def _delete_group(self, group_id: str) -> ErrorCode:
-        error = self.precheck(group_id)
+        error = self.precheck(group_id, allow_empty=True)
         if error:
             return error
         group = self.groups.get(group_id)

@@ -3,6 +3,7 @@
 - Only groups without members can be deleted (NON_EMPTY_GROUP otherwise);
   unknown groups get GROUP_ID_NOT_FOUND. Deleting writes tombstones for the
   group's metadata and every committed offset to `__consumer_offsets`.
+- The empty group id is a valid group id here, as in Kafka.
 - v1 is identical to v0 (KIP-394 bump).
 """
 

@@ -1,4 +1,8 @@
-"""DescribeCluster (key 60): v0. Used by admin clients' describe_cluster()."""
+"""DescribeCluster (key 60): v0. Used by admin clients' describe_cluster().
+
+- include_cluster_authorized_operations: every cluster operation (kops has no
+  authorizer; see kops.broker.authorized_operations), else "not requested".
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import datetime
 from kio.schema.describe_cluster import v0
 from kio.schema.errors import ErrorCode
 
+from kops.broker.authorized_operations import Resource, authorized_operations
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 60
@@ -29,6 +34,9 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
         controller_id=broker.node_id,
         brokers=(
             ctx.make("DescribeClusterBroker", broker_id=broker.node_id, host=host, port=port),
+        ),
+        cluster_authorized_operations=authorized_operations(
+            Resource.CLUSTER, request.include_cluster_authorized_operations
         ),
     )
 

@@ -1,9 +1,15 @@
 """DescribeConfigs (key 32): v1-4.
 
-- Topic resources (type 2) report every topic setting; values set on the
-  topic have source DYNAMIC_TOPIC_CONFIG (1), the rest DEFAULT_CONFIG (5).
+- Topic resources (type 2) report every topic config Kafka defines (the
+  catalogue in kops.broker.topic_configs). Source: TOPIC_CONFIG (1) when set on
+  the topic, STATIC_BROKER_CONFIG (4) when the default comes from a broker
+  setting the operator gave, DEFAULT_CONFIG (5) otherwise. Topic configs are
+  never read-only or sensitive.
 - Broker resources (type 4) report the broker's settings as STATIC (4).
-- v3+: config_type and documentation are left at their defaults.
+- include_synonyms (v1+): the topic's override, the broker settings given, and
+  the default, highest priority first.
+- v3+: config_type from the catalogue; with include_documentation, a short
+  doc, which for configs kops stores but does not act on says so.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from kio.schema.describe_configs import v1, v2, v3, v4
 from kio.schema.errors import ErrorCode
 
 from kops.broker.cluster.metadata import TopicError
+from kops.broker.config import BrokerConfig
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
+from kops.broker.topic_configs import CATALOGUE
 
 API_KEY = 32
 MIN_VERSION = 1
@@ -39,22 +47,28 @@ BROKER_RESOURCE = 4
 SOURCE_TOPIC = 1
 SOURCE_STATIC_BROKER = 4
 SOURCE_DEFAULT = 5
+UNKNOWN_TYPE = 0
+
+# (name, value, source, synonyms as (name, value, source), config type, documentation)
+Entry = tuple[str, str, int, list[tuple[str, str, int]], int, str | None]
 
 
 async def handle(ctx: RequestContext, request: Request) -> Response:
+    synonyms_wanted = request.include_synonyms
+    docs_wanted = bool(getattr(request, "include_documentation", False))
     results = []
     for resource in request.resources:
-        code, message, entries = ErrorCode.none, None, []
+        code, message, entries = ErrorCode.none, None, list[Entry]()
         try:
             if resource.resource_type == TOPIC_RESOURCE:
                 values = ctx.broker.topic_configs(resource.resource_name)
                 entries = [
-                    (key, value, SOURCE_DEFAULT if is_default else SOURCE_TOPIC, is_default)
+                    _topic_entry(ctx.broker.config, key, value, is_default)
                     for key, (value, is_default) in sorted(values.items())
                 ]
             elif resource.resource_type == BROKER_RESOURCE:
                 entries = [
-                    (key, value, SOURCE_STATIC_BROKER, False)
+                    (key, value, SOURCE_STATIC_BROKER, [], UNKNOWN_TYPE, None)
                     for key, value in sorted(ctx.broker.config.items().items())
                 ]
             else:
@@ -72,12 +86,16 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
                 value=value,
                 read_only=False,
                 config_source=source,
-                is_default=is_default,
+                is_default=source == SOURCE_DEFAULT,
                 is_sensitive=False,
-                synonyms=(),
-                documentation=None,
+                synonyms=tuple(
+                    ctx.make("DescribeConfigsSynonym", name=n, value=v, source=s)
+                    for n, v, s in (synonyms if synonyms_wanted else ())
+                ),
+                config_type=config_type,
+                documentation=doc if docs_wanted else None,
             )
-            for key, value, source, is_default in entries
+            for key, value, source, synonyms, config_type, doc in entries
             if not wanted or key in wanted
         )
         results.append(
@@ -91,6 +109,27 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
             )
         )
     return REPLY(ctx, throttle_time=datetime.timedelta(0), results=tuple(results))
+
+
+def _topic_entry(config: BrokerConfig, key: str, value: str, is_default: bool) -> Entry:
+    definition = CATALOGUE.get(key)
+    if definition is None:  # not a Kafka topic config: described as it is stored
+        return key, value, SOURCE_TOPIC, [], UNKNOWN_TYPE, None
+    synonyms: list[tuple[str, str, int]] = []
+    if not is_default:
+        synonyms.append((key, value, SOURCE_TOPIC))
+    for name in definition.synonyms:
+        if config.is_set(name):
+            synonyms.append((name, config.get(name) or "", SOURCE_STATIC_BROKER))
+    primary = definition.synonyms[0] if definition.synonyms else key
+    synonyms.append((primary, definition.default, SOURCE_DEFAULT))
+    if not is_default:
+        source = SOURCE_TOPIC
+    elif config.topic_default_origin(key) is not None:
+        source = SOURCE_STATIC_BROKER
+    else:
+        source = SOURCE_DEFAULT
+    return key, value, source, synonyms, int(definition.type), definition.documentation
 
 
 API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

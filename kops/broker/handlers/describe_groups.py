@@ -1,11 +1,15 @@
 """DescribeGroups (key 15): v0-4.
 
 - An unknown group is described as state "Dead" with no error (as Kafka does
-  before v6).
+  before v6). The empty group id is a valid one here (Kafka keeps DescribeGroups,
+  like OffsetCommit/OffsetFetch/DeleteGroups, open to it): a Dead group too,
+  unless offsets were committed under it.
 - Stable groups report the chosen protocol and each member's subscription
   metadata and assignment; during a rebalance both are empty.
-- v1+: throttle_time. v3+: authorized_operations when asked (kops has no
-  ACLs: READ, DELETE and DESCRIBE). v4+: group_instance_id.
+- v1+: throttle_time. v3+: authorized_operations when asked, for groups
+  described without error (as Kafka): READ, DELETE and DESCRIBE, every group
+  operation (kops has no authorizer; see kops.broker.authorized_operations).
+  v4+: group_instance_id.
 - librdkafka >= 2.10 tries ConsumerGroupDescribe (69) first; kops does not
   advertise it, so it falls back to this API.
 """
@@ -17,6 +21,7 @@ import datetime
 from kio.schema.describe_groups import v0, v1, v2, v3, v4
 from kio.schema.errors import ErrorCode
 
+from kops.broker.authorized_operations import NOT_REQUESTED, Resource, authorized_operations
 from kops.broker.groups.offsets import GroupSummary
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
@@ -41,16 +46,11 @@ Response = (
 REPLY: Reply[Response] = Reply(API_KEY)
 WITH_OPERATIONS = (v3.DescribeGroupsRequest, v4.DescribeGroupsRequest)
 
-# AclOperation codes READ (3), DELETE (6), DESCRIBE (8) as a bit field.
-GROUP_OPERATIONS = (1 << 3) | (1 << 6) | (1 << 8)
-NOT_REQUESTED = -(1 << 31)
-
 
 async def handle(ctx: RequestContext, request: Request) -> Response:
-    operations = (
-        GROUP_OPERATIONS
-        if isinstance(request, WITH_OPERATIONS) and request.include_authorized_operations
-        else NOT_REQUESTED
+    operations = authorized_operations(
+        Resource.GROUP,
+        isinstance(request, WITH_OPERATIONS) and request.include_authorized_operations,
     )
     described = []
     for group_id in request.groups:
@@ -82,7 +82,7 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
                 protocol_type=summary.protocol_type,
                 protocol_data=summary.protocol_name,
                 members=members,
-                authorized_operations=operations,
+                authorized_operations=operations if not summary.error else NOT_REQUESTED,
             )
         )
     return REPLY(ctx, throttle_time=datetime.timedelta(0), groups=tuple(described))

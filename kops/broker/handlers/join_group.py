@@ -1,5 +1,7 @@
 """JoinGroup (key 11): v0-5.
 
+- An empty group id gets INVALID_GROUP_ID (as SyncGroup, Heartbeat, LeaveGroup
+  and OffsetDelete do; only the offset and describe/delete APIs accept it).
 - The response waits until the rebalance completes (all members rejoined, the
   rebalance timeout passed, or `group.initial.rebalance.delay.ms` for an Empty
   group); only this connection waits.

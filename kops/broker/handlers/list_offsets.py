@@ -1,4 +1,4 @@
-"""ListOffsets (key 2): v1-5.
+"""ListOffsets (key 2): v1-11.
 
 - timestamp -1 (latest) answers the high watermark (the last stable offset is
   the same: kops has no transactions); -2 (earliest) the log start offset.
@@ -6,6 +6,24 @@
   it (the time index finds the batch; only that batch is decoded), never at
   or beyond the high watermark; none gives offset -1.
 - v4+: leader_epoch; current_leader_epoch is checked.
+- v7+: -3 (max timestamp, KIP-734) answers the offset and timestamp of the
+  record with the largest timestamp, the earliest one on ties (Kafka 3.8+,
+  KAFKA-16310; see kops.broker.log.max_timestamp); offset and timestamp -1
+  for an empty partition.
+- v8+: -4 (earliest local, KIP-405): the log start offset, as Kafka answers
+  without tiered storage.
+- v9+: -5 (latest tiered, KIP-1005): offset and timestamp -1, leader epoch
+  -1, Kafka's answer for a topic without tiered storage.
+- v10+: the timeout for remote-storage lookups is ignored (none are made).
+- v11+: -6 (earliest pending upload, KIP-1023): offset -1, as Kafka answers
+  without tiered storage.
+- A negative timestamp that is none of these, or one the request's version
+  predates, gets UNSUPPORTED_VERSION for that partition (Kafka's
+  ReplicaManager.timestampMinSupportedVersion).
+- No offset found: offset, timestamp and leader epoch -1 (Kafka's empty answer).
+- An offset found is answered with the partition's current leader epoch (Kafka
+  gives the epoch of the batch holding it; they differ only for records
+  written under an earlier leader).
 """
 
 from __future__ import annotations
@@ -13,15 +31,17 @@ from __future__ import annotations
 import datetime
 
 from kio.schema.errors import ErrorCode
-from kio.schema.list_offsets import v1, v2, v3, v4, v5
-from kio.schema.list_offsets.v4.request import ListOffsetsPartition as ListOffsetsPartitionV4
-from kio.schema.list_offsets.v5.request import ListOffsetsPartition as ListOffsetsPartitionV5
+from kio.schema.list_offsets import v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11
+from kio.schema.list_offsets.v1.request import ListOffsetsPartition as ListOffsetsPartitionV1
+from kio.schema.list_offsets.v2.request import ListOffsetsPartition as ListOffsetsPartitionV2
+from kio.schema.list_offsets.v3.request import ListOffsetsPartition as ListOffsetsPartitionV3
 
+from kops.broker.cluster.partition import Partition
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 2
 MIN_VERSION = 1
-MAX_VERSION = 5
+MAX_VERSION = 11
 
 Request = (
     v1.ListOffsetsRequest
@@ -29,6 +49,12 @@ Request = (
     | v3.ListOffsetsRequest
     | v4.ListOffsetsRequest
     | v5.ListOffsetsRequest
+    | v6.ListOffsetsRequest
+    | v7.ListOffsetsRequest
+    | v8.ListOffsetsRequest
+    | v9.ListOffsetsRequest
+    | v10.ListOffsetsRequest
+    | v11.ListOffsetsRequest
 )
 Response = (
     v1.ListOffsetsResponse
@@ -36,11 +62,36 @@ Response = (
     | v3.ListOffsetsResponse
     | v4.ListOffsetsResponse
     | v5.ListOffsetsResponse
+    | v6.ListOffsetsResponse
+    | v7.ListOffsetsResponse
+    | v8.ListOffsetsResponse
+    | v9.ListOffsetsResponse
+    | v10.ListOffsetsResponse
+    | v11.ListOffsetsResponse
 )
 REPLY: Reply[Response] = Reply(API_KEY)
 
 LATEST = -1
 EARLIEST = -2
+MAX_TIMESTAMP = -3
+EARLIEST_LOCAL = -4
+LATEST_TIERED = -5
+EARLIEST_PENDING_UPLOAD = -6
+
+# The first request version that may ask for each special timestamp.
+SPECIAL_SINCE = {
+    LATEST: 1,
+    EARLIEST: 1,
+    MAX_TIMESTAMP: 7,
+    EARLIEST_LOCAL: 8,
+    LATEST_TIERED: 9,
+    EARLIEST_PENDING_UPLOAD: 11,
+}
+
+# (error, offset, timestamp, leader epoch)
+Answer = tuple[ErrorCode, int, int, int]
+NOT_FOUND: Answer = (ErrorCode.none, -1, -1, -1)
+WITHOUT_EPOCH = (ListOffsetsPartitionV1, ListOffsetsPartitionV2, ListOffsetsPartitionV3)
 
 
 async def handle(ctx: RequestContext, request: Request) -> Response:
@@ -48,24 +99,11 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
     for topic in request.topics:
         partitions = []
         for wanted in topic.partitions:
-            code, offset, timestamp, epoch = ErrorCode.none, -1, -1, -1
-            partition = ctx.broker.partition(topic.name, wanted.partition_index)
-            if partition is None:
-                code = ErrorCode.unknown_topic_or_partition
-            elif code := partition.check_leader_epoch(_current_leader_epoch(wanted)):
-                pass
-            else:
-                epoch = partition.leader_epoch
-                if wanted.timestamp == LATEST:
-                    offset = partition.high_watermark
-                elif wanted.timestamp == EARLIEST:
-                    offset = partition.log_start_offset
-                elif wanted.timestamp < 0:
-                    code = ErrorCode.invalid_request
-                else:
-                    found = partition.offset_for_timestamp(wanted.timestamp)
-                    if found is not None:
-                        offset, timestamp = found
+            # v4+ partitions carry the epoch the client knows (KIP-320); -1 skips the check.
+            known = -1 if isinstance(wanted, WITHOUT_EPOCH) else wanted.current_leader_epoch
+            code, offset, timestamp, epoch = _answer(
+                ctx, topic.name, wanted.partition_index, wanted.timestamp, known
+            )
             partitions.append(
                 ctx.make(
                     "ListOffsetsPartitionResponse",
@@ -82,11 +120,34 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
     return REPLY(ctx, throttle_time=datetime.timedelta(0), topics=tuple(topics))
 
 
-def _current_leader_epoch(wanted: object) -> int:
-    # v4+ partitions carry the epoch the client knows (KIP-320); -1 skips the check.
-    if isinstance(wanted, (ListOffsetsPartitionV4, ListOffsetsPartitionV5)):
-        return wanted.current_leader_epoch
-    return -1
+def _answer(
+    ctx: RequestContext, topic: str, index: int, timestamp: int, current_epoch: int
+) -> Answer:
+    if timestamp < 0 and ctx.api_version < SPECIAL_SINCE.get(timestamp, MAX_VERSION + 1):
+        return ErrorCode.unsupported_version, -1, -1, -1
+    partition = ctx.broker.partition(topic, index)
+    if partition is None:
+        return ErrorCode.unknown_topic_or_partition, -1, -1, -1
+    if code := partition.check_leader_epoch(current_epoch):
+        return code, -1, -1, -1
+    return _lookup(partition, timestamp)
+
+
+def _lookup(partition: Partition, timestamp: int) -> Answer:
+    epoch = partition.leader_epoch
+    if timestamp == LATEST:
+        return ErrorCode.none, partition.high_watermark, -1, epoch
+    if timestamp in (EARLIEST, EARLIEST_LOCAL):
+        return ErrorCode.none, partition.log_start_offset, -1, epoch
+    if timestamp in (LATEST_TIERED, EARLIEST_PENDING_UPLOAD):
+        return NOT_FOUND  # no tiered storage
+    if timestamp == MAX_TIMESTAMP:
+        found = partition.max_timestamp()
+    else:
+        found = partition.offset_for_timestamp(timestamp)
+    if found is None:
+        return NOT_FOUND
+    return ErrorCode.none, found[0], found[1], epoch
 
 
 API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

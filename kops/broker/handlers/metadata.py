@@ -5,6 +5,10 @@
   broker allows it).
 - v7+: leader_epoch per partition (librdkafka then validates positions with
   OffsetForLeaderEpoch v2).
+- v8+: include_topic_authorized_operations / include_cluster_authorized_operations
+  fill the bit fields (every operation: kops has no authorizer; see
+  kops.broker.authorized_operations), for every topic answered, known or not,
+  as Kafka does; otherwise they say "not requested".
 - Internal topics are reported with is_internal so admin tools hide them.
 """
 
@@ -15,6 +19,7 @@ import datetime
 from kio.schema.errors import ErrorCode
 from kio.schema.metadata import v0, v1, v2, v3, v4, v5, v6, v7, v8
 
+from kops.broker.authorized_operations import Resource, authorized_operations
 from kops.broker.cluster.metadata import topic_name_error
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
@@ -62,6 +67,14 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
     else:
         names = [topic.name for topic in requested]
     allow_create = not isinstance(request, WITH_AUTO_CREATE) or request.allow_auto_topic_creation
+    topic_ops = authorized_operations(
+        Resource.TOPIC,
+        isinstance(request, v8.MetadataRequest) and request.include_topic_authorized_operations,
+    )
+    cluster_ops = authorized_operations(
+        Resource.CLUSTER,
+        isinstance(request, v8.MetadataRequest) and request.include_cluster_authorized_operations,
+    )
     topics = []
     for name in names:
         record = broker.topic(name)
@@ -80,6 +93,7 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
                     name=name,
                     is_internal=False,
                     partitions=(),
+                    topic_authorized_operations=topic_ops,
                 )
             )
             continue
@@ -103,7 +117,7 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
                 name=name,
                 is_internal=record.internal,
                 partitions=partitions,
-                topic_authorized_operations=-2147483648,
+                topic_authorized_operations=topic_ops,
             )
         )
     host, port = broker.advertised
@@ -118,7 +132,7 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
         cluster_id=broker.cluster_id,
         controller_id=broker.node_id,
         topics=tuple(topics),
-        cluster_authorized_operations=-2147483648,
+        cluster_authorized_operations=cluster_ops,
     )
 
 

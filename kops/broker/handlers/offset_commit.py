@@ -8,6 +8,8 @@
   REBALANCE_IN_PROGRESS.
 - Metadata strings are stored and returned by OffsetFetch unchanged (null as
   ""); more than `offset.metadata.max.bytes` (4096) gets OFFSET_METADATA_TOO_LARGE.
+- The empty group id is a valid group id here, as in Kafka (kept for old
+  clients that commit without a group): a simple commit stores offsets under "".
 - v2-4 retention_time is ignored (KIP-211: the broker's retention applies).
 - v3+: throttle_time. v6+: committed_leader_epoch. v7+: group_instance_id.
 """

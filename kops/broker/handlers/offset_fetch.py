@@ -1,6 +1,7 @@
 """OffsetFetch (key 9): v1-5.
 
 - A partition without a committed offset answers offset -1, metadata "" and no error.
+- The empty group id is a valid group id here, as in Kafka (backward compatibility).
 - v2+: topics null asks for every partition the group has committed;
   a top-level error_code (v1 repeats errors on every partition).
 - v3+: throttle_time. v5+: committed_leader_epoch.

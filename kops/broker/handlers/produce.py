@@ -2,10 +2,15 @@
 
 - v0-2 carry message formats 0/1, which kops does not store; the range starts
   at 0 only because librdkafka before 2.11.1 disables compression unless
-  Produce v0 is advertised (KAFKA-18659). kio has no schema for them, so such
-  a request closes its connection.
+  Produce v0 is advertised (KAFKA-18659). Kafka 4.0 advertises them for the
+  same reason and closes the connection of a client that sends one (KIP-896);
+  kops answers instead: every partition UNSUPPORTED_VERSION (these responses
+  have no message field), and the reason logged once per client id. They decode as v3 with a null
+  transactional id (kops.protocol.messages).
 - Record batches (magic 2) are validated by header and CRC-32C only; records
   are never decoded. Compressed batches are stored as produced.
+- v8+ name the records at fault in record_errors (KIP-467), e.g. the keyless
+  records of a batch refused by a compacted topic.
 - acks=0 gets no response. acks=all on a partition whose ISR is smaller than
   min.insync.replicas gets NOT_ENOUGH_REPLICAS.
 - Transactions are not supported: a transactional id is refused.
@@ -18,6 +23,8 @@ import logging
 
 from kio.schema.errors import ErrorCode
 from kio.schema.produce import v3, v4, v5, v6, v7, v8
+from kio.schema.produce.v3 import response as v3_response
+from kio.static.primitive import i32Timedelta, i64
 
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
@@ -46,7 +53,44 @@ REPLY: Reply[Response] = Reply(API_KEY)
 log = logging.getLogger("kops.broker.produce")
 
 
+_LEGACY_MESSAGE = (
+    "Produce v{version} (message format 0/1) is not supported; kops stores record "
+    "batches (magic 2, Produce v3+): upgrade the client or let it request ApiVersions"
+)
+_warned_legacy_clients: set[str | None] = set()
+
+
+def _refuse_legacy(ctx: RequestContext, request: v3.ProduceRequest) -> v3.ProduceResponse | None:
+    message = _LEGACY_MESSAGE.format(version=ctx.api_version)
+    if ctx.client_id not in _warned_legacy_clients and len(_warned_legacy_clients) < 1000:
+        _warned_legacy_clients.add(ctx.client_id)
+        log.warning("client %r from %s: %s", ctx.client_id, ctx.peer, message)
+    if request.acks == 0:
+        return None
+    topics = tuple(
+        v3_response.TopicProduceResponse(
+            name=topic.name,
+            partition_responses=tuple(
+                v3_response.PartitionProduceResponse(
+                    index=data.index,
+                    error_code=ErrorCode.unsupported_version,
+                    base_offset=i64(-1),
+                    log_append_time=None,
+                )
+                for data in topic.partition_data
+            ),
+        )
+        for topic in request.topic_data
+    )
+    return v3.ProduceResponse(
+        responses=topics, throttle_time=i32Timedelta.parse(datetime.timedelta(0))
+    )
+
+
 async def handle(ctx: RequestContext, request: Request) -> Response | None:
+    if ctx.api_version < 3:
+        # v0-2 arrive decoded by the v3 schema (kops.protocol.messages).
+        return _refuse_legacy(ctx, request)  # type: ignore[arg-type]
     broker = ctx.broker
     acks = request.acks
     topics = []
@@ -54,6 +98,7 @@ async def handle(ctx: RequestContext, request: Request) -> Response | None:
         responses = []
         for data in topic.partition_data:
             code, base, log_start, append_time, message = ErrorCode.none, -1, -1, -1, None
+            record_errors: tuple[tuple[int, str], ...] = ()
             partition = broker.partition(topic.name, data.index)
             if acks not in (0, 1, -1):
                 code = ErrorCode.invalid_required_acks
@@ -70,6 +115,7 @@ async def handle(ctx: RequestContext, request: Request) -> Response | None:
                 code, message = result.error, result.message
                 base, append_time = result.base_offset, result.log_append_time_ms
                 log_start = result.log_start_offset
+                record_errors = result.record_errors
             responses.append(
                 ctx.make(
                     "PartitionProduceResponse",
@@ -78,7 +124,14 @@ async def handle(ctx: RequestContext, request: Request) -> Response | None:
                     base_offset=base,
                     log_append_time=_timestamp(append_time),
                     log_start_offset=log_start,
-                    record_errors=(),
+                    record_errors=tuple(
+                        ctx.make(
+                            "BatchIndexAndErrorMessage",
+                            batch_index=index,
+                            batch_index_error_message=reason,
+                        )
+                        for index, reason in record_errors
+                    ),
                     error_message=message,
                 )
             )

@@ -30,6 +30,18 @@ __all__ = [
 
 _DAY_MS = 24 * 3600 * 1000
 
+# compression.type names -> batch attribute codec ids (kops.protocol.batch).
+_CODECS = {"uncompressed": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
+# The topic's compression.*.level settings by codec id.
+_LEVEL_ATTRS = {
+    1: "compression_gzip_level",
+    3: "compression_lz4_level",
+    4: "compression_zstd_level",
+}
+# One entry of each index: Kafka accepts segment.index.bytes down to 4 (and then
+# rolls on every batch); kops's indexes need room for one entry to do the same.
+_MIN_INDEX_BYTES = 12
+
 
 @dataclass
 class LogConfig:
@@ -45,6 +57,12 @@ class LogConfig:
     # Compaction (cleanup.policy=compact); see kops.broker.log.cleaner.
     delete_retention_ms: int = _DAY_MS
     min_cleanable_dirty_ratio: float = 0.5
+    # "producer": batches are stored as produced; a codec name makes the
+    # partition re-compress batches sent with another codec.
+    compression_type: str = "producer"
+    compression_gzip_level: int = -1
+    compression_lz4_level: int = 9
+    compression_zstd_level: int = 3
 
     # Kafka config name -> (attribute, parser)
     _KEYS = {
@@ -59,6 +77,10 @@ class LogConfig:
         "max.message.bytes": ("max_message_bytes", int),
         "delete.retention.ms": ("delete_retention_ms", int),
         "min.cleanable.dirty.ratio": ("min_cleanable_dirty_ratio", float),
+        "compression.type": ("compression_type", str),
+        "compression.gzip.level": ("compression_gzip_level", int),
+        "compression.lz4.level": ("compression_lz4_level", int),
+        "compression.zstd.level": ("compression_zstd_level", int),
     }
 
     @classmethod
@@ -73,6 +95,9 @@ class LogConfig:
                 kwargs[attr] = parse(raw.strip() if isinstance(raw, str) else raw)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"invalid value {raw!r} for {key}") from exc
+        index_bytes = kwargs.get("segment_index_bytes")
+        if isinstance(index_bytes, int) and 4 <= index_bytes < _MIN_INDEX_BYTES:
+            kwargs["segment_index_bytes"] = _MIN_INDEX_BYTES
         config = cls(**kwargs)  # type: ignore[arg-type]
         config.validate()
         return config
@@ -92,9 +117,22 @@ class LogConfig:
             raise ValueError("delete.retention.ms must be >= 0")
         if not 0.0 <= self.min_cleanable_dirty_ratio <= 1.0:
             raise ValueError("min.cleanable.dirty.ratio must be between 0 and 1")
+        if self.compression_type != "producer" and self.compression_type not in _CODECS:
+            raise ValueError(f"unknown compression.type {self.compression_type!r}")
         policies = {p.strip() for p in self.cleanup_policy.split(",")}
         if not policies or not policies <= {"delete", "compact"}:
             raise ValueError("cleanup.policy must be delete and/or compact")
+
+    @property
+    def target_codec(self) -> int | None:
+        """The codec id batches are stored in, or None to keep the producer's."""
+        return _CODECS.get(self.compression_type)
+
+    @property
+    def compression_level(self) -> int | None:
+        """The topic's level for its target codec (None: the codec has no level)."""
+        attr = _LEVEL_ATTRS.get(self.target_codec or 0)
+        return None if attr is None else int(getattr(self, attr))
 
     @property
     def log_append_time(self) -> bool:
@@ -198,7 +236,16 @@ class KafkaStorageError(LogError):
 
 
 class InvalidRecordError(LogError):
+    """Records refused as invalid; `record_errors` names them (KIP-467) so a
+    client fails only those: (index of the record in the request, reason)."""
+
     kind = StorageError.INVALID_RECORD
+
+    def __init__(
+        self, message: str = "", record_errors: list[tuple[int, str]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.record_errors = record_errors or []
 
 
 class UnexpectedAppendOffsetError(LogError):

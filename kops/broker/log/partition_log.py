@@ -44,12 +44,9 @@ from kops.broker.log.config import (
     UnsupportedForMessageFormatError,
 )
 from kops.broker.log.epoch_cache import CHECKPOINT_NAME, LeaderEpochCache
+from kops.broker.log.max_timestamp import TimestampAndOffset, max_timestamp_record
 from kops.broker.log.producer_state import ProducerEntry, ProducerStateManager, tracks
-from kops.broker.log.recovery import (
-    load_segments,
-    rebuild_epoch_cache,
-    rebuild_producer_state,
-)
+from kops.broker.log.recovery import load_segments, rebuild_producer_state, restore_epoch_cache
 from kops.broker.log.retention import closed_below, deletable_segments
 from kops.broker.log.segment import BatchMeta, LogSegment, whole_batches
 from kops.protocol.batch import (
@@ -57,7 +54,7 @@ from kops.protocol.batch import (
     BatchHeader,
     InvalidBatchError,
     decode_records,
-    has_null_key,
+    null_key_records,
     rewrite_base_offset_and_epoch,
     set_log_append_time,
     validate_batches,
@@ -87,15 +84,19 @@ def _check_keys(
 ) -> None:
     """Compacted topics refuse records without a key (Kafka: INVALID_RECORD since 2.5)."""
     mv = records if isinstance(records, memoryview) else memoryview(records)
+    keyless: list[int] = []
+    first_index = 0  # KIP-467 counts records across the request's batches
     for pos, header in headers:
-        if header.is_control:
-            continue
-        try:
-            missing = has_null_key(mv[pos : pos + header.size])
-        except InvalidBatchError as exc:
-            raise _BATCH_ERRORS.get(exc.error_code, CorruptRecordError)(exc.message) from exc
-        if missing:
-            raise InvalidRecordError("Compacted topic cannot accept message without key")
+        if not header.is_control:
+            try:
+                missing = null_key_records(mv[pos : pos + header.size])
+            except InvalidBatchError as exc:
+                raise _BATCH_ERRORS.get(exc.error_code, CorruptRecordError)(exc.message) from exc
+            keyless.extend(first_index + index for index in missing)
+        first_index += header.records_count
+    if keyless:
+        reason = "Compacted topic cannot accept message without key"
+        raise InvalidRecordError(reason, record_errors=[(index, reason) for index in keyless])
 
 
 def _validate(
@@ -119,8 +120,8 @@ class PartitionLog:
     ) -> None:
         """Open or create the log in `directory`.
 
-        recover=True after an unclean shutdown: segments from the one holding
-        `recovery_point` on are validated and cut at the first bad batch.
+        recover=True after an unclean shutdown: what may not have been flushed
+        (see kops.broker.log.recovery) is validated and cut at the first bad batch.
         `log_start_offset` comes from the log manager's checkpoint (DeleteRecords
         may have moved it inside the first segment).
         """
@@ -139,9 +140,9 @@ class PartitionLog:
         # What replication-offset-checkpoint said at open (set by the LogManager).
         self.checkpointed_high_watermark: int | None = None
 
-        self._segments, first_recovered = load_segments(
-            self.directory, config, recover=recover, recovery_point=recovery_point
-        )
+        loaded = load_segments(self.directory, config, recover=recover, recovery_point=recovery_point)
+        self._segments, self._unflushed = loaded.segments, loaded.unflushed
+        self.recovered_segments = loaded.recovered  # re-validated by this open
         self._log_start = self._segments[0].base_offset
         if log_start_offset is not None and log_start_offset > self._log_start:
             if log_start_offset > self.log_end_offset:
@@ -150,14 +151,7 @@ class PartitionLog:
             self._log_start = log_start_offset
 
         leo = self.log_end_offset
-        if not self._epochs.load():
-            self._epochs.clear()
-            rebuild_epoch_cache(self._epochs, self._segments, self._segments[0].base_offset)
-        elif first_recovered is not None:
-            rebuild_epoch_cache(self._epochs, self._segments, first_recovered)
-        self._epochs.truncate_from_end(leo)
-        self._epochs.truncate_from_start(self._log_start)
-        self._epochs.write()
+        restore_epoch_cache(self._epochs, self._segments, loaded.first_recovered, self._log_start)
         self._epochs_synced = False
 
         rebuild_producer_state(self._producers, self._segments, leo)
@@ -166,6 +160,9 @@ class PartitionLog:
 
         self._hw = self._log_start
         self.recovery_point = min(recovery_point, leo) if recover else leo
+        if loaded.recovered:  # sync what was re-validated, so the point moves to the LEO
+            self._producers.take_snapshot(leo, fsync=True)
+            self.flush()
 
     # --- properties ---------------------------------------------------------------------
 
@@ -451,17 +448,10 @@ class PartitionLog:
                 return record.offset, record.timestamp
         return None
 
-    def max_timestamp_and_offset(self) -> tuple[int, int] | None:
-        """(last offset of the batch holding the largest timestamp, that timestamp), KIP-734 style."""
-        best: LogSegment | None = None
-        for segment in self._segments:
-            if segment.max_timestamp >= 0 and (
-                best is None or segment.max_timestamp > best.max_timestamp
-            ):
-                best = segment
-        if best is None or best.offset_of_max_timestamp < self._log_start:
-            return None
-        return best.offset_of_max_timestamp, best.max_timestamp
+    def max_timestamp_and_offset(self, upper_bound: int | None = None) -> TimestampAndOffset | None:
+        """(offset, timestamp) of the first record with the largest timestamp (KIP-734);
+        None if there is none, or none below upper_bound. See kops.broker.log.max_timestamp."""
+        return max_timestamp_record(self._segments, self._log_start, upper_bound)
 
     # --- leader epochs ------------------------------------------------------------------
 
@@ -679,7 +669,7 @@ class PartitionLog:
         for segment in self._segments:
             segment.close_handles()
         finish_interrupted_swaps(self.directory)
-        self._segments, _ = load_segments(self.directory, self._config, recover=False)
+        self._segments = load_segments(self.directory, self._config, recover=False).segments
         self._unflushed = list(self._segments[:-1])
 
     def _truncate_cleaner_state(self, offset: int) -> None:
@@ -696,19 +686,22 @@ class PartitionLog:
 
     # --- durability ---------------------------------------------------------------------
 
-    def flush(self) -> None:
-        """fsync everything written so far and advance the recovery point to the LEO."""
+    def flush(self, *, active: bool = True) -> None:
+        """fsync everything written so far and advance the recovery point to the LEO; with
+        active=False only the rolled segments (Kafka's flush after a roll), up to the active base."""
         for segment in self._unflushed:
             segment.flush()
             segment.close_handles()
         self._unflushed.clear()
-        self._segments[-1].flush()
+        if active:
+            self._segments[-1].flush()
         # New and deleted segment files are only durable once the directory is synced.
         fsync_dir(self.directory)
         if not self._epochs_synced:
             self._epochs.write(fsync=True)
             self._epochs_synced = True
-        self.recovery_point = self.log_end_offset
+        synced = self.log_end_offset if active else self._segments[-1].base_offset
+        self.recovery_point = max(self.recovery_point, synced)
 
     def close(self) -> None:
         """Flush, snapshot producer state at the LEO and release file handles."""

@@ -15,6 +15,7 @@ import time
 from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import crc32c
 
@@ -39,6 +40,16 @@ _CRC_FIELD = struct.Struct(">I")
 
 # (position within the appended blob, last offset, max timestamp, size)
 BatchMeta = tuple[int, int, int, int]
+
+
+class _Tail(NamedTuple):
+    """What a header walk from a segment's last index entry found."""
+
+    start: int  # where the walk began: the last indexed batch, or 0
+    end: int  # the end of the last whole batch
+    next_offset: int
+    max_timestamp: int
+    max_ts_offset: int
 
 
 def segment_name(base_offset: int) -> str:
@@ -271,13 +282,36 @@ class LogSegment:
     # --- loading and recovery -----------------------------------------------------------
 
     def load(self) -> None:
-        """Open a segment trusted to be intact (clean shutdown); rebuild indexes that look wrong."""
-        self.size = os.fstat(self._file()).st_size
-        if not (self.index.load() and self.time_index.load() and self._indexes_sane()):
+        """Open a segment trusted to be intact (clean shutdown, or wholly below the recovery
+        point); rebuild indexes that look wrong."""
+        if not self._load_indexes():
             log.info("rebuilding indexes of %s", self.log_path)
             self.recover(verify_crc=False)
             return
         self._scan_tail()
+
+    def load_flushed(self, recovery_point: int) -> bool:
+        """Open the segment holding the recovery point, trusting it if nothing lies past it.
+
+        True, loaded as by load(), when the indexes pass load()'s sanity checks and the
+        file ends with a whole batch whose last offset is below `recovery_point` (or is
+        empty): everything in it was flushed. False, the file untouched, when something
+        is (or may be) at or past the recovery point: the caller recovers the segment.
+        """
+        if not self._load_indexes():
+            return False
+        try:
+            tail = self._read_tail()
+        except CorruptRecordError:
+            return False
+        if tail.end != self.size or tail.next_offset > recovery_point:
+            return False
+        self._apply_tail(tail)
+        return True
+
+    def _load_indexes(self) -> bool:
+        self.size = os.fstat(self._file()).st_size
+        return self.index.load() and self.time_index.load() and self._indexes_sane()
 
     def _indexes_sane(self) -> bool:
         last = self.index.last_entry()
@@ -291,32 +325,36 @@ class LogSegment:
         last_time = self.time_index.last_entry()
         return last_time is None or last_time[1] >= self.base_offset
 
-    def _scan_tail(self) -> None:
-        """Recompute next offset, max timestamp and index spacing from the last index entry on."""
+    def _read_tail(self) -> _Tail:
+        """Walk the headers from the last index entry on; no CRC checks, nothing changed."""
         last = self.index.last_entry()
         start = 0 if last is None else last[1]
         last_time = self.time_index.last_entry()
-        if last_time is not None:
-            self.max_timestamp, self.offset_of_max_timestamp = last_time
-        else:
-            self.max_timestamp, self.offset_of_max_timestamp = -1, -1
-        end = start
-        next_offset = self.base_offset
+        max_ts, max_ts_offset = (-1, -1) if last_time is None else last_time
+        end, next_offset = start, self.base_offset
         for position, header in self.iter_headers(start):
-            if header.max_timestamp > self.max_timestamp:
-                self.max_timestamp = header.max_timestamp
-                self.offset_of_max_timestamp = header.last_offset
+            if header.max_timestamp > max_ts:
+                max_ts, max_ts_offset = header.max_timestamp, header.last_offset
             end = position + header.size
             next_offset = header.last_offset + 1
-        if end < self.size:
+        return _Tail(start, end, next_offset, max_ts, max_ts_offset)
+
+    def _scan_tail(self) -> None:
+        """Recompute next offset, max timestamp and index spacing from the last index entry on."""
+        tail = self._read_tail()
+        if tail.end < self.size:
             # Only an unclean shutdown leaves a partial batch; drop it rather than append after it.
             log.warning(
-                "truncating %d stray bytes at the end of %s", self.size - end, self.log_path
+                "truncating %d stray bytes at the end of %s", self.size - tail.end, self.log_path
             )
-            os.ftruncate(self._file(), end)
-            self.size = end
-        self.next_offset = next_offset
-        self.bytes_since_last_index = self.size - start
+            os.ftruncate(self._file(), tail.end)
+            self.size = tail.end
+        self._apply_tail(tail)
+
+    def _apply_tail(self, tail: _Tail) -> None:
+        self.max_timestamp, self.offset_of_max_timestamp = tail.max_timestamp, tail.max_ts_offset
+        self.next_offset = tail.next_offset
+        self.bytes_since_last_index = self.size - tail.start
         self._reset_rolling_basis()
 
     def recover(
