@@ -22,9 +22,9 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from kops.broker.log.segment import LogSegment
-from kops.protocol.batch import BatchHeader, InvalidBatchError, decode_records
+from kops.protocol.batch import BatchHeader, InvalidBatchError, Record, decode_records
 
-__all__ = ["TimestampAndOffset", "max_timestamp_record"]
+__all__ = ["TimestampAndOffset", "batch_records", "max_timestamp_record"]
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +103,15 @@ def _best_of(
     return _first_with_max(segment, best[0], best[1], log_start)
 
 
-def _first_with_max(
-    segment: LogSegment, position: int, header: BatchHeader, log_start: int
-) -> TimestampAndOffset | None:
-    """The batch's first record at or after log_start with the largest timestamp among them."""
-    raw = segment.read(position, header.size)
+def batch_records(segment: LogSegment, position: int, header: BatchHeader) -> list[Record] | None:
+    """The records of one stored batch, for a ListOffsets lookup; None (logged) if unreadable.
+
+    Unreadable here means unreadable to consumers too: the caller answers
+    with the batch's own first live offset and max timestamp.
+    """
     try:
-        records = decode_records(raw)
+        return decode_records(segment.read(position, header.size))
     except InvalidBatchError as exc:
-        # Unreadable here means unreadable to consumers too; answer as a batch.
         log.warning(
             "ListOffsets: cannot decode the batch at offset %d in %s (%s); "
             "answering with its first live offset",
@@ -119,6 +119,15 @@ def _first_with_max(
             segment.log_path,
             exc.message,
         )
+        return None
+
+
+def _first_with_max(
+    segment: LogSegment, position: int, header: BatchHeader, log_start: int
+) -> TimestampAndOffset | None:
+    """The batch's first record at or after log_start with the largest timestamp among them."""
+    records = batch_records(segment, position, header)
+    if records is None:
         return TimestampAndOffset(max(header.base_offset, log_start), header.max_timestamp)
     found: TimestampAndOffset | None = None
     for record in records:

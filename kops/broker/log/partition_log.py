@@ -44,7 +44,7 @@ from kops.broker.log.config import (
     UnsupportedForMessageFormatError,
 )
 from kops.broker.log.epoch_cache import CHECKPOINT_NAME, LeaderEpochCache
-from kops.broker.log.max_timestamp import TimestampAndOffset, max_timestamp_record
+from kops.broker.log.max_timestamp import TimestampAndOffset, batch_records, max_timestamp_record
 from kops.broker.log.producer_state import ProducerEntry, ProducerStateManager, tracks
 from kops.broker.log.recovery import load_segments, rebuild_producer_state, restore_epoch_cache
 from kops.broker.log.retention import closed_below, deletable_segments
@@ -53,7 +53,6 @@ from kops.protocol.batch import (
     HEADER_SIZE,
     BatchHeader,
     InvalidBatchError,
-    decode_records,
     null_key_records,
     rewrite_base_offset_and_epoch,
     set_log_append_time,
@@ -140,7 +139,9 @@ class PartitionLog:
         # What replication-offset-checkpoint said at open (set by the LogManager).
         self.checkpointed_high_watermark: int | None = None
 
-        loaded = load_segments(self.directory, config, recover=recover, recovery_point=recovery_point)
+        loaded = load_segments(
+            self.directory, config, recover=recover, recovery_point=recovery_point
+        )
         self._segments, self._unflushed = loaded.segments, loaded.unflushed
         self.recovered_segments = loaded.recovered  # re-validated by this open
         self._log_start = self._segments[0].base_offset
@@ -430,18 +431,8 @@ class PartitionLog:
         self, segment: LogSegment, position: int, header: BatchHeader, timestamp_ms: int
     ) -> tuple[int, int] | None:
         """(offset, timestamp) of the batch's first record at or after the target and log start."""
-        raw = segment.read(position, header.size)
-        try:
-            records = decode_records(raw)
-        except InvalidBatchError as exc:
-            # Unreadable here means unreadable to consumers too; answer as a batch.
-            log.warning(
-                "ListOffsets: cannot decode the batch at offset %d in %s (%s); "
-                "answering with its base offset",
-                header.base_offset,
-                segment.log_path,
-                exc.message,
-            )
+        records = batch_records(segment, position, header)
+        if records is None:
             return max(header.base_offset, self._log_start), header.max_timestamp
         for record in records:
             if record.timestamp >= timestamp_ms and record.offset >= self._log_start:
@@ -689,14 +680,15 @@ class PartitionLog:
     def flush(self, *, active: bool = True) -> None:
         """fsync everything written so far and advance the recovery point to the LEO; with
         active=False only the rolled segments (Kafka's flush after a roll), up to the active base."""
+        rolled = bool(self._unflushed)
         for segment in self._unflushed:
             segment.flush()
             segment.close_handles()
         self._unflushed.clear()
         if active:
             self._segments[-1].flush()
-        # New and deleted segment files are only durable once the directory is synced.
-        fsync_dir(self.directory)
+        if active or rolled:  # new and deleted segment files are durable once the dir is synced
+            fsync_dir(self.directory)
         if not self._epochs_synced:
             self._epochs.write(fsync=True)
             self._epochs_synced = True
