@@ -75,7 +75,10 @@ class Broker:
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.cluster_id = self._load_cluster_id()
-        self.logs = LogManager(self.data_dir)
+        self.logs = LogManager(
+            self.data_dir,
+            checkpoint_interval_ms=self.config.int("log.flush.offset.checkpoint.interval.ms"),
+        )
         self.topics = TopicRegistry(self.data_dir / "kops-topics.json")
         self._load_producer_id_block()
         for record in self.topics:
@@ -92,6 +95,7 @@ class Broker:
         await self._server.start()
         self._tasks.append(asyncio.create_task(self._retention_loop()))
         self._tasks.append(asyncio.create_task(self._cleaner_loop()))
+        self._tasks.append(asyncio.create_task(self._recovery_checkpoint_loop()))
         self.groups = GroupCoordinator(self)
         await self.groups.start()
 
@@ -348,6 +352,17 @@ class Broker:
                 self.logs.apply_retention(now_ms())
             except Exception:
                 log.exception("retention pass failed")
+
+    async def _recovery_checkpoint_loop(self) -> None:
+        # Kafka's log.flush.offset.checkpoint.interval.ms task: the further the recovery
+        # point trails the log, the more an unclean restart must re-validate.
+        interval = self.logs.checkpoint_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                self.logs.checkpoint_recovery_points(now_ms())
+            except Exception:
+                log.exception("recovery-point checkpoint failed")
 
     async def _cleaner_loop(self) -> None:
         interval = self.config.int("log.cleaner.backoff.ms") / 1000

@@ -49,6 +49,7 @@ BROKER_DEFAULTS: dict[str, str] = {
     "log.message.downconversion.enable": "true",
     "log.flush.interval.messages": str(LONG_MAX),
     "log.flush.scheduler.interval.ms": str(LONG_MAX),
+    "log.flush.offset.checkpoint.interval.ms": "60000",
     "log.segment.delete.delay.ms": "60000",
     "log.preallocate": "false",
     "log.local.retention.ms": "-2",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 
 __all__ = ["fsync_dir", "read_offset_checkpoint", "write_atomic", "write_offset_checkpoint"]
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_VERSION = 0
 
@@ -36,23 +39,28 @@ def write_atomic(path: Path, data: str | bytes, *, fsync: bool = True) -> None:
 
 
 def read_offset_checkpoint(path: Path) -> dict[tuple[str, int], int]:
-    """Parse `0\\n<n>\\n<topic> <partition> <offset>\\n...`; a missing or malformed file is empty."""
+    """Parse `0\\n<n>\\n<topic> <partition> <offset>\\n...`; a missing or malformed file is
+    empty (Kafka too carries on without it, with a warning: offsets default from the log)."""
     try:
         lines = path.read_text().splitlines()
     except FileNotFoundError:
         return {}
+    except (OSError, ValueError) as exc:  # ValueError: not UTF-8
+        log.warning("ignoring unreadable checkpoint %s: %s", path, exc)
+        return {}
     try:
         if int(lines[0]) != CHECKPOINT_VERSION:
-            return {}
+            raise ValueError(f"unknown version {lines[0]!r}")
         count = int(lines[1])
         out: dict[tuple[str, int], int] = {}
         for line in lines[2 : 2 + count]:
             topic, partition, offset = line.rsplit(" ", 2)
             out[(topic, int(partition))] = int(offset)
         if len(out) != count:
-            return {}
+            raise ValueError(f"{len(out)} distinct entries, {count} announced")
         return out
-    except (IndexError, ValueError):
+    except (IndexError, ValueError) as exc:
+        log.warning("ignoring malformed checkpoint %s: %s", path, exc)
         return {}
 
 

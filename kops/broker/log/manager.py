@@ -1,10 +1,21 @@
-"""LogManager: every partition log under one data directory, plus its checkpoints."""
+"""LogManager: every partition log under one data directory, plus its checkpoints.
+
+recovery-point-offset-checkpoint holds, per partition, the offset up to which
+the log is known to be fsynced; an unclean start re-validates only what lies
+past it (kops.broker.log.recovery). It only ever claims what was synced: a
+partition's point moves when its log is flushed, that is at a clean shutdown,
+after a recovery, and in checkpoint_recovery_points, which (like Kafka's flush
+after a roll plus its log.flush.offset.checkpoint.interval.ms task) syncs the
+rolled segments, moving the point to the active segment's base, and rewrites
+the file.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -25,6 +36,8 @@ CLEAN_SHUTDOWN_MARKER = ".kafka_cleanshutdown"
 RECOVERY_POINT_CHECKPOINT = "recovery-point-offset-checkpoint"
 LOG_START_CHECKPOINT = "log-start-offset-checkpoint"
 HIGH_WATERMARK_CHECKPOINT = "replication-offset-checkpoint"
+# Kafka's log.flush.offset.checkpoint.interval.ms default.
+DEFAULT_CHECKPOINT_INTERVAL_MS = 60_000
 DELETE_SUFFIX = "-delete"
 # Topic names may contain '-' and '.', so the partition is whatever follows the last '-'.
 _PARTITION_DIR = re.compile(r"^(?P<topic>.+)-(?P<partition>\d+)$")
@@ -36,9 +49,17 @@ def partition_dir_name(topic: str, partition: int) -> str:
     return f"{topic}-{partition}"
 
 
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 class LogManager:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(
+        self, data_dir: Path, *, checkpoint_interval_ms: int = DEFAULT_CHECKPOINT_INTERVAL_MS
+    ) -> None:
         self.data_dir = Path(data_dir)
+        self.checkpoint_interval_ms = checkpoint_interval_ms
+        self._last_checkpoint_ms = _now_ms()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._logs: dict[TopicPartition, PartitionLog] = {}
         marker = self.data_dir / CLEAN_SHUTDOWN_MARKER
@@ -85,6 +106,12 @@ class LogManager:
             log_start_offset=self._log_starts.get(key),
             recovery_point=self._recovery_points.get(key, 0),
         )
+        if plog.recovered_segments:
+            # Recovery synced what it re-validated: record that, or the next crash redoes it.
+            self._recovery_points[key] = plog.recovery_point
+            write_offset_checkpoint(
+                self.data_dir / RECOVERY_POINT_CHECKPOINT, self._recovery_points
+            )
         hw = self._high_watermarks.get(key)
         plog.checkpointed_high_watermark = hw
         if hw is not None:
@@ -143,6 +170,25 @@ class LogManager:
                 plog.maybe_roll(now_ms)
             except Exception:
                 log.exception("rolling %s-%d failed", *key)
+
+    def checkpoint_recovery_points(self, now_ms: int, *, force: bool = False) -> bool:
+        """Sync every log's rolled segments, then rewrite recovery-point-offset-checkpoint.
+
+        Runs at most once per checkpoint_interval_ms unless `force`; returns whether it
+        ran. The active segments are not synced (as in Kafka without flush.ms), so
+        their recovery point stays at their base until a roll or a clean shutdown.
+        """
+        if not force and now_ms - self._last_checkpoint_ms < self.checkpoint_interval_ms:
+            return False
+        self._last_checkpoint_ms = now_ms
+        for key, plog in list(self._logs.items()):
+            try:
+                plog.flush(active=False)
+            except Exception:
+                log.exception("flushing %s-%d failed", *key)  # its point stays where it was
+        self._snapshot_offsets()
+        write_offset_checkpoint(self.data_dir / RECOVERY_POINT_CHECKPOINT, self._recovery_points)
+        return True
 
     def flush_all(self) -> None:
         for plog in self._logs.values():

@@ -114,7 +114,9 @@ def load_segments(
         recovery_point = 0
         loaded = _open_segments(directory, config, list_segment_bases(directory), True, 0)
     if recover:
-        log.info(
+        empty = all(segment.is_empty for segment in loaded.segments)
+        log.log(
+            logging.DEBUG if empty else logging.INFO,
             "%s: unclean shutdown: re-validated %d of %d segments from recovery point %d "
             "(%d bytes truncated) in %.3f s",
             directory.name,
