@@ -96,18 +96,30 @@ def _polls(
         pause = min(pause * 1.5, 0.25)
 
 
+class BrokerAddress(str):
+    """A bootstrap address (a plain ``str`` to every caller) that also says where the
+    broker serves its Prometheus metrics: ``metrics_url``, None unless asked for."""
+
+    metrics_url: str | None = None
+
+
 @contextlib.contextmanager
 def run_broker(
     data_dir: str | Path | None = None,
     *,
     config: Mapping[str, str] | None = None,
     port: int = 0,
-) -> Iterator[str]:
-    """Start a broker in a background thread; yield its bootstrap address."""
+    metrics: tuple[str, int] | None = None,
+) -> Iterator[BrokerAddress]:
+    """Start a broker in a background thread; yield its bootstrap address.
+
+    ``metrics=("127.0.0.1", 0)`` serves its metrics too, on a free port; the address
+    yielded has the URL as ``metrics_url``."""
     merged = {**TEST_CONFIG, **(config or {})}
     with _data_dir(data_dir) as directory:
-        runner = BrokerThread(Path(directory), port=port, config=merged)
-        bootstrap = runner.start()
+        runner = BrokerThread(Path(directory), port=port, config=merged, metrics=metrics)
+        bootstrap = BrokerAddress(runner.start())
+        bootstrap.metrics_url = runner.broker.metrics.url
         try:
             yield bootstrap
         finally:

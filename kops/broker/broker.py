@@ -27,6 +27,7 @@ from kops.broker.dispatch import Dispatcher
 from kops.broker.groups.coordinator import GroupCoordinator
 from kops.broker.housekeeping import compact_all_async
 from kops.broker.log import LogConfig, LogManager
+from kops.broker.metrics import BrokerMetrics
 from kops.broker.purgatory import Purgatory
 from kops.broker.server import FrameServer
 
@@ -50,6 +51,7 @@ class Broker:
         port: int = 9092,
         advertise: tuple[str, int] | None = None,
         config: Mapping[str, str] | None = None,
+        metrics: tuple[str, int] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.config = BrokerConfig(config)
@@ -70,6 +72,10 @@ class Broker:
         # Set at start, before groups load, so requests meanwhile get
         # COORDINATOR_LOAD_IN_PROGRESS; None before (COORDINATOR_NOT_AVAILABLE).
         self.groups: GroupCoordinator | None = None
+        # Always kept (it costs nothing unscraped); served over HTTP only when
+        # `metrics` names an address (port 0: a free one, see metrics.url).
+        self.metrics = BrokerMetrics()
+        self._metrics_address = metrics
 
     # ---- lifecycle -------------------------------------------------------
     async def start(self) -> None:
@@ -85,7 +91,7 @@ class Broker:
             for index in range(record.partitions):
                 self._open_partition(record, index)
         self._drop_orphan_logs()
-        dispatcher = Dispatcher(self)
+        dispatcher = Dispatcher(self, self.metrics.requests)
         self._server = FrameServer(
             dispatcher.handle_frame,
             self._host,
@@ -98,8 +104,21 @@ class Broker:
         self._tasks.append(asyncio.create_task(self._recovery_checkpoint_loop()))
         self.groups = GroupCoordinator(self)
         await self.groups.start()
+        self.metrics.attach(self, asyncio.get_running_loop())
+        if self._metrics_address is not None:
+            try:
+                self.metrics.serve(*self._metrics_address)
+            except OSError:
+                await self.stop()
+                raise
 
     async def stop(self) -> None:
+        if self.metrics.port is None:
+            self.metrics.close()
+        else:
+            # Off the loop: shutting the HTTP server down waits for its poll, and a
+            # scrape in progress waits for the loop.
+            await asyncio.to_thread(self.metrics.close)
         await cancel_and_wait(self._tasks)
         if self.groups is not None:
             await self.groups.stop()

@@ -7,6 +7,7 @@ never disagree.
 from __future__ import annotations
 
 import logging
+import time
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ from kops.broker.handlers import (
     produce,
     sync_group,
 )
+from kops.broker.metrics import RequestMetrics
 from kops.broker.server import FrameError, Peer
 from kops.protocol.messages import (
     API_VERSIONS_KEY,
@@ -106,12 +108,26 @@ def api_table() -> dict[int, ApiHandler[Any]]:
 
 
 class Dispatcher:
-    def __init__(self, broker: BrokerApi) -> None:
+    def __init__(self, broker: BrokerApi, metrics: RequestMetrics | None = None) -> None:
         self.broker = broker
+        self.metrics = metrics
         self.table = api_table()
         self.ranges: dict[int, ApiRange] = {key: api.range for key, api in self.table.items()}
 
     async def handle_frame(self, frame: bytes, peer: Peer) -> list[bytes | bytearray] | None:
+        metrics = self.metrics
+        api_key = int.from_bytes(frame[:2], "big", signed=True)
+        # Unknown keys are not counted: a junk frame must not mint a label.
+        if metrics is None or api_key not in self.table:
+            return await self._handle_frame(frame, peer)
+        started = time.perf_counter()
+        try:
+            return await self._handle_frame(frame, peer)
+        finally:
+            # Requests that fail count too, as Kafka counts every request it reads.
+            metrics.observe(api_key, time.perf_counter() - started)
+
+    async def _handle_frame(self, frame: bytes, peer: Peer) -> list[bytes | bytearray] | None:
         api_key, api_version, correlation_id = _peek(frame)
         api = self.table.get(api_key)
         if api is None:

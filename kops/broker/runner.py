@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -26,6 +27,7 @@ def serve_forever(
     *,
     advertise: tuple[str, int] | None = None,
     config: Mapping[str, str] | None = None,
+    metrics: tuple[str, int] | None = None,
     on_listening: Callable[[Broker], None] | None = None,
 ) -> int:
     """Run until SIGINT or SIGTERM, then shut down cleanly; return that signal's number
@@ -34,7 +36,9 @@ def serve_forever(
     received: list[int] = []
 
     async def main() -> None:
-        broker = Broker(data_dir, host=host, port=port, advertise=advertise, config=config)
+        broker = Broker(
+            data_dir, host=host, port=port, advertise=advertise, config=config, metrics=metrics
+        )
         await broker.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -72,9 +76,10 @@ class BrokerThread:
         host: str = "127.0.0.1",
         port: int = 0,
         config: Mapping[str, str] | None = None,
+        metrics: tuple[str, int] | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
-        self.broker = Broker(data_dir, host=host, port=port, config=config)
+        self.broker = Broker(data_dir, host=host, port=port, config=config, metrics=metrics)
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="kops-broker", daemon=True
         )
@@ -111,7 +116,8 @@ class BrokerProcess:
 
     Used by `kops up`, by tests that kill the broker (SIGKILL) and restart it,
     and by benchmarks. A restart reuses the first start's port, as clients
-    expect of a broker coming back.
+    expect of a broker coming back. With ``metrics="HOST:PORT"`` (port 0: a free
+    one) it serves Prometheus metrics; ``metrics_url`` is then where.
     """
 
     def __init__(
@@ -124,8 +130,11 @@ class BrokerProcess:
         extra_args: Sequence[str] = (),
         stderr: int | None = subprocess.DEVNULL,
         preexec_fn: Callable[[], None] | None = None,
+        metrics: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.metrics = metrics
+        self.metrics_url: str | None = None
         self.host = host
         self.port = port
         self.config = dict(config or {})
@@ -149,6 +158,8 @@ class BrokerProcess:
             command += ["--data-dir", str(self.data_dir)]
         for key, value in self.config.items():
             command += ["--config", f"{key}={value}"]
+        if self.metrics is not None:
+            command += ["--metrics", self.metrics]
         return command + self.extra_args
 
     def start(self, timeout: float = 60.0) -> str:
@@ -159,15 +170,20 @@ class BrokerProcess:
             text=True,
             preexec_fn=self.preexec_fn,
         )
-        lines: list[str] = []
-        stdout = self.process.stdout
-        assert stdout is not None
-        # readline() has no timeout of its own: a broker that hangs at start
-        # must not hang its caller.
-        reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
-        reader.start()
-        reader.join(timeout)
-        match = re.search(r"listening on (\S+):(\d+)", lines[0] if lines else "")
+        deadline = time.monotonic() + timeout
+        match = re.search(r"listening on (\S+):(\d+)", self._readline(timeout))
+        if match and self.metrics is not None:
+            # Printed right after the listening line.
+            served = re.search(
+                r"metrics on (http://\S+:(\d+)/metrics)",
+                self._readline(max(deadline - time.monotonic(), 1.0)),
+            )
+            if served is None:
+                match = None
+            else:
+                self.metrics_url = served.group(1)
+                # A restart serves on the same port, as it listens on the same one.
+                self.metrics = f"{self.metrics.rpartition(':')[0]}:{served.group(2)}"
         if not match:
             self.kill()
             code = self.process.returncode
@@ -177,6 +193,17 @@ class BrokerProcess:
         self.port = int(match.group(2))
         self.bootstrap = f"{match.group(1)}:{match.group(2)}"
         return self.bootstrap
+
+    def _readline(self, timeout: float) -> str:
+        assert self.process is not None and self.process.stdout is not None
+        stdout = self.process.stdout
+        lines: list[str] = []
+        # readline() has no timeout of its own: a broker that hangs at start
+        # must not hang its caller.
+        reader = threading.Thread(target=lambda: lines.append(stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        return lines[0] if lines else ""
 
     def exited(self) -> int | None:
         return None if self.process is None else self.process.poll()

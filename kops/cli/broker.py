@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from kops.broker.broker import DEFAULT_DATA_DIR
+from kops.broker.broker import DEFAULT_DATA_DIR, Broker
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -60,15 +60,28 @@ def broker() -> None:
     metavar="KEY=VALUE",
     help="Broker setting, Kafka names (repeatable).",
 )
+@click.option(
+    "--metrics",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks a free "
+    "port; the URL is printed). Off by default.",
+)
 @click.option("--log-level", default="INFO", show_default=True, help="Logging level for stderr.")
 def start(
-    listen: str, advertise: str | None, data_dir: Path, configs: tuple[str, ...], log_level: str
+    listen: str,
+    advertise: str | None,
+    data_dir: Path,
+    configs: tuple[str, ...],
+    metrics: str | None,
+    log_level: str,
 ) -> None:
     """Start a broker in the foreground; stop it with Ctrl-C or SIGTERM.
 
     A stop is clean (segments flushed, clean-shutdown marker written) and exits 130 after
     Ctrl-C, 143 after SIGTERM (128 + the signal), like every long-running kops command.
     """
+    from kops.broker.metrics import MetricsBindError
     from kops.broker.runner import serve_forever
 
     logging.basicConfig(
@@ -79,15 +92,27 @@ def start(
     host, port = _host_port(listen)
     advertised = _host_port(advertise) if advertise else None
     settings = _settings(configs)
+    metrics_address = _host_port(metrics) if metrics else None
 
-    def announce(running: object) -> None:
+    def announce(running: Broker) -> None:
+        # BrokerProcess reads these two lines, in this order, to know the broker is up.
         click.echo(f"kops broker listening on {host}:{running.port}")
+        if running.metrics.url is not None:
+            click.echo(f"metrics on {running.metrics.url}")
         sys.stdout.flush()
 
     try:
         signum = serve_forever(
-            data_dir, host, port, advertise=advertised, config=settings, on_listening=announce
+            data_dir,
+            host,
+            port,
+            advertise=advertised,
+            config=settings,
+            metrics=metrics_address,
+            on_listening=announce,
         )
+    except MetricsBindError as exc:
+        raise click.ClickException(exc.strerror or str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from None
     raise click.exceptions.Exit(128 + signum)  # 143 after SIGTERM, 130 after Ctrl-C

@@ -25,7 +25,8 @@ from kops.cli.common import (
     kafka_options,
     print_json,
 )
-from kops.cli.worker import jobs_table, logging_options, serve, setup_logging
+from kops.cli.metrics_server import metrics_option, serve_metrics
+from kops.cli.worker import jobs_table, logging_options, metrics_announcer, serve, setup_logging
 from kops.client import (
     ClientSettings,
     ErrorWatch,
@@ -367,11 +368,13 @@ def status(
     show_default=True,
     help="How often lateness stats are published.",
 )
+@metrics_option
 @logging_options("INFO")
 @tier_options
 @kafka_options()
 def worker(
     *,
+    metrics: tuple[str, int] | None,
     group: str,
     instance_id: str | None,
     cancel_topic: str,
@@ -390,6 +393,9 @@ def worker(
 
     Run several for more throughput or availability: they share the tiers' partitions in
     one consumer group. The same as a recipe file with one `delay-forwarders` job.
+
+    --metrics HOST:PORT serves Prometheus metrics (lateness, forwarded and parked records
+    per tier, the forwarders' consumer lag) at http://HOST:PORT/metrics.
     """
     setup_logging(log_level)
     options: dict[str, Any] = {
@@ -404,11 +410,18 @@ def worker(
     }
     if instance_id:
         options["instance_id"] = instance_id
-    w = Worker([JobSpec("delay-forwarders", "delay-forwarders", Schedule(), options)], settings)
+    w = Worker(
+        [JobSpec("delay-forwarders", "delay-forwarders", Schedule(), options)],
+        settings,
+        lag_exporter=metrics is not None,
+    )
 
-    def started(w: Worker) -> None:
+    def started(w: Worker) -> None:  # `url` is bound by the `with` below before it runs
         if as_json:
-            print_json({"bootstrap": settings.bootstrap, "jobs": w.describe()}, compact=True)
+            out: dict[str, Any] = {"bootstrap": settings.bootstrap, "jobs": w.describe()}
+            if url:
+                out["metrics"] = url
+            print_json(out, compact=True)
         else:
             console().print(
                 f"kops delay worker: tiers {tiers.describe()} against {settings.bootstrap}"
@@ -416,5 +429,7 @@ def worker(
             console().print(jobs_table(w))
         sys.stdout.flush()
 
-    if (code := serve(w, on_started=started)) is not None:
+    with serve_metrics(metrics, metrics_announcer(as_json)) as url:
+        code = serve(w, on_started=started)
+    if code is not None:
         sys.exit(code)  # 143 after SIGTERM, 130 after Ctrl-C: stopped cleanly

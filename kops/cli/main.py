@@ -28,6 +28,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("kops.cli.worker", "worker"),
     ("kops.cli.dlq", "dlq"),
     ("kops.cli.backlog", "backlog"),
+    ("kops.cli.doctor", "doctor"),
+    ("kops.cli.top", "top"),
 ]
 
 

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from kops.broker.runner import BrokerProcess, BrokerStartError
 from kops.cli.common import KEY_VALUE, console, echo_err, kafka_options
+from kops.cli.metrics_server import METRICS_ADDRESS, serve_metrics
 from kops.cli.worker import (
     explicit_bootstrap,
     jobs_table,
@@ -89,6 +90,17 @@ def default_recipe_files() -> list[Path]:
     multiple=True,
     help="Setting for a broker kops starts, Kafka names (repeatable).",
 )
+@click.option(
+    "--metrics",
+    type=METRICS_ADDRESS,
+    default="127.0.0.1:0",
+    show_default=True,
+    envvar="KOPS_METRICS",
+    help="Serve the worker's Prometheus metrics (and export consumer lag) at "
+    "http://HOST:PORT/metrics (env KOPS_METRICS; port 0: a free one); a broker kops up "
+    "starts serves its own on a free loopback port. Both URLs are printed.",
+)
+@click.option("--no-metrics", is_flag=True, help="Serve no metrics.")
 @logging_options("WARNING")
 @kafka_options(json_output=False)
 def up(
@@ -96,6 +108,8 @@ def up(
     files: tuple[Path, ...],
     data_dir: Path | None,
     broker_configs: tuple[tuple[str, str], ...],
+    metrics: tuple[str, int],
+    no_metrics: bool,
     log_level: str,
     settings: ClientSettings,
 ) -> None:
@@ -125,7 +139,7 @@ def up(
         # --bootstrap/KOPS_BOOTSTRAP is given.
         settings = settings_for(recipes, settings, explicit_bootstrap())
         # Build every job before starting anything: bad options fail fast, broker untouched.
-        worker = Worker.from_recipes(recipes, settings)
+        worker = Worker.from_recipes(recipes, settings, lag_exporter=not no_metrics)
     except RecipeError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -142,6 +156,7 @@ def up(
             extra_args=["--log-level", log_level],
             stderr=None,  # the broker's log goes to our stderr
             preexec_fn=_die_with_parent,
+            metrics=None if no_metrics else "127.0.0.1:0",
         )
         try:
             address = broker.start()
@@ -150,6 +165,9 @@ def up(
         broker_line = f"started: {address} (pid {broker.process.pid})"  # type: ignore[union-attr]
         if data_dir is not None:
             broker_line += f", data in {data_dir}"
+        if broker.metrics_url:
+            click.echo(f"broker metrics on {broker.metrics_url}")
+            broker_line += f", metrics {broker.metrics_url}"
     else:
         raise click.ClickException(
             f"no broker answers at {settings.bootstrap}, and kops up starts one only on a "
@@ -161,6 +179,7 @@ def up(
         topics_line = _create_input_topics(settings, worker)
 
     out = console()
+    worker_metrics_line = ""
     live: Live | None = None
     drawn_at = 0.0
 
@@ -171,6 +190,8 @@ def up(
         grid.add_row("recipes", ", ".join(str(p) for p in paths) or "(built-in delay tiers)")
         if topics_line:
             grid.add_row("topics", topics_line)
+        if worker_metrics_line:
+            grid.add_row("metrics", worker_metrics_line)
         grid.add_row("jobs", jobs_table(w, detail=detail))
         return Panel(grid, title="kops up", subtitle="Ctrl-C to stop", expand=False)
 
@@ -203,8 +224,11 @@ def up(
         return None
 
     started_at = time.monotonic()
+    worker_metrics = None if no_metrics else metrics
     try:
-        code = serve(worker, on_started=started, still_ok=broker_alive, on_tick=redraw)
+        with serve_metrics(worker_metrics, lambda line: click.echo(f"worker {line}")) as url:
+            worker_metrics_line = url or ""
+            code = serve(worker, on_started=started, still_ok=broker_alive, on_tick=redraw)
     finally:
         if live is not None:
             live.update(panel(worker, detail=True), refresh=True)

@@ -13,6 +13,7 @@ import click
 from rich.table import Table
 
 from kops.cli.common import console, graceful_stop, kafka_options, print_json
+from kops.cli.metrics_server import metrics_option, serve_metrics
 from kops.client import ClientSettings
 from kops.worker import RecipeError, Worker, job_kinds, load_recipes, settings_for
 
@@ -140,12 +141,23 @@ def worker() -> None:
     """Run recipe files: long-running jobs and periodic (every/cron) jobs."""
 
 
+def metrics_announcer(as_json: bool) -> Callable[[str], None]:
+    """Where "metrics on URL" goes: stdout for people; stderr with --json (stdout is JSON)."""
+    return functools.partial(click.echo, err=as_json)
+
+
 @worker.command("run")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@metrics_option
 @logging_options("INFO")
 @kafka_options()
 def run(
-    *, files: tuple[Path, ...], log_level: str, settings: ClientSettings, as_json: bool
+    *,
+    files: tuple[Path, ...],
+    metrics: tuple[str, int] | None,
+    log_level: str,
+    settings: ClientSettings,
+    as_json: bool,
 ) -> None:
     """Run the jobs of recipe FILES (TOML; a directory means its *.toml) until SIGTERM/Ctrl-C.
 
@@ -155,30 +167,41 @@ def run(
     --bootstrap/KOPS_BOOTSTRAP win over a file's bootstrap.
     The format is described in recipes/README.md; `kops worker kinds` lists job kinds.
 
+    With --metrics HOST:PORT it serves Prometheus metrics (every recipe's, and consumer
+    lag of the jobs' groups and of the files' [metrics] lag_groups, measured every
+    lag_interval, default 15s) at http://HOST:PORT/metrics and prints that URL.
+
     \b
     Example:
       kops worker run recipes/delay-tiers.toml
+      kops worker run recipes/ --metrics 127.0.0.1:9400
     """
     setup_logging(log_level)
     try:
         recipes = load_recipes(recipe_files(files))
         settings = settings_for(recipes, settings, explicit_bootstrap())
-        w = Worker.from_recipes(recipes, settings)
+        w = Worker.from_recipes(recipes, settings, lag_exporter=metrics is not None)
     except RecipeError as exc:
         raise click.ClickException(str(exc)) from None
     if not w.jobs:
         raise click.ClickException("the recipe files define no enabled jobs")
 
-    def started(w: Worker) -> None:
-        if as_json:
-            print_json({"bootstrap": settings.bootstrap, "jobs": w.describe()}, compact=True)
-        else:
-            out = console()
-            out.print(f"kops worker: {len(w.jobs)} job(s) against {settings.bootstrap}")
-            out.print(jobs_table(w))
-        sys.stdout.flush()
+    with serve_metrics(metrics, metrics_announcer(as_json)) as url:
 
-    if (code := serve(w, on_started=started)) is not None:
+        def started(w: Worker) -> None:
+            if as_json:
+                out: dict[str, Any] = {"bootstrap": settings.bootstrap, "jobs": w.describe()}
+                if url:
+                    out["metrics"] = url
+                print_json(out, compact=True)
+            else:
+                rich = console()
+                rich.print(f"kops worker: {len(w.jobs)} job(s) against {settings.bootstrap}")
+                rich.print(jobs_table(w))
+            sys.stdout.flush()
+
+        code = serve(w, on_started=started)
+    if code is not None:
         sys.exit(code)
 
 

@@ -61,6 +61,7 @@ __all__ = [
     "LagMonitor",
     "LagSample",
     "PartitionLag",
+    "TimestampReader",
     "evaluate_status",
     "measure_lag",
     "oldest_unconsumed_timestamps",
@@ -195,13 +196,20 @@ class LagMonitor:
         *,
         topic: str | None = None,
         window: int = 3,
+        skip_unknown: bool = False,
+        reuse_reader: bool = False,
     ):
+        """``skip_unknown``: a named group that does not exist (yet) is left out of the
+        report instead of raising. ``reuse_reader``: one consumer reads the timestamps of
+        every report (for a monitor sampled forever, e.g. the worker's lag exporter)."""
         if window < 1:
             raise ValueError("window must be at least 1 sample")
         self.settings = ClientSettings.of(target)
         self.groups = list(dict.fromkeys(groups)) if groups else None
         self.topic = topic
         self.window = window
+        self.skip_unknown = skip_unknown
+        self._reader = TimestampReader(self.settings) if reuse_reader else None
         self._admin = AdminSession(self.settings)
         self._history: dict[tuple[str, str, int], deque[LagSample]] = {}
         self._infos: dict[str, GroupInfo] = {}
@@ -209,6 +217,8 @@ class LagMonitor:
 
     def close(self) -> None:
         self._admin.close()
+        if self._reader is not None:
+            self._reader.close()
 
     def __enter__(self) -> LagMonitor:
         return self
@@ -231,6 +241,8 @@ class LagMonitor:
             if self.topic is not None:
                 offsets = {k: v for k, v in offsets.items() if k[0] == self.topic}
             if self.groups is not None and info.state == "DEAD" and not offsets:
+                if self.skip_unknown:
+                    continue
                 raise KopsClientError(f"unknown consumer group {g!r}", code="GROUP_ID_NOT_FOUND")
             infos[g] = info
             committed[g] = offsets
@@ -254,7 +266,10 @@ class LagMonitor:
                 for key, off in offsets.items()
                 if off is not None
             }
-            ages = oldest_unconsumed_timestamps(self.settings, wanted, self._ends_hint())
+            if self._reader is not None:
+                ages = self._reader.read(wanted, self._ends_hint())
+            else:
+                ages = oldest_unconsumed_timestamps(self.settings, wanted, self._ends_hint())
         now = int(time.time() * 1000) if now_ms is None else now_ms
         out = []
         for g in sorted(self._infos):
@@ -363,3 +378,64 @@ def oldest_unconsumed_timestamps(
     finally:
         consumer.close()
     return found
+
+
+class TimestampReader:
+    """:func:`oldest_unconsumed_timestamps` with one consumer kept across calls: for a
+    caller that asks every few seconds (the worker's lag exporter). Each call assigns the
+    lagging partitions at their positions and takes one record from each. Not thread-safe."""
+
+    def __init__(self, target: ClientSettings | str, *, timeout: float = 3.0):
+        self.settings = ClientSettings.of(target)
+        self.timeout = timeout
+        self._watch = ErrorWatch(self.settings.bootstrap)
+        self._consumer: Consumer | None = None
+
+    def _client(self) -> Consumer:
+        if self._consumer is None:
+            self._consumer = Consumer(
+                self.settings.consumer_config(
+                    f"kops-lag-{uuid.uuid4().hex[:12]}",  # never joined, never committed
+                    self._watch,
+                    **{"fetch.wait.max.ms": 100, "max.partition.fetch.bytes": 65536},
+                )
+            )
+        return self._consumer
+
+    def read(
+        self,
+        positions: Mapping[TopicPartitionKey, int],
+        ends: Mapping[TopicPartitionKey, int] | None = None,
+    ) -> dict[TopicPartitionKey, int]:
+        """Timestamp (epoch ms) of the record at each position before its end."""
+        ends = ends or {}
+        wanted = {k: off for k, off in positions.items() if ends.get(k) is None or off < ends[k]}
+        if not wanted:
+            return {}
+        consumer = self._client()
+        tps = [TopicPartition(t, p, off) for (t, p), off in wanted.items()]
+        consumer.assign(tps)
+        # librdkafka keeps a partition's paused flag across assignments: the last call
+        # paused every partition it got a record from.
+        consumer.resume(tps)
+        found: dict[TopicPartitionKey, int] = {}
+        deadline = time.monotonic() + self.timeout
+        try:
+            while len(found) < len(wanted) and time.monotonic() < deadline:
+                for msg in consumer.consume(num_messages=len(wanted), timeout=0.2):
+                    key = (msg.topic(), msg.partition())
+                    if msg.error() is not None or key in found or key not in wanted:
+                        continue
+                    ts_type, ts = msg.timestamp()
+                    if ts_type != TIMESTAMP_NOT_AVAILABLE:
+                        found[key] = ts
+                    consumer.pause([TopicPartition(*key)])  # one record is all we need
+                self._watch.check()
+        finally:
+            consumer.unassign()
+        return found
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None

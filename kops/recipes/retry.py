@@ -65,6 +65,7 @@ from kops.recipes import headers as h
 from kops.recipes.delay import DelayTiers, ensure_tier_topics, send_delayed
 from kops.recipes.dlq import dead_letter_headers, exception_name
 from kops.recipes.loader import import_object
+from kops.recipes.metrics import DLQ_DEAD_LETTERED, RETRY_ATTEMPTS, cause_of
 
 __all__ = [
     "DEFAULT_FATAL",
@@ -263,6 +264,8 @@ class RetryingHandler:
         self._sleep = sleep
         self._errors: list[str] = []
         self._lock = threading.Lock()
+        # (topic, attempt) -> child of kops_retry_attempts_total, looked up once each.
+        self._attempt_metrics: dict[tuple[str, int], Any] = {}
 
     # ---------------------------------------------------------------- classification
 
@@ -331,6 +334,7 @@ class RetryingHandler:
             log.info("dead-lettering %s/%d@%d after %d deliveries (%s): %s", origin.topic,
                      origin.partition, origin.offset, failures, reason, exc)  # fmt: skip
             self._produce(p.dlq_for(origin.topic), msg, headers)
+            DLQ_DEAD_LETTERED.labels(topic=origin.topic, cause=cause_of(exc)).inc()
             return Outcome.DEAD_LETTERED
 
         updates = {
@@ -359,6 +363,11 @@ class RetryingHandler:
         )  # fmt: skip
         self.producer.poll(0)
         self.stats.by_attempt[failures] += 1
+        child = self._attempt_metrics.get((origin.topic, failures))
+        if child is None:
+            child = RETRY_ATTEMPTS.labels(topic=origin.topic, attempt=str(failures))
+            self._attempt_metrics[(origin.topic, failures)] = child
+        child.inc()
         return Outcome.RETRY_SCHEDULED
 
     def _produce(self, topic: str, msg: Message, headers: list) -> None:

@@ -33,7 +33,9 @@ __all__ = ["JobSpec", "Recipe", "Schedule", "load_recipe", "load_recipes", "pars
 
 #: Keys of a [[job]] table that are not the job's own options.
 RESERVED = frozenset({"name", "kind", "every", "cron", "schedule", "timezone", "enabled"})
-_TOP_LEVEL = frozenset({"bootstrap", "client", "job", "description"})
+_TOP_LEVEL = frozenset({"bootstrap", "client", "job", "description", "metrics"})
+#: Keys of the [metrics] table: what the lag exporter (``consumer-lag``) follows, how often.
+_METRICS_KEYS = frozenset({"lag_groups", "lag_interval"})
 _CRON_NICKNAMES = {
     "@hourly": "0 * * * *",
     "@daily": "0 0 * * *",
@@ -90,6 +92,10 @@ class Recipe:
     client: dict[str, str] = field(default_factory=dict)
     jobs: list[JobSpec] = field(default_factory=list)
     description: str | None = None
+    #: ``[metrics] lag_groups``: groups the lag exporter follows besides the jobs' own.
+    lag_groups: list[str] = field(default_factory=list)
+    #: ``[metrics] lag_interval`` in seconds (None: the default, 15 s).
+    lag_interval: float | None = None
 
 
 def _where(path: Path | None) -> str:
@@ -128,6 +134,35 @@ def _schedule(table: Mapping[str, Any], where: str) -> Schedule:
     return Schedule(timezone=tz)
 
 
+def _metrics(table: Any, where: str) -> tuple[list[str], float | None]:
+    """``[metrics]``: ``lag_groups = ["billing"]``, ``lag_interval = "15s"``."""
+    if not isinstance(table, dict):
+        raise RecipeError(f"{where}: [metrics] must be a table (lag_groups, lag_interval)")
+    unknown = sorted(set(table) - _METRICS_KEYS)
+    if unknown:
+        raise RecipeError(
+            f"{where}: [metrics]: unknown key{'s' * (len(unknown) > 1)} {', '.join(unknown)} "
+            "(allowed: lag_groups, lag_interval)"
+        )
+    groups = table.get("lag_groups", [])
+    if isinstance(groups, str):
+        groups = [g.strip() for g in groups.split(",") if g.strip()]
+    if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
+        raise RecipeError(f"{where}: [metrics] lag_groups must be a list of group names")
+    interval = table.get("lag_interval")
+    if interval is None:
+        return groups, None
+    try:
+        seconds = (
+            float(interval) if isinstance(interval, int | float) else parse_duration(str(interval))
+        )
+    except ValueError as exc:
+        raise RecipeError(f"{where}: [metrics] lag_interval: {exc}") from None
+    if seconds <= 0:
+        raise RecipeError(f"{where}: [metrics] lag_interval must be longer than 0")
+    return groups, seconds
+
+
 def parse_recipe(data: Mapping[str, Any], path: Path | None = None) -> Recipe:
     """A :class:`Recipe` from parsed TOML; RecipeError names the file and job on problems."""
     where = _where(path)
@@ -135,7 +170,7 @@ def parse_recipe(data: Mapping[str, Any], path: Path | None = None) -> Recipe:
     if unknown:
         raise RecipeError(
             f"{where}: unknown key{'s' * (len(unknown) > 1)} {', '.join(unknown)} "
-            "(allowed: bootstrap, client, description, [[job]])"
+            "(allowed: bootstrap, client, description, [metrics], [[job]])"
         )
     client = data.get("client", {})
     if not isinstance(client, dict):
@@ -149,6 +184,7 @@ def parse_recipe(data: Mapping[str, Any], path: Path | None = None) -> Recipe:
         client={str(k): str(v) for k, v in client.items()},
         description=data.get("description"),
     )
+    recipe.lag_groups, recipe.lag_interval = _metrics(data.get("metrics", {}), where)
     seen: dict[str, int] = {}
     for i, table in enumerate(jobs_raw, start=1):
         job_where = f"{where}: job {i}"

@@ -75,6 +75,10 @@ class JobContext:
     #: DETAIL column): set it with :meth:`note`. A long-running job may instead have a
     #: ``status_line()`` method returning it.
     detail: str | None = None
+    #: The consumer groups of every job of the worker (a job says so with a
+    #: ``consumer_groups()`` method) plus the recipes' ``[metrics] lag_groups``: what the
+    #: ``consumer-lag`` job follows. Set by the worker; callable at run time only.
+    worker_groups: Callable[[], list[str]] = field(default=lambda: [])
 
     def note(self, text: str) -> None:
         """Say how the job is doing, for people: ``kops up`` shows it in its panel. What
@@ -92,6 +96,7 @@ BUILTIN_KINDS: dict[str, str] = {
     "retry-consumer": "kops.worker.jobs.dlq:retry_consumer_job",
     "dlq-replay": "kops.worker.jobs.dlq:dlq_replay_job",
     "backlog-fanout": "kops.worker.jobs.fanout:backlog_fanout_job",
+    "consumer-lag": "kops.worker.jobs.lag:consumer_lag_job",
 }
 
 _registered: dict[str, JobFactory] = {}

@@ -28,7 +28,7 @@ from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from kops.client import ClientSettings
-from kops.worker.recipe import JobSpec, Recipe
+from kops.worker.recipe import JobSpec, Recipe, Schedule
 from kops.worker.registry import JobContext, LongRunningJob, RecipeError, job_factory
 
 __all__ = ["JobState", "Worker", "settings_for"]
@@ -86,24 +86,69 @@ def settings_for(
     return ClientSettings(bootstrap=bootstrap, config=config, timeout=cli.timeout)
 
 
-class Worker:
-    """Builds every job up front (bad options fail before anything starts), then runs them."""
+#: The job kind of the lag exporter, and the name of the one ``lag_exporter=True`` adds.
+LAG_KIND = "consumer-lag"
 
-    def __init__(self, specs: Iterable[JobSpec], settings: ClientSettings):
+
+class Worker:
+    """Builds every job up front (bad options fail before anything starts), then runs them.
+
+    ``lag_exporter``: also run a ``consumer-lag`` job every ``lag_interval`` seconds (unless
+    the specs have one), which sets the consumer lag gauges of the jobs' groups and of
+    ``lag_groups``: what ``kops worker run --metrics`` asks for."""
+
+    def __init__(
+        self,
+        specs: Iterable[JobSpec],
+        settings: ClientSettings,
+        *,
+        lag_exporter: bool = False,
+        lag_groups: Iterable[str] = (),
+        lag_interval: float | None = None,
+    ):
         self.settings = settings
         self.stop_event = threading.Event()
         self.jobs: list[JobState] = []
+        self.lag_groups = list(dict.fromkeys(lag_groups))
         self._threads: list[threading.Thread] = []
         self._scheduler: BackgroundScheduler | None = None
         self._contexts: dict[str, JobContext] = {}
+        # job name -> its consumer groups, kept from its last build (a job being restarted
+        # has no instance for a moment; its groups have not changed).
+        self._groups: dict[str, list[str]] = {}
+        specs = list(specs)
+        if lag_exporter and not any(s.kind == LAG_KIND for s in specs):
+            from kops.worker.jobs.lag import DEFAULT_LAG_INTERVAL
+
+            every = lag_interval or DEFAULT_LAG_INTERVAL
+            specs.append(JobSpec(LAG_KIND, LAG_KIND, Schedule("every", every_seconds=every)))
         for spec in specs:
             state = JobState(spec)
             state.instance = self._build(spec)
             self.jobs.append(state)
 
     @classmethod
-    def from_recipes(cls, recipes: Iterable[Recipe], settings: ClientSettings) -> Worker:
-        return cls([job for r in recipes for job in r.jobs], settings)
+    def from_recipes(
+        cls, recipes: Iterable[Recipe], settings: ClientSettings, *, lag_exporter: bool = False
+    ) -> Worker:
+        """The jobs of ``recipes``; their ``[metrics]`` tables give the lag exporter its
+        extra groups and interval (the shortest one given)."""
+        recipes = list(recipes)
+        intervals = [r.lag_interval for r in recipes if r.lag_interval is not None]
+        return cls(
+            [job for r in recipes for job in r.jobs],
+            settings,
+            lag_exporter=lag_exporter,
+            lag_groups=[g for r in recipes for g in r.lag_groups],
+            lag_interval=min(intervals) if intervals else None,
+        )
+
+    def consumer_groups(self) -> list[str]:
+        """The recipes' ``[metrics] lag_groups``, then the groups the jobs consume in."""
+        groups = list(self.lag_groups)
+        for state in self.jobs:
+            groups += self._groups.get(state.spec.name, [])
+        return list(dict.fromkeys(groups))
 
     def _context(self, spec: JobSpec) -> JobContext:
         # One context per job, kept across restarts: its note stays until the next one.
@@ -117,6 +162,7 @@ class Worker:
             recipe=spec.recipe,
             stop=self.stop_event,
             log=logging.getLogger(f"kops.worker.{spec.name}"),
+            worker_groups=self.consumer_groups,
         )
         return context
 
@@ -134,6 +180,9 @@ class Worker:
             raise RecipeError(f"{where}: kind {spec.kind!r} is long-running; remove every/cron")
         if not spec.schedule.periodic and not long_running:
             raise RecipeError(f"{where}: kind {spec.kind!r} is periodic; give every or cron")
+        method = getattr(job, "consumer_groups", None)
+        if callable(method):
+            self._groups[spec.name] = [str(g) for g in method()]
         return job
 
     # -- running
@@ -235,6 +284,12 @@ class Worker:
             t.join(max(0.1, deadline - time.monotonic()))
             if t.is_alive():
                 log.warning("%s did not stop within %.0fs", t.name, timeout)
+        for state in self.jobs:
+            # Periodic jobs that keep clients between runs (the lag exporter) close them.
+            close = getattr(state.instance, "close", None)
+            if state.spec.schedule.periodic and callable(close):
+                with contextlib.suppress(Exception):
+                    close()
         log.info("worker stopped")
 
     def wait(self, stop: threading.Event | None = None, poll: float = 0.5) -> None:

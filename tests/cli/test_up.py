@@ -3,21 +3,35 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
+from prometheus_client.parser import text_string_to_metric_families
 
 from kops import admin
 from kops.recipes import headers as h
 from kops.recipes.delay import DelayTiers, send_delayed
 from kops.testing import wait_until
+
+
+def _sample(url: str, name: str, **labels: str) -> float:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def _free_port() -> int:
@@ -94,6 +108,18 @@ def test_up_starts_broker_and_worker_and_stops_on_sigterm(tmp_path: Path) -> Non
                 got = m
         consumer.close()
         assert got is not None and h.get(got.headers(), h.MESSAGE_ID) == msg_id
+
+        # kops up serves both metrics endpoints on loopback ports it prints.
+        broker_url = re.search(r"broker metrics on (\S+)", shown).group(1)  # type: ignore[union-attr]
+        worker_url = re.search(r"worker metrics on (\S+)", shown).group(1)  # type: ignore[union-attr]
+        assert broker_url.startswith("http://127.0.0.1:") and worker_url != broker_url
+        assert (
+            _sample(
+                broker_url, "kafka_server_brokertopicmetrics_messagesin_total", topic="up-target"
+            )
+            == 1
+        )
+        assert _sample(worker_url, "kops_delay_forwarded_total") >= 1
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(40) == 143, "".join(err[-20:])  # 128 + SIGTERM: a clean stop

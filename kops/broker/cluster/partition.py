@@ -84,6 +84,11 @@ class Partition:
         self._fetches = fetches
         epoch = log.latest_epoch()
         self.leader_epoch = epoch if epoch is not None else 0
+        # Traffic counters for the broker's metrics (kops.broker.metrics reads them
+        # when scraped): plain integers, so producing and fetching pay one addition.
+        self.messages_in = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
 
     def __repr__(self) -> str:
         return f"Partition({self.topic!r}, {self.index}, epoch={self.leader_epoch})"
@@ -142,6 +147,10 @@ class Partition:
                 log_start_offset=self._log.log_start_offset,
                 record_errors=tuple(getattr(exc, "record_errors", ())),
             )
+        if not result.duplicate:
+            # Offsets are assigned per record: the count without decoding a record.
+            self.messages_in += result.last_offset - result.base_offset + 1
+            self.bytes_in += len(records)
         return AppendOutcome(
             ErrorCode.none, result.base_offset, result.log_append_time_ms, result.log_start_offset
         )

@@ -75,6 +75,13 @@ class GroupCoordinator(OffsetsMixin):
         self._tasks: list[asyncio.Task[None]] = []
         # Join phases in progress, by group id.
         self._joins: Purgatory[str] = Purgatory("rebalance")
+        # Generations completed since start (kops.broker.metrics reads it when scraped).
+        self.rebalances = 0
+
+    @property
+    def pending_joins(self) -> int:
+        """Join phases parked in the rebalance purgatory."""
+        return len(self._joins)
 
     # ---- lifecycle ----------------------------------------------------------
     async def start(self) -> None:
@@ -365,6 +372,7 @@ class GroupCoordinator(OffsetsMixin):
             group.rebalance_timer = None
         group.initial_delay_active = False
         group.generation += 1
+        self.rebalances += 1
         if not group.members:
             group.protocol_name = None
             group.leader = None

@@ -25,6 +25,7 @@ from kio.schema.fetch.v9.request import FetchPartition as FetchPartitionV9
 from kio.schema.fetch.v10.request import FetchPartition as FetchPartitionV10
 from kio.schema.fetch.v11.request import FetchPartition as FetchPartitionV11
 
+from kops.broker.cluster.partition import Partition
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
 from kops.broker.purgatory import DelayedOperation
 
@@ -64,6 +65,9 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
         fetch.try_complete() or fetch.force_complete()
     elif not ctx.broker.fetches.try_complete_else_watch(fetch, keys):
         await fetch.wait()
+    # Counted once, for the reads that are answered: re-checks while parked read too.
+    for partition, size in fetch.sent:
+        partition.bytes_out += size
     return REPLY(
         ctx,
         throttle_time=datetime.timedelta(0),
@@ -81,27 +85,33 @@ class DelayedFetch(DelayedOperation):
         self.ctx = ctx
         self.request = request
         self.responses: list[object] = []
+        self.sent: list[tuple[Partition, int]] = []
 
     def try_complete(self) -> bool:
-        self.responses, total, had_error = _read_all(self.ctx, self.request)
+        self.responses, self.sent, total, had_error = _read_all(self.ctx, self.request)
         if total >= self.request.min_bytes or had_error:
             return self.force_complete()
         return False
 
     def on_expiration(self) -> None:
-        self.responses = _read_all(self.ctx, self.request)[0]
+        self.responses, self.sent, _, _ = _read_all(self.ctx, self.request)
 
     def on_complete(self) -> None:
         pass
 
 
-def _read_all(ctx: RequestContext, request: Request) -> tuple[list[object], int, bool]:
+def _read_all(
+    ctx: RequestContext, request: Request
+) -> tuple[list[object], list[tuple[Partition, int]], int, bool]:
+    """The responses, the bytes read from each partition, their total, and whether a
+    partition had an error."""
     broker = ctx.broker
     budget: int = request.max_bytes
     total = 0
     had_error = False
     first_data = True
     responses = []
+    sent: list[tuple[Partition, int]] = []
     for topic in request.topics:
         partitions = []
         for wanted in topic.partitions:
@@ -125,6 +135,8 @@ def _read_all(ctx: RequestContext, request: Request) -> tuple[list[object], int,
             if code != ErrorCode.none:
                 had_error = True
             if records:
+                assert partition is not None
+                sent.append((partition, len(records)))
                 first_data = False
                 budget -= len(records)
                 total += len(records)
@@ -144,7 +156,7 @@ def _read_all(ctx: RequestContext, request: Request) -> tuple[list[object], int,
         responses.append(
             ctx.make("FetchableTopicResponse", topic=topic.topic, partitions=tuple(partitions))
         )
-    return responses, total, had_error
+    return responses, sent, total, had_error
 
 
 def _current_leader_epoch(wanted: object) -> int:

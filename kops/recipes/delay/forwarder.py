@@ -38,6 +38,7 @@ import time
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import OffsetSpec
 from tenacity import (
     retry,
     retry_if_exception,
@@ -46,17 +47,22 @@ from tenacity import (
     wait_exponential,
 )
 
-from kops.client import BrokerUnavailable, ClientSettings, ErrorWatch, KopsClientError
+from kops.admin import list_offsets
+from kops.client import AdminSession, BrokerUnavailable, ClientSettings, ErrorWatch, KopsClientError
 from kops.produce import produce_with_room
 from kops.recipes.delay.cancel import CancelView
 from kops.recipes.delay.delivery import TargetCache
 from kops.recipes.delay.status import SAMPLES_PUBLISHED, LatenessStats
 from kops.recipes.delay.tier_forwarder import ForwarderOptions, TierForwarder
 from kops.recipes.delay.tiers import ensure_tier_topics
+from kops.recipes.metrics import DELAY_PARKED
 
 __all__ = ["CancelView", "DelayForwarders", "ForwarderOptions", "LatenessStats", "TierForwarder"]
 
 log = logging.getLogger("kops.delay")
+
+#: Seconds between updates of the parked-records gauge (one ListOffsets for every tier).
+PARKED_INTERVAL = 5.0
 
 
 def _now_ms() -> int:
@@ -166,10 +172,15 @@ class DelayForwarders:
                 "delay forwarders running: tiers %s, group %s", opts.tiers.describe(), opts.group
             )
             next_stats = time.monotonic() + opts.stats_interval
+            next_parked = time.monotonic()
+            admin = AdminSession(self.settings)
             while not stop.wait(0.2) and not self._failed:
                 if opts.stats_topic and opts.stats_interval > 0 and time.monotonic() >= next_stats:
                     self.publish_stats(producer, stop)
                     next_stats = time.monotonic() + opts.stats_interval
+                if time.monotonic() >= next_parked:
+                    self.update_parked(admin)
+                    next_parked = time.monotonic() + PARKED_INTERVAL
         finally:
             inner.set()
             for t in threads:
@@ -183,6 +194,28 @@ class DelayForwarders:
         if self._failed:
             # Raised to the worker, which builds the job again after a backoff.
             raise RuntimeError(f"tier forwarder failed: {self._failed[0]}")
+
+    def update_parked(self, admin: AdminSession) -> None:
+        """Set ``kops_delay_parked_records`` per tier: end offset minus this process's
+        position, over the partitions it holds (several processes' gauges add up)."""
+        forwarders = list(self.forwarders)
+        positions = {(fw.topic, p): off for fw in forwarders for p, off in fw.positions().items()}
+        try:
+            ends = list_offsets(admin, sorted(positions), OffsetSpec.latest())
+        except Exception as exc:  # a gauge never stops the forwarders
+            log.debug("parked records: %s", exc)  # the broker away: keep the last values
+            return
+        for fw in forwarders:
+            parked = sum(
+                max((ends.get((t, p)) or 0) - off, 0)
+                for (t, p), off in positions.items()
+                if t == fw.topic
+            )
+            DELAY_PARKED.labels(tier=fw.label).set(parked)
+
+    def consumer_groups(self) -> list[str]:
+        """The group it consumes in (the worker's lag exporter follows it)."""
+        return [self.options.group]
 
     def status_line(self) -> str:
         """``"18/18 tiers assigned, 42 delivered"``: what ``kops up`` shows for the job."""

@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from kops.client import ClientSettings, ErrorWatch, KopsClientError, fetch_metadata, translate_error
 from kops.recipes import headers as h
 from kops.recipes.delay.tiers import FORWARDER_GROUP, STATS_TOPIC, DelayTiers, format_tier
+from kops.recipes.metrics import DELAY_CANCELLATIONS, DELAY_FORWARDED, DELAY_LATENESS
 
 __all__ = [
     "LatenessStats",
@@ -40,12 +41,17 @@ STATS_MAX_AGE_S = 600.0
 
 
 class LatenessStats:
-    """Per-tier counters and recent lateness samples (ms). Thread-safe."""
+    """Per-tier counters and recent lateness samples (ms). Thread-safe.
+
+    Also the one place the delay metrics of :mod:`kops.recipes.metrics` are updated
+    (lateness, forwarded, cancellations), so the stats topic and Prometheus agree."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._samples: dict[str, deque[int]] = {}
         self.counts: dict[str, dict[str, int]] = {}
+        # tier -> (forwarded counter, lateness histogram) children, looked up once per tier.
+        self._metrics: dict[str, tuple[Any, Any]] = {}
 
     def _tier(self, tier: str) -> dict[str, int]:
         if tier not in self.counts:
@@ -53,18 +59,30 @@ class LatenessStats:
                 "delivered": 0, "cascaded": 0, "cancelled": 0, "invalid": 0, "dead_lettered": 0,
             }  # fmt: skip
             self._samples[tier] = deque(maxlen=SAMPLES_KEPT)
+            self._metrics[tier] = (
+                DELAY_FORWARDED.labels(tier=tier), DELAY_LATENESS.labels(tier=tier),
+            )  # fmt: skip
         return self.counts[tier]
 
     def count(self, tier: str, what: str, n: int = 1) -> None:
         with self._lock:
             self._tier(tier)[what] += n
+            if what == "cascaded":  # on to the next tier: forwarded too
+                self._metrics[tier][0].inc(n)
+            elif what == "cancelled":
+                DELAY_CANCELLATIONS.inc(n)
 
     def delivered(self, tier: str, lateness_ms: Iterable[int]) -> None:
         with self._lock:
             counts = self._tier(tier)
+            forwarded, lateness = self._metrics[tier]
+            n = 0
             for value in lateness_ms:
                 counts["delivered"] += 1
                 self._samples[tier].append(value)
+                lateness.observe(max(value, 0) / 1000)
+                n += 1
+            forwarded.inc(n)
 
     def samples(self, tier: str) -> list[int]:
         with self._lock:

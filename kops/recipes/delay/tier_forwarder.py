@@ -43,6 +43,7 @@ from kops.recipes.delay.tiers import (
     DelayTiers,
     format_tier,
 )
+from kops.recipes.metrics import DLQ_DEAD_LETTERED, cause_of
 
 __all__ = ["ForwarderOptions", "TierForwarder"]
 
@@ -202,6 +203,21 @@ class TierForwarder:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             log.warning("tier %s: commit: %s", self.label, exc)
+
+    def positions(self) -> dict[int, int]:
+        """Partition -> offset of the first record this process has not forwarded yet, for
+        the partitions it holds (where it knows one): the forwarder's position for the
+        parked-records gauge. Read from another thread, so it copies what it walks."""
+        out: dict[int, int] = {}
+        committed = dict(self._committed)
+        for p, st in list(self.parts.items()):
+            if p in committed:
+                out[p] = committed[p]
+            elif st.buffer:
+                out[p] = st.buffer[0].msg.offset()
+            elif st.last_seen >= 0:
+                out[p] = st.last_seen + 1
+        return out
 
     # -- main loop
 
@@ -395,6 +411,8 @@ class TierForwarder:
                 continue
             if it.dead is not None and dest == self.options.dlq_topic:
                 dead += 1
+                # Rare: a label lookup per dead letter is fine.
+                DLQ_DEAD_LETTERED.labels(topic=it.target or "", cause=cause_of(it.dead)).inc()
                 log.warning(
                     "tier %s: dead-lettered %s-%d@%d (message id %s, target %s) to %s: %s",
                     self.label, self.topic, p, it.msg.offset(), it.message_id, it.target,

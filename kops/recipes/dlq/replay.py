@@ -31,6 +31,7 @@ from kops.recipes.dlq.records import (
     read_dead_letters,
     replay_state_topic,
 )
+from kops.recipes.metrics import DLQ_REPLAYED
 from kops.recipes.pacing import Pacer
 
 # --------------------------------------------------------------------------- replay
@@ -143,6 +144,7 @@ class _Replayer:
         self.producer = Producer(
             settings.producer_config(**{"enable.idempotence": True, "linger.ms": 0})
         )
+        self.replayed_metric = DLQ_REPLAYED.labels(dlq=dlq_topic)
 
     def check_target(self, topic: str) -> None:
         if topic in self.partitions:
@@ -199,6 +201,7 @@ class _Replayer:
                 if err is not None:
                     self.errors.append(f"{target}: {err}")
                 else:
+                    self.replayed_metric.inc()
                     self._mark(key, "done", target)
 
             self.producer.produce(target, dl.record.value, on_delivery=done, **kwargs)

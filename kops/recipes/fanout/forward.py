@@ -26,6 +26,7 @@ from kops.client import (
 )
 from kops.produce import produce_with_room
 from kops.recipes import headers as h
+from kops.recipes.metrics import FANOUT_ETA, FANOUT_FORWARDED, FANOUT_REMAINING
 from kops.recipes.offsets import committed_offsets, describe_group
 from kops.recipes.pacing import Pacer
 from kops.recipes.parallel import OffsetTracker
@@ -233,6 +234,7 @@ class BacklogFanout:
             separators=(",", ":"),
         )
         self._partition_cache: dict[bytes, int] = {}
+        self._forwarded_metric = FANOUT_FORWARDED.labels(source=source)
         self._reset()
 
     def _reset(self) -> None:
@@ -405,6 +407,7 @@ class BacklogFanout:
         if tracker is not None:
             tracker.done(offset)
         self._acked += 1
+        self._forwarded_metric.inc()
 
     def _flush(self, producer: Producer, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -513,8 +516,10 @@ class BacklogFanout:
                 producer.poll(0)
                 self._raise_failure()
                 now = time.monotonic()
-                if progress is not None and now >= next_progress:
-                    progress(self._progress(started))
+                if now >= next_progress:  # the progress gauges move even with no callback
+                    snapshot = self._progress(started)
+                    if progress is not None:
+                        progress(snapshot)
                     next_progress = now + progress_interval
                 if not until_caught_up and now >= next_partition_check:
                     self._assign_new(consumer, watch)  # partitions added to the source
@@ -533,8 +538,9 @@ class BacklogFanout:
             report.backlog = self._backlog or 0
             report.elapsed = time.monotonic() - started
             report.committed = {p: o for (_, p), o in self._committed.items()}
+            snapshot = self._progress(started)
             if progress is not None:
-                progress(self._progress(started))
+                progress(snapshot)
             # Undelivered records are not committed: a restart forwards them again.
             producer.flush(5)
             consumer.close()
@@ -566,13 +572,22 @@ class BacklogFanout:
         self._sent += 1
 
     def _progress(self, started: float) -> FanoutProgress:
+        """How far the run is; also sets the remaining-records and ETA gauges."""
         elapsed = time.monotonic() - started
-        return FanoutProgress(
+        snapshot = FanoutProgress(
             forwarded=self._acked,
             total=self._backlog,
             elapsed=elapsed,
             rate=self._acked / elapsed if elapsed > 0 else 0.0,
         )
+        if snapshot.total is not None:
+            remaining = max(snapshot.total - snapshot.forwarded, 0)
+            FANOUT_REMAINING.labels(source=self.source).set(remaining)
+            if remaining == 0:
+                FANOUT_ETA.labels(source=self.source).set(0)
+            elif snapshot.rate > 0:
+                FANOUT_ETA.labels(source=self.source).set(remaining / snapshot.rate)
+        return snapshot
 
 
 def fanout(

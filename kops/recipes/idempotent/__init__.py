@@ -78,6 +78,7 @@ from kops.recipes.idempotent.stores import (
     SQLiteStore,
     Transaction,
 )
+from kops.recipes.metrics import IDEMPOTENT_DUPLICATES, IDEMPOTENT_LEASES_EXPIRED
 
 __all__ = [
     "Busy",
@@ -135,11 +136,24 @@ class Stats:
     busy_waits: int = 0
     lost_claims: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    #: Count name -> Prometheus counter child it also feeds (see :meth:`export`).
+    _metrics: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def export(self, store: str) -> Stats:
+        """Feed duplicates and take-overs (a lease that expired) into the
+        ``kops_idempotent_*`` counters, labelled ``store``."""
+        self._metrics = {
+            "duplicates": IDEMPOTENT_DUPLICATES.labels(store=store),
+            "taken_over": IDEMPOTENT_LEASES_EXPIRED.labels(store=store),
+        }
+        return self
 
     def add(self, **counts: int) -> None:
         with self._lock:
             for name, n in counts.items():
                 setattr(self, name, getattr(self, name) + n)
+                if n and name in self._metrics:
+                    self._metrics[name].inc(n)
 
     def as_dict(self) -> dict[str, int]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
@@ -191,7 +205,7 @@ class Idempotent:
         self.ttl = ttl
         self.busy = busy
         self.busy_timeout = busy_timeout
-        self.stats = Stats()
+        self.stats = Stats().export(namespace)
         self._active: dict[str, tuple[str, list[bool]]] = {}  # token -> (key, [lost])
         self._active_lock = threading.Lock()
         self._heartbeat: threading.Thread | None = None

@@ -4,5 +4,6 @@
 - `delay`: ``delay-forwarders``, ``delay-status``;
 - `dlq`: ``retry-consumer``, ``dlq-replay``;
 - `fanout`: ``backlog-fanout``;
+- `lag`: ``consumer-lag``, the lag exporter (Prometheus gauges);
 - `call`: ``call``, any function of yours.
 """

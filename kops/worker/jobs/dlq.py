@@ -57,6 +57,10 @@ class RetryConsumerJob:
         """The topics it consumes (their retry and dead-letter topics it creates itself)."""
         return list(self.kwargs["topics"])
 
+    def consumer_groups(self) -> list[str]:
+        """Its group, for the worker's lag exporter."""
+        return [self.kwargs["group"]]
+
     def status_line(self) -> str:
         """``"handled 3, retry-scheduled 1, dead-lettered 1"`` so far in this run."""
         counts = dict(self.outcomes)

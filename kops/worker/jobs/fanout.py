@@ -83,6 +83,10 @@ class BacklogFanoutJob:
         """The backlog's topic (the target it creates itself)."""
         return [self.fanout.source]
 
+    def consumer_groups(self) -> list[str]:
+        """The source group, and the drain group when it runs drain consumers."""
+        return [self.fanout.group] + ([self.drain_group] if self.drain_consumers else [])
+
     def run(self, stop: threading.Event) -> None:
         from kops.recipes.parallel import ParallelConsumer
 
