@@ -13,6 +13,7 @@ pytest plugin registers it).
 from __future__ import annotations
 
 import contextlib
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -29,6 +30,31 @@ TEST_CONFIG = {
     "log.retention.check.interval.ms": "1000",
     "log.cleaner.backoff.ms": "1000",
 }
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host` right now (another process may take it before you bind)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> int:
+    """The first of `count` consecutive ports free on `host` right now (for --base-port)."""
+    for _ in range(100):
+        base = free_port(host)
+        if base + count > 65536:
+            continue
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(base, base + count):
+                    s = held.enter_context(socket.socket())
+                    s.bind((host, port))
+            except OSError:
+                continue
+            return base
+    raise OSError(f"no {count} consecutive free ports on {host}")
 
 
 class WaitTimeout(KopsError, AssertionError):

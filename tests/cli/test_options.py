@@ -21,7 +21,10 @@ def _closed_port() -> int:
 
 
 def _all_commands(group: click.Group, prefix: tuple[str, ...] = ()):
-    for name, cmd in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        assert cmd is not None, name
         path = (*prefix, name)
         yield path
         if isinstance(cmd, click.Group):
@@ -80,7 +83,7 @@ def test_every_command_has_help() -> None:
         assert "Usage:" in result.output
         cmd = main
         for part in path:
-            cmd = cmd.commands[part]  # type: ignore[attr-defined]
+            cmd = cmd.get_command(click.Context(cmd), part)  # type: ignore[attr-defined]
         # Client commands (not `kops broker ...`, which runs a broker) all take --bootstrap.
         if not isinstance(cmd, click.Group) and path[0] in ("topic", "produce", "consume"):
             assert "--bootstrap" in result.output, path

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from kops.groups import UnknownGroup, describe_group
-from kops.testing import wait_until
+from kops.testing import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 HEADING = "## Your first ten minutes"
@@ -37,12 +36,6 @@ def test_walkthrough_block_is_found() -> None:
     commands = walkthrough_commands((REPO / "README.md").read_text())
     assert commands[0].startswith("echo ") and "kops produce demo" in commands[0]
     assert all("kops " in c for c in commands)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _assigned_members(bootstrap: str, group: str) -> int:
@@ -66,7 +59,7 @@ def _ms(iso: str) -> int:
 
 def test_readme_walkthrough(tmp_path: Path) -> None:
     commands = walkthrough_commands((REPO / "README.md").read_text())
-    bootstrap = f"127.0.0.1:{_free_port()}"
+    bootstrap = f"127.0.0.1:{free_port()}"
     env = {k: v for k, v in os.environ.items() if k != "KOPS_DEBUG"}
     env["KOPS_BOOTSTRAP"] = bootstrap
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

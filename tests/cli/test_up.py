@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from kops import admin
 from kops.recipes import headers as h
 from kops.recipes.delay import DelayTiers, send_delayed
-from kops.testing import wait_until
+from kops.testing import free_port, wait_until
 
 
 def _sample(url: str, name: str, **labels: str) -> float:
@@ -32,12 +32,6 @@ def _sample(url: str, name: str, **labels: str) -> float:
         for sample in family.samples
         if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_up(
@@ -73,7 +67,7 @@ def _wait_running(proc: subprocess.Popen[str], err: list[str], timeout: float = 
 
 
 def test_up_starts_broker_and_worker_and_stops_on_sigterm(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     bootstrap = f"127.0.0.1:{port}"
     recipe = tmp_path / "delay.toml"
     recipe.write_text('[[job]]\nkind = "delay-forwarders"\ntiers = ["1s", "2s"]\n')
@@ -154,7 +148,7 @@ def test_up_bad_recipe_is_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[[job]]\nkind = 'no-such-kind'\n")
     res = subprocess.run(
-        [sys.executable, "-m", "kops", "up", "--bootstrap", f"127.0.0.1:{_free_port()}", str(bad)],
+        [sys.executable, "-m", "kops", "up", "--bootstrap", f"127.0.0.1:{free_port()}", str(bad)],
         capture_output=True,
         text=True,
         timeout=60,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -13,15 +12,9 @@ from pathlib import Path
 
 from kops import admin
 from kops.groups import UnknownGroup, describe_group
-from kops.testing import wait_until
+from kops.testing import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _assigned_members(bootstrap: str, group: str) -> int:
@@ -32,7 +25,7 @@ def _assigned_members(bootstrap: str, group: str) -> int:
 
 
 def test_up_with_the_shipped_recipes_is_quiet(tmp_path: Path) -> None:
-    bootstrap = f"127.0.0.1:{_free_port()}"
+    bootstrap = f"127.0.0.1:{free_port()}"
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "kops", "up", "--bootstrap", bootstrap,
@@ -95,7 +88,7 @@ def test_up_with_the_shipped_recipes_is_quiet(tmp_path: Path) -> None:
 
 
 def test_verbose_brings_the_assignments_back(tmp_path: Path) -> None:
-    bootstrap = f"127.0.0.1:{_free_port()}"
+    bootstrap = f"127.0.0.1:{free_port()}"
     recipe = tmp_path / "delay.toml"
     recipe.write_text('[[job]]\nkind = "delay-forwarders"\ntiers = ["1s"]\n')
     proc = subprocess.Popen(

@@ -24,15 +24,9 @@ from kops.recipes.idempotent import (
     as_record,
     message_id,
 )
-from kops.testing import wait_until
+from kops.testing import free_port, wait_until
 
 # --------------------------------------------------------------------------- fixtures
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -43,7 +37,7 @@ def redis_server() -> Iterator[str]:
     if server is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
     pytest.importorskip("redis", reason="the 'redis' package (kops[redis] extra) is missing")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
         stdout=subprocess.DEVNULL,
