@@ -1,4 +1,5 @@
-"""Topic administration over confluent-kafka's AdminClient: create, list, describe, alter, delete.
+"""Topic administration over confluent-kafka's AdminClient: create, list, describe, alter, delete;
+and the controller quorum's status (DescribeQuorum, which the AdminClient lacks).
 
 Every function takes a :class:`kops.client.ClientSettings` or a bare bootstrap string and raises
 :class:`kops.client.KopsClientError` subclasses with one-line messages. No click here: the
@@ -30,6 +31,7 @@ from confluent_kafka.admin import (
     ResourceType,
 )
 from kio.schema.describe_log_dirs.v1.request import DescribableLogDirTopic, DescribeLogDirsRequest
+from kio.schema.describe_quorum.v1 import request as describe_quorum_v1
 
 from kops.client import (
     AdminSession,
@@ -44,6 +46,8 @@ from kops.protocol.client import RequestError, send_request
 __all__ = [
     "ConfigValue",
     "PartitionInfo",
+    "QuorumStatus",
+    "QuorumVoter",
     "TopicInfo",
     "TopicSummary",
     "alter_topic_configs",
@@ -52,6 +56,7 @@ __all__ = [
     "create_partitions",
     "create_topic",
     "delete_topic",
+    "describe_quorum",
     "describe_topic",
     "is_internal_topic",
     "list_offsets",
@@ -448,3 +453,57 @@ def delete_topic(target: ClientSettings | str, name: str) -> None:
             [name], request_timeout=admin.request_timeout, operation_timeout=admin.request_timeout
         )
         admin.wait(futures[name], "delete topic", name)
+
+
+@dataclass(frozen=True)
+class QuorumVoter:
+    replica_id: int
+    log_end_offset: int
+    #: Unix ms of the voter's last fetch from the leader; -1 for the leader itself or unknown.
+    last_fetch_timestamp: int
+
+
+@dataclass(frozen=True)
+class QuorumStatus:
+    """One broker's answer to DescribeQuorum for ``__cluster_metadata``.
+
+    Only the leader describes the voters; another voter answers
+    ``NOT_LEADER_OR_FOLLOWER`` (``error``) with the leader and epoch it knows.
+    """
+
+    error: str | None
+    leader_id: int
+    leader_epoch: int
+    high_watermark: int
+    voters: list[QuorumVoter] = field(default_factory=list)
+
+
+def describe_quorum(address: str, timeout: float = 5.0) -> QuorumStatus:
+    """Ask the broker at ``host:port`` for the controller quorum's state.
+
+    Raises ``KopsClientError`` when the broker cannot be reached or has no quorum.
+    """
+    host, _, port = address.rpartition(":")
+    topic = describe_quorum_v1.TopicData(
+        topic_name="__cluster_metadata",
+        partitions=(describe_quorum_v1.PartitionData(partition_index=0),),
+    )
+    request = describe_quorum_v1.DescribeQuorumRequest(topics=(topic,))
+    try:
+        response = send_request(host, int(port), request, timeout=timeout)
+    except RequestError as exc:
+        raise KopsClientError(f"cannot describe the quorum at {address}: {exc}") from None
+    partition = response.topics[0].partitions[0]
+    error = None if partition.error_code == 0 else partition.error_code.name
+    if error == "unknown_topic_or_partition":
+        raise KopsClientError(f"{address} runs no controller quorum (a single broker)")
+    return QuorumStatus(
+        error=error,
+        leader_id=int(partition.leader_id),
+        leader_epoch=int(partition.leader_epoch),
+        high_watermark=int(partition.high_watermark),
+        voters=[
+            QuorumVoter(int(v.replica_id), int(v.log_end_offset), int(v.last_fetch_timestamp))
+            for v in partition.current_voters
+        ],
+    )

@@ -15,13 +15,14 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kio.schema.errors import ErrorCode
 
 from kops.broker.aio import cancel_and_wait
 from kops.broker.cluster.metadata import TopicError, TopicRecord, TopicRegistry, topic_name_error
 from kops.broker.cluster.partition import Partition, TopicPartition
+from kops.broker.cluster.voters import METADATA_LOG_DIR, QuorumError, parse_voters
 from kops.broker.config import BrokerConfig, ConfigError, validate_topic_config
 from kops.broker.dispatch import Dispatcher
 from kops.broker.groups.coordinator import GroupCoordinator
@@ -30,6 +31,9 @@ from kops.broker.log import LogConfig, LogManager
 from kops.broker.metrics import BrokerMetrics
 from kops.broker.purgatory import Purgatory
 from kops.broker.server import FrameServer
+
+if TYPE_CHECKING:
+    from kops.broker.cluster.quorum import QuorumDriver
 
 __all__ = ["DEFAULT_DATA_DIR", "Broker", "TopicError"]
 
@@ -76,6 +80,15 @@ class Broker:
         # `metrics` names an address (port 0: a free one, see metrics.url).
         self.metrics = BrokerMetrics()
         self._metrics_address = metrics
+        voters = self.config.get("controller.quorum.voters") or ""
+        # Parsed here so a bad setting fails before anything starts (QuorumError).
+        self._voters = parse_voters(voters) if voters.strip() else None
+        if self._voters is not None and self.node_id not in self._voters:
+            raise QuorumError(
+                f"node.id {self.node_id} is not among the voters {sorted(self._voters)}"
+            )
+        # The controller quorum this broker votes in; None for a single broker.
+        self.quorum: QuorumDriver | None = None
 
     # ---- lifecycle -------------------------------------------------------
     async def start(self) -> None:
@@ -99,6 +112,24 @@ class Broker:
             max_frame_bytes=self.config.int("socket.request.max.bytes"),
         )
         await self._server.start()
+        if self._voters is not None:
+            # Imported here: a single broker never loads the Raft stack.
+            from kops.broker.cluster.quorum import QuorumDriver
+
+            self.quorum = QuorumDriver(
+                self.node_id,
+                self._voters,
+                self.data_dir / METADATA_LOG_DIR,
+                self.cluster_id,
+                config={
+                    "election_timeout_ms": self.config.int("controller.quorum.election.timeout.ms"),
+                    "fetch_timeout_ms": self.config.int("controller.quorum.fetch.timeout.ms"),
+                    "election_backoff_max_ms": self.config.int(
+                        "controller.quorum.election.backoff.max.ms"
+                    ),
+                },
+            )
+            await self.quorum.start()
         self._tasks.append(asyncio.create_task(self._retention_loop()))
         self._tasks.append(asyncio.create_task(self._cleaner_loop()))
         self._tasks.append(asyncio.create_task(self._recovery_checkpoint_loop()))
@@ -120,6 +151,8 @@ class Broker:
             # scrape in progress waits for the loop.
             await asyncio.to_thread(self.metrics.close)
         await cancel_and_wait(self._tasks)
+        if self.quorum is not None:
+            await self.quorum.stop()
         if self.groups is not None:
             await self.groups.stop()
         if self._server is not None:
@@ -355,7 +388,14 @@ class Broker:
             for line in path.read_text().splitlines():
                 if line.startswith("cluster.id="):
                     return line.split("=", 1)[1]
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if self._voters is not None:
+            # Every member of a quorum must agree on the id without a format step
+            # (Kafka's kafka-storage format): derive it from the voter set.
+            members = ",".join(f"{n}@{h}:{p}" for n, (h, p) in sorted(self._voters.items()))
+            seed = uuid.uuid5(uuid.NAMESPACE_URL, f"kops-quorum:{members}")
+        else:
+            seed = uuid.uuid4()
+        cluster_id = base64.urlsafe_b64encode(seed.bytes).decode().rstrip("=")
         path.write_text(f"version=1\ncluster.id={cluster_id}\nnode.id={self.node_id}\n")
         return cluster_id
 

@@ -28,6 +28,12 @@ __all__ = [
 
 BROKER_DEFAULTS: dict[str, str] = {
     "node.id": "0",
+    # The controller quorum (empty: a single broker, no quorum). Timeouts are half
+    # Kafka's defaults: kops clusters run on one host or a LAN.
+    "controller.quorum.voters": "",
+    "controller.quorum.election.timeout.ms": "500",
+    "controller.quorum.fetch.timeout.ms": "1000",
+    "controller.quorum.election.backoff.max.ms": "500",
     "auto.create.topics.enable": "true",
     "num.partitions": "1",
     "default.replication.factor": "1",

@@ -42,6 +42,7 @@ from kops.broker.handlers import (
     offset_fetch,
     offset_for_leader_epoch,
     produce,
+    quorum,
     sync_group,
 )
 from kops.broker.metrics import RequestMetrics
@@ -94,6 +95,11 @@ HANDLERS: tuple[ApiHandler[Any], ...] = (
     describe_log_dirs.API,
     describe_cluster.API,
     describe_topic_partitions.API,
+    quorum.VOTE,
+    quorum.BEGIN_QUORUM_EPOCH,
+    quorum.END_QUORUM_EPOCH,
+    quorum.DESCRIBE_QUORUM,
+    quorum.FETCH_SNAPSHOT,
 )
 
 

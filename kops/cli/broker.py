@@ -67,6 +67,20 @@ def broker() -> None:
     help="Serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks a free "
     "port; the URL is printed). Off by default.",
 )
+@click.option(
+    "--node-id",
+    type=click.IntRange(min=0),
+    default=None,
+    help="This broker's id in a cluster (Kafka's node.id; default 0).",
+)
+@click.option(
+    "--quorum",
+    default=None,
+    metavar="ID@HOST:PORT,...",
+    help="The controller quorum's voters, this broker among them (Kafka's "
+    "controller.quorum.voters). Each broker serves clients and the quorum on its one "
+    "listener. Without it, a single broker.",
+)
 @click.option("--log-level", default="INFO", show_default=True, help="Logging level for stderr.")
 def start(
     listen: str,
@@ -74,13 +88,20 @@ def start(
     data_dir: Path,
     configs: tuple[str, ...],
     metrics: str | None,
+    node_id: int | None,
+    quorum: str | None,
     log_level: str,
 ) -> None:
     """Start a broker in the foreground; stop it with Ctrl-C or SIGTERM.
 
     A stop is clean (segments flushed, clean-shutdown marker written) and exits 130 after
     Ctrl-C, 143 after SIGTERM (128 + the signal), like every long-running kops command.
+
+    With --quorum the brokers elect a controller among themselves by Raft (KRaft's Vote,
+    BeginQuorumEpoch, EndQuorumEpoch, Fetch and DescribeQuorum) and re-elect when it dies.
+    Partition data is not replicated yet: each broker serves its own partitions.
     """
+    from kops.broker.cluster.voters import QuorumError
     from kops.broker.metrics import MetricsBindError
     from kops.broker.runner import serve_forever
 
@@ -92,6 +113,10 @@ def start(
     host, port = _host_port(listen)
     advertised = _host_port(advertise) if advertise else None
     settings = _settings(configs)
+    if node_id is not None:
+        settings["node.id"] = str(node_id)
+    if quorum is not None:
+        settings["controller.quorum.voters"] = quorum
     metrics_address = _host_port(metrics) if metrics else None
 
     def announce(running: Broker) -> None:
@@ -111,6 +136,8 @@ def start(
             metrics=metrics_address,
             on_listening=announce,
         )
+    except QuorumError as exc:
+        raise click.ClickException(str(exc)) from None
     except MetricsBindError as exc:
         raise click.ClickException(exc.strerror or str(exc)) from None
     except OSError as exc:

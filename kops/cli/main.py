@@ -18,6 +18,7 @@ from kops.cli.common import KopsGroup
 COMMANDS: list[tuple[str, str]] = [
     ("kops.cli.up", "up"),
     ("kops.cli.broker", "broker"),
+    ("kops.cli.cluster", "cluster"),
     ("kops.cli.topic", "topic"),
     ("kops.cli.produce", "produce"),
     ("kops.cli.consume", "consume"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import importlib
+from typing import Any
 
 import pytest
 from kio.schema.errors import ErrorCode
@@ -13,11 +14,8 @@ from tests.broker.clients import create_topic, produce
 from tests.broker.groups.group_helpers import RawClient
 
 
-@pytest.mark.parametrize("version", [4, 8, 9, 11])
-def test_fetch_every_served_version(kafka_broker: str, topic_name: str, version: int) -> None:
-    # v4-v8 have no current_leader_epoch; v9+ do (and -1 skips the check).
-    create_topic(kafka_broker, topic_name, 1)
-    produce(kafka_broker, topic_name, [(b"k", b"v", None, 0)] * 3)
+def _fetch(bootstrap: str, version: int, topic: str, max_wait_ms: int = 100) -> Any:
+    """Fetch partition 0 of `topic` from offset 0 with Fetch `version`."""
     schema = importlib.import_module(f"kio.schema.fetch.v{version}.request")
     # build() drops the fields a version lacks.
     partition = build(
@@ -25,25 +23,43 @@ def test_fetch_every_served_version(kafka_broker: str, topic_name: str, version:
         partition=0,
         current_leader_epoch=-1,
         fetch_offset=0,
+        last_fetched_epoch=-1,
         log_start_offset=-1,
         partition_max_bytes=1 << 20,
     )
     request = build(
         schema.FetchRequest,
-        max_wait=datetime.timedelta(milliseconds=100),
+        max_wait=datetime.timedelta(milliseconds=max_wait_ms),
         min_bytes=1,
         session_id=0,
         session_epoch=-1,
-        topics=(schema.FetchTopic(topic=topic_name, partitions=(partition,)),),
+        topics=(schema.FetchTopic(topic=topic, partitions=(partition,)),),
         forgotten_topics_data=(),
         rack_id="",
+        cluster_id=None,
     )
-    client = RawClient(kafka_broker)
+    client = RawClient(bootstrap)
     try:
-        response = client.send(request)
+        return client.send(request)
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("version", [4, 8, 9, 11, 12])
+def test_fetch_every_served_version(kafka_broker: str, topic_name: str, version: int) -> None:
+    # v4-v8 have no current_leader_epoch; v9+ do (and -1 skips the check); v12 is
+    # flexible and adds last_fetched_epoch and cluster_id.
+    create_topic(kafka_broker, topic_name, 1)
+    produce(kafka_broker, topic_name, [(b"k", b"v", None, 0)] * 3)
+    response = _fetch(kafka_broker, version, topic_name)
     [data] = response.responses[0].partitions
     assert data.error_code == ErrorCode.none
     assert data.high_watermark == 3
     assert data.records
+
+
+def test_the_metadata_log_is_not_for_clients(kafka_broker: str) -> None:
+    # A single broker has no controller quorum and so no __cluster_metadata.
+    response = _fetch(kafka_broker, 12, "__cluster_metadata", max_wait_ms=0)
+    assert response.error_code == ErrorCode.unknown_topic_or_partition
+    assert response.responses == ()

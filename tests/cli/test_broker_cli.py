@@ -6,9 +6,14 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.broker.clients import consume_all, create_topic, produce
+
+Kops = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def _start(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, str]:
@@ -121,3 +126,21 @@ def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.communicate(timeout=20)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--quorum", "1@127.0.0.1"], "expected ID@HOST:PORT"),
+        (["--quorum", "1@127.0.0.1:1,1@127.0.0.1:2"], "listed twice"),
+        (["--node-id", "4", "--quorum", "1@127.0.0.1:1,2@127.0.0.1:2"], "not among the voters"),
+    ],
+)
+def test_bad_quorum_settings_are_one_line_errors(
+    run_kops: Kops, tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = run_kops("broker", "start", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path),
+                      *args)  # fmt: skip
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -82,6 +82,18 @@ NOT_SENT_BY_ANY_CLIENT = {
         "tests/broker/test_topic_configs.py"
         for v in range(3)
     },
+    (1, 12): "fetch v12: newer than the captures; tests/broker/test_fetch_versions.py, "
+    "and the quorum's Fetch in tests/cluster/test_raft_wire.py",
+    **{
+        (key, 0): "KRaft quorum APIs, sent by kops brokers to each other: "
+        "tests/cluster/test_raft_wire.py, tests/cluster/test_quorum_processes.py"
+        for key in (52, 53, 54, 59)
+    },
+    **{
+        (55, v): "describe_quorum (kafka-metadata-quorum.sh): "
+        "tests/cluster/test_quorum_processes.py"
+        for v in (0, 1)
+    },
     (75, 0): "describe_topic_partitions: librdkafka 2.16 describes topics with Metadata; "
     "tests/broker/test_authorized_operations.py",
 }

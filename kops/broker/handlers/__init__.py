@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from kio.static.protocol import ResponsePayload
 
@@ -24,6 +24,9 @@ from kops.broker.groups.coordinator import GroupCoordinator
 from kops.broker.purgatory import Purgatory
 from kops.broker.server import Peer
 from kops.protocol.messages import build, response_module, response_type
+
+if TYPE_CHECKING:
+    from kops.broker.cluster.quorum import QuorumDriver
 
 __all__ = ["ApiHandler", "ApiRange", "BrokerApi", "Reply", "RequestContext"]
 
@@ -39,6 +42,11 @@ class BrokerApi(ClusterView, Protocol):
 
     @property
     def data_dir(self) -> Path: ...
+
+    @property
+    def quorum(self) -> QuorumDriver | None:
+        """The controller quorum this broker votes in; None for a single broker."""
+        ...
 
     @property
     def advertised(self) -> tuple[str, int]: ...

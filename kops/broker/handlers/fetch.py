@@ -1,4 +1,4 @@
-"""Fetch (key 1): v4-11.
+"""Fetch (key 1): v4-12.
 
 - Long polling: when fewer than min_bytes are ready, the request parks in
   the broker's fetch purgatory under every partition it asked for, and an
@@ -13,6 +13,10 @@
 - v9+: current_leader_epoch is checked (FENCED_LEADER_EPOCH /
   UNKNOWN_LEADER_EPOCH).
 - v11: rack_id is ignored; preferred_read_replica is always -1.
+- v12 (flexible): for clients, last_fetched_epoch is not checked (no
+  diverging_epoch: partition data is not yet replicated) and topic ids are not
+  used (v13+). A fetch of ``__cluster_metadata`` is the controller quorum's
+  replication (KRaft) and goes to the quorum's handler.
 """
 
 from __future__ import annotations
@@ -20,18 +24,21 @@ from __future__ import annotations
 import datetime
 
 from kio.schema.errors import ErrorCode
-from kio.schema.fetch import v4, v5, v6, v7, v8, v9, v10, v11
+from kio.schema.fetch import v4, v5, v6, v7, v8, v9, v10, v11, v12
 from kio.schema.fetch.v9.request import FetchPartition as FetchPartitionV9
 from kio.schema.fetch.v10.request import FetchPartition as FetchPartitionV10
 from kio.schema.fetch.v11.request import FetchPartition as FetchPartitionV11
+from kio.schema.fetch.v12.request import FetchPartition as FetchPartitionV12
 
 from kops.broker.cluster.partition import Partition
+from kops.broker.cluster.raft.wire import METADATA_TOPIC
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
+from kops.broker.handlers.quorum import serve_peer
 from kops.broker.purgatory import DelayedOperation
 
 API_KEY = 1
 MIN_VERSION = 4
-MAX_VERSION = 11
+MAX_VERSION = 12
 
 Request = (
     v4.FetchRequest
@@ -42,6 +49,7 @@ Request = (
     | v9.FetchRequest
     | v10.FetchRequest
     | v11.FetchRequest
+    | v12.FetchRequest
 )
 Response = (
     v4.FetchResponse
@@ -52,11 +60,18 @@ Response = (
     | v9.FetchResponse
     | v10.FetchResponse
     | v11.FetchResponse
+    | v12.FetchResponse
 )
 REPLY: Reply[Response] = Reply(API_KEY)
 
 
 async def handle(ctx: RequestContext, request: Request) -> Response:
+    if isinstance(request, v12.FetchRequest) and any(
+        t.topic == METADATA_TOPIC for t in request.topics
+    ):
+        response = await serve_peer(ctx, request)
+        assert isinstance(response, v12.FetchResponse)
+        return response
     delay = max(0, int(request.max_wait.total_seconds() * 1000)) / 1000
     fetch = DelayedFetch(ctx, request, delay)
     keys = [(t.topic, p.partition) for t in request.topics for p in t.partitions]
@@ -161,7 +176,9 @@ def _read_all(
 
 def _current_leader_epoch(wanted: object) -> int:
     # v9+ partitions carry the epoch the client knows (KIP-320); -1 skips the check.
-    if isinstance(wanted, (FetchPartitionV9, FetchPartitionV10, FetchPartitionV11)):
+    if isinstance(
+        wanted, (FetchPartitionV9, FetchPartitionV10, FetchPartitionV11, FetchPartitionV12)
+    ):
         return wanted.current_leader_epoch
     return -1
 

@@ -41,6 +41,9 @@ DEFAULT_CHECKPOINT_INTERVAL_MS = 60_000
 DELETE_SUFFIX = "-delete"
 # Topic names may contain '-' and '.', so the partition is whatever follows the last '-'.
 _PARTITION_DIR = re.compile(r"^(?P<topic>.+)-(?P<partition>\d+)$")
+# The controller quorum's log (kops.broker.cluster.raft.store) shares the data dir but
+# is not a partition: never open, recover or delete it as one (Kafka skips it too).
+METADATA_TOPIC = "__cluster_metadata"
 
 TopicPartition = tuple[str, int]
 
@@ -87,7 +90,7 @@ class LogManager:
             if not path.is_dir() or path.name.endswith(DELETE_SUFFIX):
                 continue
             m = _PARTITION_DIR.match(path.name)
-            if m:
+            if m and m["topic"] != METADATA_TOPIC:
                 out.append((m["topic"], int(m["partition"])))
         return sorted(out)
 

@@ -4,8 +4,12 @@ Modules: ``messages`` (Vote, BeginQuorumEpoch, EndQuorumEpoch, Fetch,
 FetchSnapshot dataclasses with Kafka's field names), ``log`` (``MemoryLog``:
 entries with offset/epoch/payload plus an epoch index and a snapshot prefix),
 ``state`` (``Role``, ``RaftConfig``, ``QuorumStateData``), ``actions``,
-``core`` (``RaftNode``) and ``quorum_state`` (the file store; the only module
-here doing IO).
+``core`` (``RaftNode``), ``records`` (entries as Kafka record batches) and
+``wire`` (the messages as kio's KRaft schemas). Two modules do IO, both only
+to files: ``quorum_state`` (epoch and vote) and ``store`` (``RaftStore``: the
+metadata log as segments plus snapshots, performing the core's storage
+actions). The asyncio driver that puts this on the network is
+``kops.broker.cluster.quorum``.
 
 Events (each returns ``list[Action]``; ``now_ms`` is the caller's clock):
 ``start(now)``, ``tick(now)`` (call again at ``next_deadline_ms()``),

@@ -71,6 +71,26 @@ class _Replica:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicaState:
+    """What the leader knows of one voter (DescribeQuorum's ReplicaState).
+
+    ``last_fetch_ms`` is on the caller's clock, -1 when it never fetched this epoch.
+    """
+
+    replica_id: int
+    log_end_offset: int
+    last_fetch_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuorumDescription:
+    leader_id: int
+    leader_epoch: int
+    high_watermark: int
+    voters: tuple[ReplicaState, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Proposal:
     offset: int
     epoch: int
@@ -116,6 +136,7 @@ class RaftNode:
         # leader
         self._replicas: dict[int, _Replica] = {}
         self._epoch_start = 0
+        self._epoch_started_ms = 0
         self._parked: dict[
             int, tuple[int, FetchRequest, int]
         ] = {}  # replica -> (src, req, deadline)
@@ -188,6 +209,20 @@ class RaftNode:
         if self.role is Role.LEADER:
             self._resign()
         return self._flush()
+
+    def describe(self) -> QuorumDescription:
+        """The leader's view of the quorum (DescribeQuorum); NotLeaderError elsewhere."""
+        if self.role is not Role.LEADER:
+            raise NotLeaderError(self.leader_id, self.epoch)
+        voters = []
+        for v in sorted(self.config.voters):
+            if v == self.id:
+                voters.append(ReplicaState(v, self.log.end_offset, self._now))
+                continue
+            r = self._replicas[v]
+            last = r.last_fetch_ms if r.last_fetch_ms > self._epoch_started_ms else -1
+            voters.append(ReplicaState(v, r.end_offset, last))
+        return QuorumDescription(self.id, self.epoch, self.high_watermark, tuple(voters))
 
     def next_deadline_ms(self) -> int:
         """When the driver should call ``tick`` next at the latest."""
@@ -265,6 +300,7 @@ class RaftNode:
         self._become(Role.LEADER, self.epoch, self.id, self.id)
         self._replicas = {v: _Replica(last_fetch_ms=self._now) for v in self.config.voters}
         self._epoch_start = self.log.end_offset
+        self._epoch_started_ms = self._now
         payload = json.dumps({"leader_id": self.id, "voters": sorted(self.config.voters)})
         self._leader_append(payload.encode(), control=True)
         self._begin_pending = set(self.config.voters) - {self.id}

@@ -2,8 +2,9 @@
 
 The driver calls ``write`` for every ``PersistQuorumState`` action and must not
 perform the actions after it (notably a Vote response) until it returns. The
-write is atomic and durable: JSON to a temporary file, fsync, rename over the
-old file, fsync the directory. This module does file IO; the core does not.
+write is atomic and durable (``write_atomic``: a temporary file, fsync, rename
+over the old file, fsync the directory). This module does file IO; the core
+does not.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 from pathlib import Path
 
 from kops.broker.cluster.raft.state import QuorumStateData
+from kops.broker.log.checkpoint import write_atomic
 
 FILE_NAME = "quorum-state"
 DATA_VERSION = 0
@@ -37,16 +39,4 @@ class FileQuorumStateStore:
     def write(self, state: QuorumStateData) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         body = {"data_version": DATA_VERSION, **state.to_json()}
-        tmp = self.path.with_name(FILE_NAME + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, json.dumps(body, sort_keys=True).encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(self.path, json.dumps(body, sort_keys=True) + "\n")
