@@ -30,8 +30,10 @@ from confluent_kafka.admin import (
     OffsetSpec,
     ResourceType,
 )
+from kio.schema.describe_cluster.v2 import request as describe_cluster_v2
 from kio.schema.describe_log_dirs.v1.request import DescribableLogDirTopic, DescribeLogDirsRequest
 from kio.schema.describe_quorum.v1 import request as describe_quorum_v1
+from kio.static.primitive import i8
 
 from kops.client import (
     AdminSession,
@@ -44,6 +46,7 @@ from kops.client import (
 from kops.protocol.client import RequestError, send_request
 
 __all__ = [
+    "ClusterBroker",
     "ConfigValue",
     "PartitionInfo",
     "QuorumStatus",
@@ -56,6 +59,7 @@ __all__ = [
     "create_partitions",
     "create_topic",
     "delete_topic",
+    "describe_cluster_brokers",
     "describe_quorum",
     "describe_topic",
     "is_internal_topic",
@@ -507,3 +511,34 @@ def describe_quorum(address: str, timeout: float = 5.0) -> QuorumStatus:
             for v in partition.current_voters
         ],
     )
+
+
+@dataclass(frozen=True)
+class ClusterBroker:
+    node_id: int
+    host: str
+    port: int
+    #: Registered but fenced by the controller (missed heartbeats, or not caught up yet).
+    fenced: bool
+
+
+def describe_cluster_brokers(address: str, timeout: float = 5.0) -> tuple[int, list[ClusterBroker]]:
+    """(controller id, every registered broker, fenced ones included) from ``host:port``.
+
+    DescribeCluster v2 with include_fenced_brokers, which confluent-kafka's
+    describe_cluster() does not ask for. Raises ``KopsClientError`` if unreachable.
+    """
+    host, _, port = address.rpartition(":")
+    request = describe_cluster_v2.DescribeClusterRequest(
+        include_cluster_authorized_operations=False,
+        endpoint_type=i8(1),
+        include_fenced_brokers=True,
+    )
+    try:
+        response = send_request(host, int(port), request, timeout=timeout)
+    except RequestError as exc:
+        raise KopsClientError(f"cannot describe the cluster at {address}: {exc}") from None
+    return int(response.controller_id), [
+        ClusterBroker(int(b.broker_id), b.host, int(b.port), bool(b.is_fenced))
+        for b in response.brokers
+    ]

@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 from kio.schema.errors import ErrorCode
 
 from kops.broker.aio import cancel_and_wait
-from kops.broker.cluster.metadata import TopicError, TopicRecord, TopicRegistry, topic_name_error
 from kops.broker.cluster.partition import Partition, TopicPartition
+from kops.broker.cluster.topics import TopicError, TopicRecord, TopicRegistry, topic_name_error
 from kops.broker.cluster.voters import METADATA_LOG_DIR, QuorumError, parse_voters
 from kops.broker.config import BrokerConfig, ConfigError, validate_topic_config
 from kops.broker.dispatch import Dispatcher
 from kops.broker.groups.coordinator import GroupCoordinator
+from kops.broker.handlers import BrokerEndpoint
 from kops.broker.housekeeping import compact_all_async
 from kops.broker.log import LogConfig, LogManager
 from kops.broker.metrics import BrokerMetrics
@@ -33,6 +34,8 @@ from kops.broker.purgatory import Purgatory
 from kops.broker.server import FrameServer
 
 if TYPE_CHECKING:
+    from kops.broker.cluster.control import ClusterControl
+    from kops.broker.cluster.member import ClusterMember
     from kops.broker.cluster.quorum import QuorumDriver
 
 __all__ = ["DEFAULT_DATA_DIR", "Broker", "TopicError"]
@@ -87,8 +90,8 @@ class Broker:
             raise QuorumError(
                 f"node.id {self.node_id} is not among the voters {sorted(self._voters)}"
             )
-        # The controller quorum this broker votes in; None for a single broker.
-        self.quorum: QuorumDriver | None = None
+        # Its quorum vote, metadata image and membership; None for a single broker.
+        self.member: ClusterMember | None = None
 
     # ---- lifecycle -------------------------------------------------------
     async def start(self) -> None:
@@ -114,22 +117,17 @@ class Broker:
         await self._server.start()
         if self._voters is not None:
             # Imported here: a single broker never loads the Raft stack.
-            from kops.broker.cluster.quorum import QuorumDriver
+            from kops.broker.cluster.member import ClusterMember
 
-            self.quorum = QuorumDriver(
+            self.member = ClusterMember(
                 self.node_id,
                 self._voters,
                 self.data_dir / METADATA_LOG_DIR,
                 self.cluster_id,
-                config={
-                    "election_timeout_ms": self.config.int("controller.quorum.election.timeout.ms"),
-                    "fetch_timeout_ms": self.config.int("controller.quorum.fetch.timeout.ms"),
-                    "election_backoff_max_ms": self.config.int(
-                        "controller.quorum.election.backoff.max.ms"
-                    ),
-                },
+                self.config,
+                self.advertised,
             )
-            await self.quorum.start()
+            await self.member.start()
         self._tasks.append(asyncio.create_task(self._retention_loop()))
         self._tasks.append(asyncio.create_task(self._cleaner_loop()))
         self._tasks.append(asyncio.create_task(self._recovery_checkpoint_loop()))
@@ -151,14 +149,42 @@ class Broker:
             # scrape in progress waits for the loop.
             await asyncio.to_thread(self.metrics.close)
         await cancel_and_wait(self._tasks)
-        if self.quorum is not None:
-            await self.quorum.stop()
+        if self.member is not None:
+            await self.member.stop()
         if self.groups is not None:
             await self.groups.stop()
         if self._server is not None:
             await self._server.stop()
         self.fetches.cancel_all()
         self.logs.close()
+
+    @property
+    def quorum(self) -> QuorumDriver | None:
+        return None if self.member is None else self.member.quorum
+
+    @property
+    def cluster(self) -> ClusterControl | None:
+        return None if self.member is None else self.member.control
+
+    def cluster_brokers(self, include_fenced: bool = False) -> list[BrokerEndpoint]:
+        host, port = self.advertised
+        own = BrokerEndpoint(self.node_id, host, port)
+        if self.member is None:
+            return [own]
+        brokers = {
+            b.broker_id: BrokerEndpoint(b.broker_id, b.host, b.port, b.fenced)
+            for b in self.member.control.image.brokers.values()
+            if include_fenced or not b.fenced
+        }
+        brokers.setdefault(self.node_id, own)
+        return [brokers[node] for node in sorted(brokers)]
+
+    @property
+    def controller_id(self) -> int:
+        if self.member is None:
+            return self.node_id
+        leader = self.member.quorum.leader_id
+        return -1 if leader is None else leader
 
     @property
     def port(self) -> int:

@@ -34,6 +34,9 @@ BROKER_DEFAULTS: dict[str, str] = {
     "controller.quorum.election.timeout.ms": "500",
     "controller.quorum.fetch.timeout.ms": "1000",
     "controller.quorum.election.backoff.max.ms": "500",
+    # Broker membership (Kafka: 2000 and 9000): fenced 3 s after its last heartbeat.
+    "broker.heartbeat.interval.ms": "500",
+    "broker.session.timeout.ms": "3000",
     "auto.create.topics.enable": "true",
     "num.partitions": "1",
     "default.replication.factor": "1",

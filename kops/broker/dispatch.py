@@ -17,6 +17,8 @@ from kops.broker.handlers import (
     RequestContext,
     alter_configs,
     api_versions,
+    broker_heartbeat,
+    broker_registration,
     create_partitions,
     create_topics,
     delete_groups,
@@ -100,6 +102,8 @@ HANDLERS: tuple[ApiHandler[Any], ...] = (
     quorum.END_QUORUM_EPOCH,
     quorum.DESCRIBE_QUORUM,
     quorum.FETCH_SNAPSHOT,
+    broker_registration.API,
+    broker_heartbeat.API,
 )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from kops.admin import QuorumStatus, describe_quorum
+from kops.admin import ClusterBroker, QuorumStatus, describe_cluster_brokers, describe_quorum
 from kops.cli.common import console, echo_err, graceful_stop, kafka_options, print_json
 from kops.client import ClientSettings, KopsClientError
 
@@ -112,9 +112,10 @@ def start(
 @cluster.command()
 @kafka_options()
 def status(settings: ClientSettings, as_json: bool) -> None:
-    """The controller quorum: its leader and epoch, and each voter's progress.
+    """The controller and its epoch, each voter's progress, and the brokers (active, fenced).
 
-    Asks every address in --bootstrap (DescribeQuorum) and reports the leader's view.
+    Asks every address in --bootstrap (DescribeQuorum) and reports the leader's view;
+    the brokers come from the controller's registrations (DescribeCluster).
     """
     addresses = [a.strip() for a in settings.bootstrap.split(",") if a.strip()]
     answers: dict[str, QuorumStatus] = {}
@@ -134,6 +135,7 @@ def status(settings: ClientSettings, as_json: bool) -> None:
             f"the quorum leader is not among {settings.bootstrap} (leader: {hint}, "
             f"epoch {known.leader_epoch}); pass every broker in --bootstrap"
         )
+    brokers = _brokers(addresses, settings.timeout)
     now = time.time() * 1000
     rows = [
         {
@@ -154,6 +156,10 @@ def status(settings: ClientSettings, as_json: bool) -> None:
                 "epoch": leader.leader_epoch,
                 "high_watermark": leader.high_watermark,
                 "voters": rows,
+                "brokers": [
+                    {"node": b.node_id, "address": f"{b.host}:{b.port}", "fenced": b.fenced}
+                    for b in brokers
+                ],
                 "unreachable": errors,
             }
         )
@@ -171,5 +177,21 @@ def status(settings: ClientSettings, as_json: bool) -> None:
             "-" if ago is None else f"{ago} ms ago",
         )  # fmt: skip
     out.print(table)
+    brokers_table = Table("broker", "address", "state")
+    for b in brokers:
+        brokers_table.add_row(
+            str(b.node_id), f"{b.host}:{b.port}", "fenced" if b.fenced else "active"
+        )
+    out.print(brokers_table)
     for error in errors:
         echo_err(f"warning: {error}")
+
+
+def _brokers(addresses: list[str], timeout: float) -> list[ClusterBroker]:
+    """The registered brokers, from the first broker that answers (each keeps the image)."""
+    for address in addresses:
+        try:
+            return describe_cluster_brokers(address, timeout)[1]
+        except KopsClientError:
+            continue
+    return []

@@ -62,17 +62,21 @@ def test_cluster_start_status_and_sigterm(tmp_path: Path) -> None:
             if code != 0:
                 return None
             view = json.loads(stdout)
-            return view if [v["lag"] for v in view["voters"]] == [0, 0, 0] else None
+            lags = [v["lag"] for v in view["voters"]]
+            fenced = [b["fenced"] for b in view["brokers"]]
+            return view if lags == [0, 0, 0] and fenced == [False] * 3 else None
 
-        view = wait_until(caught_up, 30, message="all three voters caught up")
+        view = wait_until(caught_up, 30, message="all three voters caught up, brokers active")
         assert isinstance(view, dict)
         assert view["controller"] in (1, 2, 3) and view["epoch"] >= 1
         assert [v["node"] for v in view["voters"]] == [1, 2, 3]  # type: ignore[attr-defined]
         roles = sorted(v["role"] for v in view["voters"])  # type: ignore[attr-defined]
         assert roles == ["follower", "follower", "leader"]
 
+        assert [b["address"] for b in view["brokers"]] == bootstrap.split(",")  # type: ignore[attr-defined]
         code, stdout, _ = _status(bootstrap)
         assert code == 0 and f"controller: node {view['controller']}" in stdout
+        assert stdout.count("active") == 3
 
         follower = next(p for n, p in enumerate(ports, 1) if n != view["controller"])
         code, _, stderr = _status(f"127.0.0.1:{follower}")

@@ -94,6 +94,16 @@ NOT_SENT_BY_ANY_CLIENT = {
         "tests/cluster/test_quorum_processes.py"
         for v in (0, 1)
     },
+    **{
+        (60, v): "describe_cluster v1-v2: newer than the captures; "
+        "tests/broker/test_describe_cluster.py, tests/cluster/test_membership_processes.py"
+        for v in (1, 2)
+    },
+    **{
+        (key, 0): "broker registration/heartbeat, sent by kops brokers to the controller: "
+        "tests/cluster/test_membership_processes.py, tests/broker/test_describe_cluster.py"
+        for key in (62, 63)
+    },
     (75, 0): "describe_topic_partitions: librdkafka 2.16 describes topics with Metadata; "
     "tests/broker/test_authorized_operations.py",
 }

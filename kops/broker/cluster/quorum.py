@@ -59,7 +59,7 @@ from kops.broker.cluster.voters import QuorumError
 from kops.protocol.async_client import AsyncBrokerClient
 from kops.protocol.errors import RequestError
 
-__all__ = ["QuorumDriver"]
+__all__ = ["CommitTimeout", "QuorumDriver", "peer_clients"]
 
 log = logging.getLogger("kops.broker.quorum")
 
@@ -69,6 +69,26 @@ _REQUEST_TIMED_OUT = 7
 _BROKER_NOT_AVAILABLE = 8
 # Beyond a fetch's own long poll, how long a peer's request may wait for the node.
 _ANSWER_GRACE_S = 5.0
+
+
+def peer_clients(
+    peers: Mapping[int, tuple[str, int]], *, client_id: str
+) -> dict[int, AsyncBrokerClient]:
+    """One client per peer broker, failing fast on a dead one: callers retry on their timers."""
+    return {
+        peer: AsyncBrokerClient(
+            host, port, client_id=client_id, connect_timeout=0.2, backoff_max=0.1
+        )
+        for peer, (host, port) in peers.items()
+    }
+
+
+class CommitTimeout(TimeoutError):
+    """A proposal neither committed nor was replaced in time; it may still commit."""
+
+    def __init__(self, offset: int) -> None:
+        super().__init__(f"entry {offset} did not commit in time")
+        self.offset = offset
 
 
 # Which response answers which request: inbound requests are matched to the
@@ -98,7 +118,6 @@ class QuorumDriver:
         cluster_id: str,
         *,
         config: Mapping[str, Any] | None = None,
-        on_apply: Callable[[Sequence[Entry]], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         if node_id not in voters:
@@ -109,20 +128,15 @@ class QuorumDriver:
         self._store = RaftStore(directory)
         self._raft_config = RaftConfig(node_id, frozenset(voters), **dict(config or {}))
         self._rng = rng or random.Random()
-        self._on_apply = on_apply
+        # Set by whoever keeps state from the log (ClusterControl): committed user
+        # entries in order, and every role change with its epoch.
+        self.on_apply: Callable[[Sequence[Entry]], None] | None = None
+        self.on_role_change: Callable[[Role, int], None] | None = None
         self._node: RaftNode | None = None
-        self._clients = {
-            peer: AsyncBrokerClient(
-                host,
-                port,
-                client_id=f"kops-quorum-{node_id}",
-                # A dead peer must fail fast: the node re-sends on its own timer.
-                connect_timeout=0.2,
-                backoff_max=0.1,
-            )
-            for peer, (host, port) in voters.items()
-            if peer != node_id
-        }
+        self._clients = peer_clients(
+            {peer: address for peer, address in voters.items() if peer != node_id},
+            client_id=f"kops-quorum-{node_id}",
+        )
         # None answers a peer's request when the quorum stops while it waits.
         self._waiters: dict[tuple[int, type, int], deque[asyncio.Future[Response | None]]] = (
             defaultdict(deque)
@@ -144,14 +158,14 @@ class QuorumDriver:
             self._raft_config, rng=self._rng, log=memory_log, quorum_state=quorum_state
         )
         self.applied_offset = memory_log.start_offset
-        self._perform(self._node.start(self._now()))
+        self._perform(self._node.start(self.now_ms()))
         self._timer = asyncio.create_task(self._run_timers(), name="kops-quorum-timers")
 
     async def stop(self) -> None:
         node = self._node
         if node is not None and node.role is Role.LEADER:
             # Hand over at once rather than after an election timeout; best effort.
-            self._perform(node.resign(self._now()))
+            self._perform(node.resign(self.now_ms()))
             if self._requests:
                 await asyncio.wait(list(self._requests), timeout=0.5)
         self._stopped = True
@@ -195,22 +209,25 @@ class QuorumDriver:
         """A time on the node's clock as Unix ms (-1 stays -1)."""
         if node_ms < 0:
             return -1
-        return int(time.time() * 1000) - (self._now() - node_ms)
+        return int(time.time() * 1000) - (self.now_ms() - node_ms)
 
     async def propose(self, payload: bytes, timeout: float = 10.0) -> int:
         """Append an entry as the leader; returns its offset once committed.
 
         NotLeaderError if this node is not the leader, or if the entry was
-        replaced by another leader's before it committed.
+        replaced by another leader's before it committed. CommitTimeout if neither
+        happened in time: the entry may still commit later.
         """
         node = self.node
-        proposal = node.propose(payload, self._now())
+        proposal = node.propose(payload, self.now_ms())
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._commits[proposal.offset] = (proposal.epoch, future)
         self._perform(proposal.actions)
         try:
             async with asyncio.timeout(timeout):
                 return await asyncio.shield(future)
+        except TimeoutError:
+            raise CommitTimeout(proposal.offset) from None
         finally:
             self._commits.pop(proposal.offset, None)
 
@@ -235,7 +252,7 @@ class QuorumDriver:
         key = (src, _RESPONSE_OF[type(message)], corr)
         waiter: asyncio.Future[Response | None] = asyncio.get_running_loop().create_future()
         self._waiters[key].append(waiter)
-        self._perform(self.node.handle(src, message, self._now()))
+        self._perform(self.node.handle(src, message, self.now_ms()))
         wait = _ANSWER_GRACE_S
         if isinstance(message, FetchRequest):
             wait += message.max_wait_ms / 1000
@@ -257,7 +274,8 @@ class QuorumDriver:
 
     # ---- performing the node's actions -------------------------------------------------
 
-    def _now(self) -> int:
+    def now_ms(self) -> int:
+        """The node's clock (ms since this driver was made): the one its timers use."""
         return int((time.monotonic() - self._clock_base) * 1000)
 
     def _perform(self, actions: list[Action]) -> None:
@@ -276,7 +294,7 @@ class QuorumDriver:
                 appended |= isinstance(action, AppendEntries)
         if appended:
             end = self._store.flush()
-            self._perform(self.node.log_flushed(end, self._now()))
+            self._perform(self.node.log_flushed(end, self.now_ms()))
         self._wake.set()
 
     def _send(self, action: Send) -> None:
@@ -309,7 +327,7 @@ class QuorumDriver:
         except (RequestError, wire.WireError) as exc:
             log.debug("quorum: %s to node %d failed: %s", type(message).__name__, dest, exc)
             return
-        self._perform(self.node.handle(dest, response, self._now()))
+        self._perform(self.node.handle(dest, response, self.now_ms()))
 
     def _apply(self, action: ApplyEntries) -> None:
         self.applied_offset = action.high_watermark
@@ -321,12 +339,14 @@ class QuorumDriver:
                     future.set_result(entry.offset)
                 else:
                     future.set_exception(NotLeaderError(self.node.leader_id, self.node.epoch))
-        if self._on_apply is not None:
+        if self.on_apply is not None:
             user = [entry for entry in action.entries if not entry.control]
             if user:
-                self._on_apply(user)
+                self.on_apply(user)
 
     def _role_changed(self, action: RoleChanged) -> None:
+        if self.on_role_change is not None:
+            self.on_role_change(action.role, action.epoch)
         if action.role is Role.LEADER:
             log.info("quorum: node %d leads epoch %d", self.node_id, action.epoch)
         elif action.role is Role.FOLLOWER:
@@ -342,7 +362,7 @@ class QuorumDriver:
 
     async def _run_timers(self) -> None:
         while True:
-            delay = (self.node.next_deadline_ms() - self._now()) / 1000
+            delay = (self.node.next_deadline_ms() - self.now_ms()) / 1000
             self._wake.clear()
             if delay > 0:
                 # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel that
@@ -351,7 +371,7 @@ class QuorumDriver:
                     async with asyncio.timeout(min(delay, 1.0)):
                         await self._wake.wait()
             try:
-                self._perform(self.node.tick(self._now()))
+                self._perform(self.node.tick(self.now_ms()))
             except Exception:
                 # A failing store (disk full, EIO) leaves the node ahead of its disk:
                 # stop taking part (the others elect without us) rather than go on.

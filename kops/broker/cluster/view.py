@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from kops.broker.cluster.metadata import TopicRecord
 from kops.broker.cluster.partition import Partition
+from kops.broker.cluster.topics import TopicRecord
 from kops.broker.config import BrokerConfig
 
 __all__ = ["ClusterView"]

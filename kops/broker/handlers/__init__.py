@@ -13,12 +13,12 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar, cast
 
 from kio.static.protocol import ResponsePayload
 
-from kops.broker.cluster.metadata import TopicRecord
 from kops.broker.cluster.partition import TopicPartition
+from kops.broker.cluster.topics import TopicRecord
 from kops.broker.cluster.view import ClusterView
 from kops.broker.groups.coordinator import GroupCoordinator
 from kops.broker.purgatory import Purgatory
@@ -26,12 +26,22 @@ from kops.broker.server import Peer
 from kops.protocol.messages import build, response_module, response_type
 
 if TYPE_CHECKING:
+    from kops.broker.cluster.control import ClusterControl
     from kops.broker.cluster.quorum import QuorumDriver
 
-__all__ = ["ApiHandler", "ApiRange", "BrokerApi", "Reply", "RequestContext"]
+__all__ = ["ApiHandler", "ApiRange", "BrokerApi", "BrokerEndpoint", "Reply", "RequestContext"]
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+
+
+class BrokerEndpoint(NamedTuple):
+    """A broker of the cluster as Metadata and DescribeCluster list it."""
+
+    node_id: int
+    host: str
+    port: int
+    fenced: bool = False
 
 
 class BrokerApi(ClusterView, Protocol):
@@ -46,6 +56,20 @@ class BrokerApi(ClusterView, Protocol):
     @property
     def quorum(self) -> QuorumDriver | None:
         """The controller quorum this broker votes in; None for a single broker."""
+        ...
+
+    @property
+    def cluster(self) -> ClusterControl | None:
+        """The cluster metadata image and, on the quorum leader, the controller."""
+        ...
+
+    def cluster_brokers(self, include_fenced: bool = False) -> list[BrokerEndpoint]:
+        """The brokers clients may use, by id; this broker always (it is serving)."""
+        ...
+
+    @property
+    def controller_id(self) -> int:
+        """The active controller (the quorum leader), -1 while none; a single broker's own id."""
         ...
 
     @property

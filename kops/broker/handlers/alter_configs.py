@@ -16,7 +16,7 @@ import datetime
 from kio.schema.alter_configs import v0, v1, v2
 from kio.schema.errors import ErrorCode
 
-from kops.broker.cluster.metadata import TopicError
+from kops.broker.cluster.topics import TopicError
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 33

@@ -7,7 +7,7 @@ import datetime
 from kio.schema.create_partitions import v0, v1
 from kio.schema.errors import ErrorCode
 
-from kops.broker.cluster.metadata import TopicError
+from kops.broker.cluster.topics import TopicError
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 37

@@ -11,7 +11,7 @@ import datetime
 from kio.schema.create_topics import v2, v3, v4
 from kio.schema.errors import ErrorCode
 
-from kops.broker.cluster.metadata import TopicError
+from kops.broker.cluster.topics import TopicError
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 19

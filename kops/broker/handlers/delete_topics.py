@@ -7,7 +7,7 @@ import datetime
 from kio.schema.delete_topics import v1, v2, v3
 from kio.schema.errors import ErrorCode
 
-from kops.broker.cluster.metadata import TopicError
+from kops.broker.cluster.topics import TopicError
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 20

@@ -19,7 +19,7 @@ import datetime
 from kio.schema.describe_configs import v1, v2, v3, v4
 from kio.schema.errors import ErrorCode
 
-from kops.broker.cluster.metadata import TopicError
+from kops.broker.cluster.topics import TopicError
 from kops.broker.config import BrokerConfig
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
 from kops.broker.topic_configs import CATALOGUE

@@ -31,7 +31,7 @@ from kio.schema.describe_topic_partitions import v0
 from kio.schema.errors import ErrorCode
 
 from kops.broker.authorized_operations import NOT_REQUESTED, Resource, authorized_operations
-from kops.broker.cluster.metadata import topic_name_error
+from kops.broker.cluster.topics import topic_name_error
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 75

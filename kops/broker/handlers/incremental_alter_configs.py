@@ -13,7 +13,7 @@ from kio.schema.incremental_alter_configs import v0, v1
 from kio.schema.incremental_alter_configs.v0.request import AlterableConfig as AlterableConfigV0
 from kio.schema.incremental_alter_configs.v1.request import AlterableConfig as AlterableConfigV1
 
-from kops.broker.cluster.metadata import TopicError
+from kops.broker.cluster.topics import TopicError
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 44

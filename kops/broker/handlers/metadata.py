@@ -20,7 +20,7 @@ from kio.schema.errors import ErrorCode
 from kio.schema.metadata import v0, v1, v2, v3, v4, v5, v6, v7, v8
 
 from kops.broker.authorized_operations import Resource, authorized_operations
-from kops.broker.cluster.metadata import topic_name_error
+from kops.broker.cluster.topics import topic_name_error
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 3
@@ -120,17 +120,17 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
                 topic_authorized_operations=topic_ops,
             )
         )
-    host, port = broker.advertised
     return REPLY(
         ctx,
         throttle_time=datetime.timedelta(0),
-        brokers=(
+        brokers=tuple(
             ctx.make(
-                "MetadataResponseBroker", node_id=broker.node_id, host=host, port=port, rack=None
-            ),
+                "MetadataResponseBroker", node_id=b.node_id, host=b.host, port=b.port, rack=None
+            )
+            for b in broker.cluster_brokers()
         ),
         cluster_id=broker.cluster_id,
-        controller_id=broker.node_id,
+        controller_id=broker.controller_id,
         topics=tuple(topics),
         cluster_authorized_operations=cluster_ops,
     )

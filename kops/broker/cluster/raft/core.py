@@ -210,6 +210,15 @@ class RaftNode:
             self._resign()
         return self._flush()
 
+    @property
+    def leader_ready(self) -> bool:
+        """Leader whose epoch's first entry has committed, so every earlier entry is applied.
+
+        Until then a new leader's state machine may lag the log it inherited: a
+        controller must not decide from it.
+        """
+        return self.role is Role.LEADER and self.high_watermark > self._epoch_start
+
     def describe(self) -> QuorumDescription:
         """The leader's view of the quorum (DescribeQuorum); NotLeaderError elsewhere."""
         if self.role is not Role.LEADER:

@@ -1,0 +1,183 @@
+"""Cluster metadata on every broker of a quorum, and the controller on its leader.
+
+Every broker applies the committed ``__cluster_metadata`` entries to one
+``MetadataImage``. The broker that leads the quorum is also the active
+controller: it answers BrokerRegistration and BrokerHeartbeat from the image,
+proposes the resulting records as one entry and answers only once that entry
+has committed, and fences brokers whose heartbeats stop. Decisions are taken
+one at a time (a lock), each from an image that already holds the previous
+one's records, so the sans-io ``Controller`` never sees a half-applied state.
+
+A new leader only starts deciding once its epoch's first entry has committed
+(``RaftNode.leader_ready``): before that its image may lag the log it
+inherited. Until then, and on every other broker, the answer is NOT_CONTROLLER.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from kio.schema.errors import ErrorCode
+
+from kops.broker.aio import cancel_and_wait
+from kops.broker.cluster.controller import (
+    Controller,
+    ControllerConfig,
+    ControllerError,
+    HeartbeatOutcome,
+)
+from kops.broker.cluster.metadata import (
+    FenceBroker,
+    MetadataError,
+    MetadataImage,
+    MetadataRecord,
+    decode_records,
+    encode_records,
+)
+from kops.broker.cluster.quorum import CommitTimeout, QuorumDriver
+from kops.broker.cluster.raft.core import NotLeaderError
+from kops.broker.cluster.raft.messages import Entry
+from kops.broker.cluster.raft.state import Role
+
+__all__ = ["ClusterControl"]
+
+log = logging.getLogger("kops.broker.controller")
+
+
+class ClusterControl:
+    def __init__(
+        self,
+        quorum: QuorumDriver,
+        config: ControllerConfig,
+        *,
+        commit_timeout: float = 5.0,
+    ) -> None:
+        self.quorum = quorum
+        self.config = config
+        self.image = MetadataImage()
+        self._commit_timeout = commit_timeout
+        self._controller: Controller | None = None
+        # An entry that timed out may still commit: decide nothing until it is
+        # applied or replaced, or a later decision could clash with it.
+        self._unsettled = -1
+        self._lock = asyncio.Lock()
+        self._expiry: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        quorum.on_apply = self.apply
+        quorum.on_role_change = self._role_changed
+
+    async def stop(self) -> None:
+        if self._expiry is not None:
+            await cancel_and_wait([self._expiry])
+            self._expiry = None
+        self._controller = None
+
+    # ---- every broker: the image -------------------------------------------------------
+
+    def apply(self, entries: Sequence[Entry]) -> None:
+        for entry in entries:
+            try:
+                self.image.apply(decode_records(entry.payload), entry.offset)
+            except MetadataError:
+                # Committed but not appliable: a bug, or a newer kops wrote it. The image
+                # skips the entry (apply is atomic) rather than stop applying for good.
+                log.exception("metadata entry %d could not be applied; skipped", entry.offset)
+        self._wake.set()
+
+    @property
+    def controller_id(self) -> int | None:
+        """The active controller: the quorum's leader."""
+        return self.quorum.leader_id
+
+    # ---- the active controller ---------------------------------------------------------
+
+    def _role_changed(self, role: Role, epoch: int) -> None:
+        if role is Role.LEADER:
+            if self._expiry is None or self._expiry.done():
+                self._expiry = asyncio.create_task(self._run_expiry(), name="kops-controller")
+        elif self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+            self._controller = None
+        self._wake.set()
+
+    def _active(self) -> Controller:
+        """The controller, created on first use in an epoch once the leader is ready."""
+        node = self.quorum.node
+        if not node.leader_ready or self.quorum.applied_offset <= self._unsettled:
+            raise ControllerError("not the active controller", error_code=ErrorCode.not_controller)
+        if self._controller is None:
+            self._controller = Controller(self.image, self.config)
+            # Every session clock starts now: a controller change fences nobody.
+            self._controller.activate(self.quorum.now_ms())
+        return self._controller
+
+    async def _commit(self, records: Sequence[MetadataRecord]) -> None:
+        if not records:
+            return
+        try:
+            await self.quorum.propose(encode_records(records), timeout=self._commit_timeout)
+        except (NotLeaderError, CommitTimeout) as exc:
+            if isinstance(exc, CommitTimeout):
+                self._unsettled = exc.offset
+            self._controller = None
+            raise ControllerError(
+                "lost the controller role before the change committed",
+                error_code=ErrorCode.not_controller,
+            ) from None
+
+    async def register(self, broker_id: int, incarnation_id: str, host: str, port: int) -> int:
+        """BrokerRegistration: the broker's epoch once its registration has committed."""
+        async with self._lock:
+            registration = self._active().register(
+                broker_id, incarnation_id, host, port, self.quorum.now_ms()
+            )
+            await self._commit(registration.records)
+        if registration.records:
+            log.info(
+                "broker %d registered at %s:%d (epoch %d)",
+                broker_id,
+                host,
+                port,
+                registration.broker_epoch,
+            )
+        return registration.broker_epoch
+
+    async def heartbeat(
+        self, broker_id: int, broker_epoch: int, metadata_offset: int, want_shut_down: bool
+    ) -> HeartbeatOutcome:
+        async with self._lock:
+            outcome = self._active().heartbeat(
+                broker_id, broker_epoch, metadata_offset, self.quorum.now_ms(), want_shut_down
+            )
+            await self._commit(outcome.records)
+        if outcome.records:
+            log.info("broker %d is %s", broker_id, "fenced" if outcome.is_fenced else "unfenced")
+        return outcome
+
+    async def _run_expiry(self) -> None:
+        """Fence brokers whose sessions expire, for as long as this node leads."""
+        while self.quorum.role is Role.LEADER:
+            self._wake.clear()
+            delay = 0.5
+            with contextlib.suppress(ControllerError):
+                async with self._lock:
+                    controller = self._active()
+                    for entry in controller.expire(self.quorum.now_ms()):
+                        fenced = [r.broker_id for r in entry if isinstance(r, FenceBroker)]
+                        log.warning(
+                            "fencing broker %s: no heartbeat within %d ms",
+                            fenced,
+                            self.config.session_timeout_ms,
+                        )
+                        await self._commit(entry)
+                    deadline = controller.next_deadline_ms()
+                    if deadline is not None:
+                        delay = max(0.01, (deadline - self.quorum.now_ms()) / 1000)
+            # asyncio.timeout rather than wait_for (see QuorumDriver._run_timers).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(delay, 0.5)):
+                    await self._wake.wait()

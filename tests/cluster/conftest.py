@@ -1,0 +1,24 @@
+"""Fixtures for the cluster tests: three real broker processes (tests/cluster/processes.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.processes import Cluster
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path)
+    try:
+        for broker in cluster.brokers.values():
+            broker.start()
+        yield cluster
+    finally:
+        for broker in cluster.brokers.values():
+            broker.kill()
+        for log in cluster.log_files:
+            log.close()
