@@ -37,6 +37,8 @@ BROKER_DEFAULTS: dict[str, str] = {
     # Broker membership (Kafka: 2000 and 9000): fenced 3 s after its last heartbeat.
     "broker.heartbeat.interval.ms": "500",
     "broker.session.timeout.ms": "3000",
+    # A metadata snapshot after this many bytes of new metadata records (Kafka's default).
+    "metadata.log.max.record.bytes.between.snapshots": "20971520",
     "auto.create.topics.enable": "true",
     "num.partitions": "1",
     "default.replication.factor": "1",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from kops.admin import QuorumStatus, describe_cluster_brokers, describe_quorum
@@ -11,7 +12,7 @@ from kops.testing import TEST_CONFIG, free_port, wait_until
 
 
 class Cluster:
-    def __init__(self, root: Path, size: int = 3) -> None:
+    def __init__(self, root: Path, size: int = 3, config: Mapping[str, str] | None = None) -> None:
         self.root = root
         self.ports = {node: free_port() for node in range(1, size + 1)}
         self.voters = ",".join(f"{n}@127.0.0.1:{p}" for n, p in self.ports.items())
@@ -25,6 +26,7 @@ class Cluster:
                     **TEST_CONFIG,
                     "node.id": str(node),
                     "controller.quorum.voters": self.voters,
+                    **(config or {}),
                 },
                 stderr=log.fileno(),
             )
@@ -68,12 +70,20 @@ class Cluster:
     def brokers_seen(self) -> dict[int, bool] | None:
         """{broker id: fenced} as the first live broker's metadata image has them."""
         for node in self.live():
-            try:
-                _, brokers = describe_cluster_brokers(self.address(node), timeout=2)
-            except KopsClientError:
-                continue
-            return {b.node_id: b.fenced for b in brokers}
+            seen = self.brokers_seen_by(node)
+            if seen is not None:
+                return seen
         return None
+
+    def brokers_seen_by(self, node: int) -> dict[int, bool] | None:
+        try:
+            _, brokers = describe_cluster_brokers(self.address(node), timeout=2)
+        except KopsClientError:
+            return None
+        return {b.node_id: b.fenced for b in brokers}
+
+    def log_of(self, node: int) -> str:
+        return (self.root / f"node{node}.log").read_text()
 
     def logs(self) -> str:
         return "\n".join(

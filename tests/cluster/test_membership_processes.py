@@ -14,6 +14,7 @@ import time
 
 from confluent_kafka.admin import AdminClient
 
+from kops.broker.runner import CLEAN_STOP_CODES
 from kops.pytest_plugin import requires_bundled_broker
 from kops.testing import wait_until
 from tests.cluster.processes import Cluster, settle, wait_brokers
@@ -67,3 +68,18 @@ def test_a_controller_change_fences_nobody_alive(cluster: Cluster) -> None:
     wait_until(old_fenced, 20, message=lambda: f"broker {old} fenced; seen {samples[-3:]}")
     assert all(not seen[n] for seen in samples for n in survivors if n in seen), samples
     assert _metadata_brokers(cluster, min(survivors))[1] not in (old, -1)
+
+
+def test_sigterm_is_a_controlled_shutdown(cluster: Cluster) -> None:
+    status = settle(cluster)
+    wait_brokers(cluster, ALL_ACTIVE)
+    follower = next(n for n in cluster.brokers if n != status.leader_id)
+    for victim in (follower, status.leader_id):
+        assert cluster.brokers[victim].stop() in CLEAN_STOP_CODES
+        # The controller fenced it before it exited (want_shut_down answered with
+        # should_shut_down only once the fencing had committed), not a session later.
+        assert f"broker {victim}: controlled shutdown done" in cluster.log_of(victim)
+        wait_brokers(cluster, {**ALL_ACTIVE, victim: True})
+        cluster.brokers[victim].start()
+        settle(cluster)
+        wait_brokers(cluster, ALL_ACTIVE)

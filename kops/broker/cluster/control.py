@@ -39,7 +39,7 @@ from kops.broker.cluster.metadata import (
 )
 from kops.broker.cluster.quorum import CommitTimeout, QuorumDriver
 from kops.broker.cluster.raft.core import NotLeaderError
-from kops.broker.cluster.raft.messages import Entry
+from kops.broker.cluster.raft.messages import Entry, Snapshot
 from kops.broker.cluster.raft.state import Role
 
 __all__ = ["ClusterControl"]
@@ -53,6 +53,7 @@ class ClusterControl:
         quorum: QuorumDriver,
         config: ControllerConfig,
         *,
+        snapshot_bytes: int = 20 * 1024 * 1024,
         commit_timeout: float = 5.0,
     ) -> None:
         self.quorum = quorum
@@ -66,8 +67,12 @@ class ClusterControl:
         self._lock = asyncio.Lock()
         self._expiry: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._snapshot_bytes = snapshot_bytes
+        self._bytes_since_snapshot = 0
+        self._snapshot_due = False
         quorum.on_apply = self.apply
         quorum.on_role_change = self._role_changed
+        quorum.on_snapshot = self._load_snapshot
 
     async def stop(self) -> None:
         if self._expiry is not None:
@@ -79,13 +84,35 @@ class ClusterControl:
 
     def apply(self, entries: Sequence[Entry]) -> None:
         for entry in entries:
+            self._bytes_since_snapshot += len(entry.payload)
             try:
                 self.image.apply(decode_records(entry.payload), entry.offset)
             except MetadataError:
                 # Committed but not appliable: a bug, or a newer kops wrote it. The image
                 # skips the entry (apply is atomic) rather than stop applying for good.
                 log.exception("metadata entry %d could not be applied; skipped", entry.offset)
+        if self._bytes_since_snapshot >= self._snapshot_bytes and not self._snapshot_due:
+            # After the driver has finished the actions that applied these entries.
+            self._snapshot_due = True
+            asyncio.get_running_loop().call_soon(self._take_snapshot)
         self._wake.set()
+
+    def _take_snapshot(self) -> None:
+        self._snapshot_due = False
+        end = self.quorum.snapshot(self.image.encode_snapshot())
+        if end:
+            self._bytes_since_snapshot = 0
+            log.info("metadata snapshot at offset %d", end)
+
+    def _load_snapshot(self, snapshot: Snapshot) -> None:
+        try:
+            self.image = MetadataImage.decode_snapshot(snapshot.state)
+        except MetadataError:
+            # The store checks snapshots' checksums, so this is a format kops cannot read.
+            log.exception("metadata snapshot at %d could not be loaded", snapshot.end_offset)
+            return
+        self._controller = None
+        self._bytes_since_snapshot = 0
 
     @property
     def controller_id(self) -> int | None:

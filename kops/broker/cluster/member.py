@@ -45,6 +45,7 @@ class ClusterMember:
         self.control = ClusterControl(
             self.quorum,
             ControllerConfig(session_timeout_ms=config.int("broker.session.timeout.ms")),
+            snapshot_bytes=config.int("metadata.log.max.record.bytes.between.snapshots"),
         )
         self.lifecycle = BrokerLifecycle(
             node_id,

@@ -34,6 +34,7 @@ from kops.broker.cluster.raft.actions import (
     Action,
     AppendEntries,
     ApplyEntries,
+    InstallSnapshot,
     RoleChanged,
     Send,
 )
@@ -50,6 +51,7 @@ from kops.broker.cluster.raft.messages import (
     FetchSnapshotResponse,
     Request,
     Response,
+    Snapshot,
     VoteRequest,
     VoteResponse,
 )
@@ -132,6 +134,8 @@ class QuorumDriver:
         # entries in order, and every role change with its epoch.
         self.on_apply: Callable[[Sequence[Entry]], None] | None = None
         self.on_role_change: Callable[[Role, int], None] | None = None
+        # A snapshot replaces the state: the one loaded at start, or the leader's.
+        self.on_snapshot: Callable[[Snapshot], None] | None = None
         self._node: RaftNode | None = None
         self._clients = peer_clients(
             {peer: address for peer, address in voters.items() if peer != node_id},
@@ -158,6 +162,8 @@ class QuorumDriver:
             self._raft_config, rng=self._rng, log=memory_log, quorum_state=quorum_state
         )
         self.applied_offset = memory_log.start_offset
+        if memory_log.snapshot is not None and self.on_snapshot is not None:
+            self.on_snapshot(memory_log.snapshot)
         self._perform(self._node.start(self.now_ms()))
         self._timer = asyncio.create_task(self._run_timers(), name="kops-quorum-timers")
 
@@ -231,6 +237,18 @@ class QuorumDriver:
         finally:
             self._commits.pop(proposal.offset, None)
 
+    def snapshot(self, state: bytes) -> int:
+        """Store `state` as the snapshot of everything applied so far; returns its end offset.
+
+        Entries below it are then deleted from the log (a returning voter that
+        needs them gets the snapshot instead). 0 if nothing new was applied.
+        """
+        end = self.applied_offset
+        if self._stopped or end <= self.node.log.start_offset:
+            return 0
+        self._perform(self.node.snapshot(end, state, self.now_ms()))
+        return end
+
     async def serve(self, request: Any, api_version: int) -> ResponsePayload:
         """Answer a peer's quorum request (a kio request object) with the node's answer."""
         api_key = int(request.__api_key__)
@@ -289,6 +307,13 @@ class QuorumDriver:
                 self._apply(action)
             elif isinstance(action, RoleChanged):
                 self._role_changed(action)
+            elif isinstance(action, InstallSnapshot):
+                self._store.apply(action)
+                self.applied_offset = action.snapshot.end_offset
+                log.info("quorum: node %d installed the leader's snapshot at offset %d",
+                         self.node_id, action.snapshot.end_offset)  # fmt: skip
+                if self.on_snapshot is not None:
+                    self.on_snapshot(action.snapshot)
             else:
                 self._store.apply(action)
                 appended |= isinstance(action, AppendEntries)
