@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -55,6 +56,104 @@ def free_ports(count: int, host: str = "127.0.0.1") -> int:
                 continue
             return base
     raise OSError(f"no {count} consecutive free ports on {host}")
+
+
+class FaultProxy:
+    """A TCP proxy in front of a broker that a test can break, for network faults.
+
+    ``blackhole()`` stops forwarding in both directions: connections stay open
+    and bytes wait, as behind a dead link, so the peers only notice by their
+    timeouts. ``cut()`` resets every connection and refuses new ones, as a dead
+    host's kernel would. ``heal()`` forwards again (held bytes are delivered
+    late, which is also a fault: a stale request arriving after the world moved
+    on). ``close()`` stops it. Threads, not asyncio, so it works beside any loop.
+    """
+
+    def __init__(self, target: tuple[str, int], host: str = "127.0.0.1", port: int = 0) -> None:
+        self.target = target
+        self._server = socket.create_server((host, port))
+        self.address: tuple[str, int] = self._server.getsockname()[:2]
+        self._state = "open"
+        self._changed = threading.Condition()
+        self._sockets: set[socket.socket] = set()
+        self._closed = False
+        threading.Thread(target=self._accept, name="kops-fault-proxy", daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return self.address[1]
+
+    def blackhole(self) -> None:
+        self._set("blackhole")
+
+    def cut(self) -> None:
+        self._set("cut")
+        self._close_connections()
+
+    def heal(self) -> None:
+        self._set("open")
+
+    def close(self) -> None:
+        self._closed = True
+        self._set("cut")
+        self._server.close()
+        self._close_connections()
+
+    def _set(self, state: str) -> None:
+        with self._changed:
+            self._state = state
+            self._changed.notify_all()
+
+    def _close_connections(self) -> None:
+        with self._changed:
+            sockets, self._sockets = self._sockets, set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            if self._state == "cut":
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=2)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._changed:
+                self._sockets |= {client, upstream}
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                with self._changed:
+                    while self._state == "blackhole":
+                        self._changed.wait()
+                    if self._state == "cut":
+                        break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            # Each pump closes the socket it reads; the shutdowns end the other pump.
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            with self._changed:
+                self._sockets.discard(src)
+            src.close()
 
 
 class WaitTimeout(KopsError, AssertionError):

@@ -18,7 +18,4 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             broker.start()
         yield cluster
     finally:
-        for broker in cluster.brokers.values():
-            broker.kill()
-        for log in cluster.log_files:
-            log.close()
+        cluster.close()

@@ -8,28 +8,80 @@ from pathlib import Path
 from kops.admin import QuorumStatus, describe_cluster_brokers, describe_quorum
 from kops.broker.runner import BrokerProcess
 from kops.client import KopsClientError
-from kops.testing import TEST_CONFIG, free_port, wait_until
+from kops.testing import TEST_CONFIG, FaultProxy, free_port, wait_until
 
 
 class Cluster:
-    def __init__(self, root: Path, size: int = 3, config: Mapping[str, str] | None = None) -> None:
+    """`size` broker processes, every one a voter, on free loopback ports.
+
+    With ``partitionable`` every node reaches every other through its own
+    FaultProxy (one per ordered pair), so a test can cut a node off from the
+    rest (``isolate``) and mend it (``heal``); the nodes then share a cluster id
+    written beforehand, as ``kafka-storage format`` would, because their voter
+    lists (the addresses) differ.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        size: int = 3,
+        config: Mapping[str, str] | None = None,
+        *,
+        partitionable: bool = False,
+    ) -> None:
         self.root = root
         self.ports = {node: free_port() for node in range(1, size + 1)}
-        self.voters = ",".join(f"{n}@127.0.0.1:{p}" for n, p in self.ports.items())
+        self.proxies: dict[tuple[int, int], FaultProxy] = {}
+        if partitionable:
+            self.proxies = {
+                (a, b): FaultProxy(("127.0.0.1", self.ports[b]))
+                for a in self.ports
+                for b in self.ports
+                if a != b
+            }
         self.brokers: dict[int, BrokerProcess] = {}
         self.log_files = [(root / f"node{n}.log").open("a") for n in self.ports]
         for (node, port), log in zip(self.ports.items(), self.log_files, strict=True):
+            data_dir = root / f"node{node}"
+            if partitionable:
+                data_dir.mkdir(parents=True)
+                (data_dir / "meta.properties").write_text("cluster.id=kops-partition-test\n")
             self.brokers[node] = BrokerProcess(
-                root / f"node{node}",
+                data_dir,
                 port=port,
                 config={
                     **TEST_CONFIG,
                     "node.id": str(node),
-                    "controller.quorum.voters": self.voters,
+                    "controller.quorum.voters": self._voters_seen_by(node),
                     **(config or {}),
                 },
                 stderr=log.fileno(),
             )
+
+    def _voters_seen_by(self, node: int) -> str:
+        def port(peer: int) -> int:
+            proxy = self.proxies.get((node, peer))
+            return proxy.port if proxy is not None else self.ports[peer]
+
+        return ",".join(f"{peer}@127.0.0.1:{port(peer)}" for peer in self.ports)
+
+    def isolate(self, node: int) -> None:
+        """Blackhole every link to and from `node` (the test still reaches it directly)."""
+        for (a, b), proxy in self.proxies.items():
+            if node in (a, b):
+                proxy.blackhole()
+
+    def heal(self) -> None:
+        for proxy in self.proxies.values():
+            proxy.heal()
+
+    def close(self) -> None:
+        for broker in self.brokers.values():
+            broker.kill()
+        for proxy in self.proxies.values():
+            proxy.close()
+        for log in self.log_files:
+            log.close()
 
     def address(self, node: int) -> str:
         return f"127.0.0.1:{self.ports[node]}"
@@ -99,9 +151,9 @@ def settle(cluster: Cluster, min_epoch: int = 0, timeout: float = 20) -> QuorumS
 
 
 def wait_brokers(cluster: Cluster, expected: dict[int, bool], timeout: float = 20) -> None:
-    """Until the live brokers' image shows exactly `expected` ({id: fenced})."""
+    """Until every live broker's image shows exactly `expected` ({id: fenced})."""
     wait_until(
-        lambda: cluster.brokers_seen() == expected,
+        lambda: all(cluster.brokers_seen_by(n) == expected for n in cluster.live()),
         timeout,
         message=lambda: f"brokers {expected}, seen {cluster.brokers_seen()}\n{cluster.logs()}",
     )

@@ -52,9 +52,7 @@ def test_a_restarted_broker_loads_its_snapshot(tmp_path: Path) -> None:
                 broker.stop()
         assert len(_snapshots(cluster, 1)) == 1, "older snapshots are deleted"
     finally:
-        broker.kill()
-        for log in cluster.log_files:
-            log.close()
+        cluster.close()
 
 
 def test_a_voter_behind_the_log_start_is_sent_the_snapshot(tmp_path: Path) -> None:
@@ -88,7 +86,4 @@ def test_a_voter_behind_the_log_start_is_sent_the_snapshot(tmp_path: Path) -> No
             lambda: cluster.brokers_seen_by(behind) == cluster.brokers_seen_by(final.leader_id)
         )
     finally:
-        for broker in cluster.brokers.values():
-            broker.kill()
-        for log in cluster.log_files:
-            log.close()
+        cluster.close()
