@@ -25,6 +25,7 @@ from kops.broker.cluster.topics import TopicError, TopicRecord, TopicRegistry, t
 from kops.broker.cluster.voters import METADATA_LOG_DIR, QuorumError, parse_voters
 from kops.broker.config import BrokerConfig, ConfigError, validate_topic_config
 from kops.broker.dispatch import Dispatcher
+from kops.broker.dynamic_config import DynamicConfigError, DynamicConfigStore
 from kops.broker.groups.coordinator import GroupCoordinator
 from kops.broker.handlers import BrokerEndpoint
 from kops.broker.housekeeping import compact_all_async
@@ -100,6 +101,12 @@ class Broker:
         self.logs = LogManager(
             self.data_dir,
             checkpoint_interval_ms=self.config.int("log.flush.offset.checkpoint.interval.ms"),
+        )
+        self.dynamic_configs = DynamicConfigStore(
+            self.data_dir / "dynamic-broker-configs.json", self.node_id
+        )
+        self.config.set_dynamic(
+            self.dynamic_configs.cluster_default, self.dynamic_configs.per_broker
         )
         self.topics = TopicRegistry(self.data_dir / "kops-topics.json")
         self._load_producer_id_block()
@@ -367,10 +374,44 @@ class Broker:
             return
         record.configs = updated
         self.topics.save()
+        self._reconfigure(record)
+
+    def _reconfigure(self, record: TopicRecord) -> None:
+        """Give the topic's partitions its settings as they now are."""
         settings = self.effective_topic_config(record)
         config = LogConfig.from_topic_config(settings)
-        for partition in self.partitions_of(name):
+        for partition in self.partitions_of(record.name):
             partition.update_config(config, int(settings["min.insync.replicas"]))
+
+    def alter_broker_configs(
+        self,
+        resource: str,
+        changes: Iterable[tuple[str, str | None]],
+        *,
+        replace: bool = False,
+        validate_only: bool = False,
+    ) -> None:
+        """Dynamic broker configs for this broker (`resource` its id) or every broker ("").
+
+        DynamicConfigError if a key is read-only, a value invalid or `resource`
+        another broker. The new values apply at once, topic defaults included.
+        """
+        store = self.dynamic_configs
+        wanted = store.alter(resource, changes, replace=replace, validate_only=True)
+        default = wanted if resource == "" else store.cluster_default
+        per_broker = store.per_broker if resource == "" else wanted
+        trial = BrokerConfig(self.config.static)
+        try:
+            trial.set_dynamic(default, per_broker)
+            validate_topic_config(trial.topic_defaults())
+        except (ConfigError, ValueError) as exc:
+            raise DynamicConfigError(str(exc), error_code=ErrorCode.invalid_config) from None
+        if validate_only:
+            return
+        store.replace(resource, wanted)
+        self.config.set_dynamic(default, per_broker)
+        for record in self.topics:
+            self._reconfigure(record)
 
     def is_internal(self, name: str) -> bool:
         record = self.topics.get(name)

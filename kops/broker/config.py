@@ -105,11 +105,45 @@ _DERIVED_MS = (
 )
 
 
+# Kafka's ConfigSource values, as DescribeConfigs reports them.
+SOURCE_DYNAMIC_BROKER = 2
+SOURCE_DYNAMIC_DEFAULT_BROKER = 3
+SOURCE_STATIC_BROKER = 4
+SOURCE_DEFAULT = 5
+
+
 class BrokerConfig:
     def __init__(self, overrides: Mapping[str, str] | None = None) -> None:
-        given = {key: str(value) for key, value in (overrides or {}).items()}
+        self._static = {key: str(value) for key, value in (overrides or {}).items()}
+        self._dynamic_default: dict[str, str] = {}
+        self._dynamic: dict[str, str] = {}
+        self._compute()
+
+    def set_dynamic(
+        self, cluster_default: Mapping[str, str], per_broker: Mapping[str, str]
+    ) -> None:
+        """Layer dynamic broker configs (kafka-configs --alter) over the static settings."""
+        self._dynamic_default = dict(cluster_default)
+        self._dynamic = dict(per_broker)
+        self._compute()
+
+    @property
+    def static(self) -> dict[str, str]:
+        """The settings given at start (command line, config), without dynamic ones."""
+        return dict(self._static)
+
+    def source(self, key: str) -> int:
+        """Where a setting's value comes from (Kafka's ConfigSource)."""
+        if key in self._dynamic:
+            return SOURCE_DYNAMIC_BROKER
+        if key in self._dynamic_default:
+            return SOURCE_DYNAMIC_DEFAULT_BROKER
+        return SOURCE_STATIC_BROKER if key in self._static else SOURCE_DEFAULT
+
+    def _compute(self) -> None:
+        given = {**self._static, **self._dynamic_default, **self._dynamic}
         # Settings the operator set: describe reports topic defaults taken from
-        # them as STATIC_BROKER_CONFIG rather than DEFAULT_CONFIG.
+        # them as broker configs rather than DEFAULT_CONFIG.
         self._given = frozenset(given)
         self._values = {**BROKER_DEFAULTS, **given}
         for target, alternatives in _DERIVED_MS:

@@ -10,15 +10,7 @@ from kio.schema.describe_cluster import v1, v2
 from kio.schema.errors import ErrorCode
 
 from kops.admin import ClusterBroker, describe_cluster_brokers
-from tests.broker.groups.group_helpers import RawClient
-
-
-def _send(bootstrap: str, request: object) -> object:
-    client = RawClient(bootstrap)
-    try:
-        return client.send(request)
-    finally:
-        client.close()
+from tests.broker.groups.group_helpers import send_once as _send
 
 
 def test_a_single_broker_lists_itself_as_broker_and_controller(kafka_broker: str) -> None:

@@ -11,7 +11,7 @@ from kio.schema.errors import ErrorCode
 
 from kops.protocol.messages import build
 from tests.broker.clients import create_topic, produce
-from tests.broker.groups.group_helpers import RawClient
+from tests.broker.groups.group_helpers import send_once
 
 
 def _fetch(bootstrap: str, version: int, topic: str, max_wait_ms: int = 100) -> Any:
@@ -38,11 +38,7 @@ def _fetch(bootstrap: str, version: int, topic: str, max_wait_ms: int = 100) -> 
         rack_id="",
         cluster_id=None,
     )
-    client = RawClient(bootstrap)
-    try:
-        return client.send(request)
-    finally:
-        client.close()
+    return send_once(bootstrap, request)
 
 
 @pytest.mark.parametrize("version", [4, 8, 9, 11, 12])

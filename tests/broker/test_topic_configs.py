@@ -300,11 +300,13 @@ def test_legacy_alter_configs_validate_only_and_bad_values_change_nothing(
     assert after == before
 
 
-def test_legacy_alter_configs_refuses_broker_resources(broker: tuple[str, Path]) -> None:
-    bootstrap, _ = broker
-    resource = ConfigResource("broker", "0", set_config={"log.retention.hours": "1"})
-    code, _ = _refusal(lambda: _legacy_alter(bootstrap, resource))
-    assert code == "INVALID_REQUEST"
+def test_legacy_alter_configs_refuses_read_only_broker_settings(
+    broker: tuple[str, Path],
+) -> None:
+    # Dynamic broker configs are tests/broker/test_dynamic_broker_configs.py; node.id is not one.
+    resource = ConfigResource("broker", "0", set_config={"node.id": "7"})
+    code, message = _refusal(lambda: _legacy_alter(bootstrap=broker[0], resource=resource))
+    assert code == "INVALID_REQUEST" and "node.id" in message
 
 
 def _stored_batches(data_dir: Path, topic: str) -> list[bytes]:

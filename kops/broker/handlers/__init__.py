@@ -28,6 +28,7 @@ from kops.protocol.messages import build, response_module, response_type
 if TYPE_CHECKING:
     from kops.broker.cluster.control import ClusterControl
     from kops.broker.cluster.quorum import QuorumDriver
+    from kops.broker.dynamic_config import DynamicConfigStore
 
 __all__ = ["ApiHandler", "ApiRange", "BrokerApi", "BrokerEndpoint", "Reply", "RequestContext"]
 
@@ -98,6 +99,20 @@ class BrokerApi(ClusterView, Protocol):
     def alter_topic_configs(
         self, name: str, changes: Iterable[tuple[str, str | None]], *, validate_only: bool = False
     ) -> None: ...
+
+    def alter_broker_configs(
+        self,
+        resource: str,
+        changes: Iterable[tuple[str, str | None]],
+        *,
+        replace: bool = False,
+        validate_only: bool = False,
+    ) -> None:
+        """Dynamic broker configs; DynamicConfigError when refused."""
+        ...
+
+    @property
+    def dynamic_configs(self) -> DynamicConfigStore: ...
 
     def allocate_producer_id(self) -> int: ...
 

@@ -5,7 +5,10 @@
   the topic, STATIC_BROKER_CONFIG (4) when the default comes from a broker
   setting the operator gave, DEFAULT_CONFIG (5) otherwise. Topic configs are
   never read-only or sensitive.
-- Broker resources (type 4) report the broker's settings as STATIC (4).
+- Broker resources (type 4): this broker's settings with their source,
+  DYNAMIC_BROKER_CONFIG (2), DYNAMIC_DEFAULT_BROKER_CONFIG (3), STATIC (4) or
+  DEFAULT (5); read_only unless the setting is dynamic. The resource "" (the
+  cluster-wide default) reports only the dynamic defaults, as Kafka does.
 - include_synonyms (v1+): the topic's override, the broker settings given, and
   the default, highest priority first.
 - v3+: config_type from the catalogue; with include_documentation, a short
@@ -20,7 +23,8 @@ from kio.schema.describe_configs import v1, v2, v3, v4
 from kio.schema.errors import ErrorCode
 
 from kops.broker.cluster.topics import TopicError
-from kops.broker.config import BrokerConfig
+from kops.broker.config import SOURCE_DYNAMIC_DEFAULT_BROKER, BrokerConfig
+from kops.broker.dynamic_config import is_dynamic
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
 from kops.broker.topic_configs import CATALOGUE
 
@@ -66,10 +70,16 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
                     _topic_entry(ctx.broker.config, key, value, is_default)
                     for key, (value, is_default) in sorted(values.items())
                 ]
-            elif resource.resource_type == BROKER_RESOURCE:
+            elif resource.resource_type == BROKER_RESOURCE and resource.resource_name == "":
                 entries = [
-                    (key, value, SOURCE_STATIC_BROKER, [], UNKNOWN_TYPE, None)
-                    for key, value in sorted(ctx.broker.config.items().items())
+                    (key, value, SOURCE_DYNAMIC_DEFAULT_BROKER, [], UNKNOWN_TYPE, None)
+                    for key, value in sorted(ctx.broker.dynamic_configs.cluster_default.items())
+                ]
+            elif resource.resource_type == BROKER_RESOURCE:
+                config = ctx.broker.config
+                entries = [
+                    (key, value, config.source(key), [], UNKNOWN_TYPE, None)
+                    for key, value in sorted(config.items().items())
                 ]
             else:
                 code, message = (
@@ -84,7 +94,7 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
                 "DescribeConfigsResourceResult",
                 name=key,
                 value=value,
-                read_only=False,
+                read_only=resource.resource_type == BROKER_RESOURCE and not is_dynamic(key),
                 config_source=source,
                 is_default=source == SOURCE_DEFAULT,
                 is_sensitive=False,
@@ -120,13 +130,13 @@ def _topic_entry(config: BrokerConfig, key: str, value: str, is_default: bool) -
         synonyms.append((key, value, SOURCE_TOPIC))
     for name in definition.synonyms:
         if config.is_set(name):
-            synonyms.append((name, config.get(name) or "", SOURCE_STATIC_BROKER))
+            synonyms.append((name, config.get(name) or "", config.source(name)))
     primary = definition.synonyms[0] if definition.synonyms else key
     synonyms.append((primary, definition.default, SOURCE_DEFAULT))
     if not is_default:
         source = SOURCE_TOPIC
-    elif config.topic_default_origin(key) is not None:
-        source = SOURCE_STATIC_BROKER
+    elif (origin := config.topic_default_origin(key)) is not None:
+        source = config.source(origin)
     else:
         source = SOURCE_DEFAULT
     return key, value, source, synonyms, int(definition.type), definition.documentation

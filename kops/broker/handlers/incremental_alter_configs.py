@@ -1,7 +1,10 @@
 """IncrementalAlterConfigs (key 44): v0-1.
 
-- Topic resources only. Operations SET (0) and DELETE (1); APPEND and
-  SUBTRACT (2, 3) apply to list settings such as cleanup.policy.
+- Topic resources, and broker resources (this broker's id, or "" for the
+  cluster-wide default: dynamic broker configs, kops.broker.dynamic_config; a
+  read-only setting or another broker's id is INVALID_REQUEST). Operations SET
+  (0) and DELETE (1); APPEND and SUBTRACT (2, 3) apply to list settings such as
+  cleanup.policy.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from kio.schema.incremental_alter_configs.v0.request import AlterableConfig as A
 from kio.schema.incremental_alter_configs.v1.request import AlterableConfig as AlterableConfigV1
 
 from kops.broker.cluster.topics import TopicError
+from kops.broker.dynamic_config import DynamicConfigError
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 44
@@ -26,6 +30,7 @@ REPLY: Reply[Response] = Reply(API_KEY)
 AlterableConfig = AlterableConfigV0 | AlterableConfigV1
 
 TOPIC_RESOURCE = 2
+BROKER_RESOURCE = 4
 SET, DELETE, APPEND, SUBTRACT = 0, 1, 2, 3
 
 
@@ -34,14 +39,30 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
     for resource in request.resources:
         code, message = ErrorCode.none, None
         try:
-            if resource.resource_type != TOPIC_RESOURCE:
-                raise TopicError(ErrorCode.invalid_request, "only topic configs can be altered")
-            current = ctx.broker.topic_configs(resource.resource_name)
-            changes = [_change(c, current) for c in resource.configs]
-            ctx.broker.alter_topic_configs(
-                resource.resource_name, changes, validate_only=request.validate_only
-            )
-        except TopicError as exc:
+            if resource.resource_type == BROKER_RESOURCE:
+                # APPEND/SUBTRACT start from the dynamic value, else the one in force
+                # (Kafka: the persisted dynamic value, else the default).
+                dynamic = ctx.broker.dynamic_configs.resource(resource.resource_name)
+                current = {
+                    c.name: (dynamic.get(c.name) or ctx.broker.config.get(c.name) or "", False)
+                    for c in resource.configs
+                }
+                ctx.broker.alter_broker_configs(
+                    resource.resource_name,
+                    [_change(c, current) for c in resource.configs],
+                    validate_only=request.validate_only,
+                )
+            elif resource.resource_type == TOPIC_RESOURCE:
+                current = ctx.broker.topic_configs(resource.resource_name)
+                changes = [_change(c, current) for c in resource.configs]
+                ctx.broker.alter_topic_configs(
+                    resource.resource_name, changes, validate_only=request.validate_only
+                )
+            else:
+                raise TopicError(
+                    ErrorCode.invalid_request, "only topic and broker configs can be altered"
+                )
+        except (TopicError, DynamicConfigError) as exc:
             code, message = exc.error_code, exc.message
         responses.append(
             ctx.make(

@@ -201,5 +201,14 @@ class RawClient:
         self.sock.close()
 
 
+def send_once(bootstrap: str, body: Any) -> Any:
+    """One hand-made request on a connection of its own; returns the decoded response."""
+    client = RawClient(bootstrap)
+    try:
+        return client.send(body)
+    finally:
+        client.close()
+
+
 def new_group() -> str:
     return f"g-{uuid.uuid4().hex[:10]}"
