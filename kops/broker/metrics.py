@@ -256,12 +256,13 @@ def _families(broker: BrokerApi, metrics: BrokerMetrics) -> list[Metric]:
             "Partitions without a leader.",
             value=offline,
         ),
-        # A lone broker is its own controller.
+        # A lone broker is its own controller; in a cluster, the quorum leader is.
         GaugeMetricFamily(
             "kafka_controller_kafkacontroller_activecontrollercount",
             "1 on the broker that is the active controller.",
-            value=1,
+            value=int(broker.controller_id == broker.node_id),
         ),
+        *_cluster_families(broker),
         CounterMetricFamily(
             "kafka_server_replicamanager_isrshrinks",
             "Replicas dropped from an ISR.",
@@ -284,6 +285,42 @@ def _families(broker: BrokerApi, metrics: BrokerMetrics) -> list[Metric]:
         ),
         purgatory,
     ]
+
+
+def _cluster_families(broker: BrokerApi) -> list[Metric]:
+    """KRaft's raft-metrics on every quorum member, broker counts on the controller."""
+    quorum, cluster = broker.quorum, broker.cluster
+    if quorum is None or cluster is None:
+        return []
+    node = quorum.node
+    raft = [
+        ("current_leader", "The quorum leader's id (-1: none known).", node.leader_id),
+        ("current_epoch", "The quorum's epoch as this node knows it.", node.epoch),
+        ("high_watermark", "Committed end of the metadata log.", node.high_watermark),
+        ("log_end_offset", "End of this node's metadata log.", node.log.end_offset),
+    ]
+    families: list[Metric] = [
+        GaugeMetricFamily(
+            f"kafka_server_raft_metrics_{name}", doc, value=-1 if value is None else value
+        )
+        for name, doc, value in raft
+    ]
+    if broker.controller_id == broker.node_id:
+        brokers = cluster.image.brokers.values()
+        fenced = sum(1 for b in brokers if b.fenced)
+        families += [
+            GaugeMetricFamily(
+                "kafka_controller_kafkacontroller_activebrokercount",
+                "Registered brokers that are not fenced (on the active controller).",
+                value=len(brokers) - fenced,
+            ),
+            GaugeMetricFamily(
+                "kafka_controller_kafkacontroller_fencedbrokercount",
+                "Registered brokers that are fenced (on the active controller).",
+                value=fenced,
+            ),
+        ]
+    return families
 
 
 def _partitions(broker: BrokerApi) -> Iterator[tuple[str, list[Partition]]]:

@@ -28,6 +28,7 @@ class Cluster:
         config: Mapping[str, str] | None = None,
         *,
         partitionable: bool = False,
+        metrics: bool = False,
     ) -> None:
         self.root = root
         self.ports = {node: free_port() for node in range(1, size + 1)}
@@ -56,6 +57,7 @@ class Cluster:
                     **(config or {}),
                 },
                 stderr=log.fileno(),
+                metrics="127.0.0.1:0" if metrics else None,
             )
 
     def _voters_seen_by(self, node: int) -> str:
