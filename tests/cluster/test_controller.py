@@ -8,7 +8,6 @@ prints ``KOPS_CONTROLLER_SEED=N``; set it to re-run that seed alone, traced.
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from kops.broker.cluster.metadata import (
     RemoveTopic,
     UnfenceBroker,
 )
+from tests.cluster.seeded import chunked, reproducible
 
 TIMEOUT = 3000
 
@@ -552,30 +552,23 @@ class Run:
             self.commit([RemoveTopic(self.rng.choice(sorted(self.image.topics)))], "delete")
 
 
-def _seeds() -> list[int]:
-    replay = os.environ.get("KOPS_CONTROLLER_SEED")
-    return [int(replay)] if replay else list(range(SEEDS))
-
-
 def run_seed(seed: int, *, verbose: bool = False) -> Run:
     run = Run(seed, verbose=verbose)
-    try:
+    with reproducible(
+        "KOPS_CONTROLLER_SEED",
+        seed,
+        "tests/cluster/test_controller.py -k random_operation",
+        lambda: run.trace,
+        lines=25,
+    ):
         for _ in range(STEPS):
             run.step()
-    except BaseException as exc:
-        exc.add_note("\n".join(run.trace[-25:]))
-        exc.add_note(
-            f"replay: KOPS_CONTROLLER_SEED={seed} .venv/bin/pytest -p no:xdist -s "
-            "tests/cluster/test_controller.py -k random_operation"
-        )
-        print(f"KOPS_CONTROLLER_SEED={seed}")
-        raise
     return run
 
 
 @pytest.mark.parametrize(
     "seeds",
-    [_seeds()[i : i + CHUNK] for i in range(0, len(_seeds()), CHUNK)],
+    chunked("KOPS_CONTROLLER_SEED", SEEDS, CHUNK),
     ids=lambda s: str(s[0]),
 )
 def test_random_operation_sequences_keep_the_partition_invariants(seeds: list[int]) -> None:

@@ -12,7 +12,6 @@ the follower's log equals the leader's. A failing seed prints
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from kops.broker.cluster.follower import (
     TruncateFullyAndStartAt,
     TruncateTo,
 )
+from tests.cluster.seeded import chunked, reproducible
 
 NONE = ErrorCode.none.value
 OUT_OF_RANGE = ErrorCode.offset_out_of_range.value
@@ -675,34 +675,24 @@ class Run:
         assert self.fhw == self.hw == flog.leo
 
 
-def _seeds() -> list[int]:
-    replay = os.environ.get("KOPS_FOLLOWER_SEED")
-    return [int(replay)] if replay else list(range(SEEDS))
-
-
 def run_seed(seed: int, *, verbose: bool = False) -> Run:
-    run: Run | None = None
-    try:
-        run = Run(seed, verbose=verbose)
+    run = Run(seed, verbose=verbose)
+    with reproducible(
+        "KOPS_FOLLOWER_SEED",
+        seed,
+        "tests/cluster/test_follower.py -k simulation",
+        lambda: run.trace,
+        lines=30,
+    ):
         for _ in range(STEPS):
             run.step()
         run.settle()
-    except BaseException as exc:
-        if run is not None:
-            exc.add_note("\n".join(run.trace[-30:]))
-        exc.add_note(
-            f"replay: KOPS_FOLLOWER_SEED={seed} .venv/bin/pytest -p no:xdist -s "
-            "tests/cluster/test_follower.py -k simulation"
-        )
-        print(f"KOPS_FOLLOWER_SEED={seed}")
-        raise
-    assert run is not None
     return run
 
 
 @pytest.mark.parametrize(
     "seeds",
-    [_seeds()[i : i + CHUNK] for i in range(0, len(_seeds()), CHUNK)],
+    chunked("KOPS_FOLLOWER_SEED", SEEDS, CHUNK),
     ids=lambda s: str(s[0]),
 )
 def test_simulation_the_follower_ends_with_the_leaders_log(seeds: list[int]) -> None:

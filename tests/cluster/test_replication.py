@@ -9,7 +9,6 @@ prints ``KOPS_REPLICATION_SEED=N``; set it to re-run that seed alone, traced.
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from kops.broker.cluster.replication import (
     LeaderReplicas,
     ReplicationConfig,
 )
+from tests.cluster.seeded import chunked, reproducible
 
 LAG = 1000
 NONE = ErrorCode.none.value
@@ -578,30 +578,23 @@ class Run:
         self.hw = hw
 
 
-def _seeds() -> list[int]:
-    replay = os.environ.get("KOPS_REPLICATION_SEED")
-    return [int(replay)] if replay else list(range(SEEDS))
-
-
 def run_seed(seed: int, *, verbose: bool = False) -> Run:
     run = Run(seed, verbose=verbose)
-    try:
+    with reproducible(
+        "KOPS_REPLICATION_SEED",
+        seed,
+        "tests/cluster/test_replication.py -k random_operation",
+        lambda: run.trace,
+        lines=25,
+    ):
         for _ in range(STEPS):
             run.step()
-    except BaseException as exc:
-        exc.add_note("\n".join(run.trace[-25:]))
-        exc.add_note(
-            f"replay: KOPS_REPLICATION_SEED={seed} .venv/bin/pytest -p no:xdist -s "
-            "tests/cluster/test_replication.py -k random_operation"
-        )
-        print(f"KOPS_REPLICATION_SEED={seed}")
-        raise
     return run
 
 
 @pytest.mark.parametrize(
     "seeds",
-    [_seeds()[i : i + CHUNK] for i in range(0, len(_seeds()), CHUNK)],
+    chunked("KOPS_REPLICATION_SEED", SEEDS, CHUNK),
     ids=lambda s: str(s[0]),
 )
 def test_random_operation_sequences_keep_the_replication_invariants(seeds: list[int]) -> None:
