@@ -46,6 +46,7 @@ from kops.broker.cluster.raft.messages import (
     VoteResponse,
 )
 from kops.broker.cluster.raft.records import entries_to_records, records_to_entries
+from kops.broker.log.manager import METADATA_TOPIC
 from kops.errors import KopsError
 
 __all__ = [
@@ -62,7 +63,6 @@ __all__ = [
     "sender_of",
 ]
 
-METADATA_TOPIC = "__cluster_metadata"
 METADATA_PARTITION = 0
 
 VOTE_KEY, BEGIN_KEY, END_KEY, FETCH_KEY, SNAPSHOT_KEY = 52, 53, 54, 1, 59
