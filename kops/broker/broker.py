@@ -8,7 +8,6 @@ partition's data; it knows nothing of request or response structs.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import os
 import time
@@ -20,23 +19,39 @@ from typing import TYPE_CHECKING, Any
 from kio.schema.errors import ErrorCode
 
 from kops.broker.aio import cancel_and_wait
+from kops.broker.cluster.metadata import PartitionInfo
 from kops.broker.cluster.partition import Partition, TopicPartition
-from kops.broker.cluster.topics import TopicError, TopicRecord, TopicRegistry, topic_name_error
+from kops.broker.cluster.topics import (
+    TopicError,
+    TopicRecord,
+    TopicRegistry,
+    topic_name_error,
+)
 from kops.broker.cluster.voters import METADATA_LOG_DIR, QuorumError, parse_voters
 from kops.broker.config import BrokerConfig, ConfigError, validate_topic_config
 from kops.broker.dispatch import Dispatcher
 from kops.broker.dynamic_config import DynamicConfigError, DynamicConfigStore
 from kops.broker.groups.coordinator import GroupCoordinator
+from kops.broker.groups.storage import OFFSETS_TOPIC, OFFSETS_TOPIC_CONFIGS, partition_for
 from kops.broker.handlers import BrokerEndpoint
-from kops.broker.housekeeping import compact_all_async
+from kops.broker.housekeeping import housekeeping_tasks
+from kops.broker.identity import MAX_NODE_IDS, ProducerIds, load_cluster_id
 from kops.broker.log import LogConfig, LogManager
 from kops.broker.metrics import BrokerMetrics
 from kops.broker.purgatory import Purgatory
 from kops.broker.server import FrameServer
+from kops.broker.topic_admin import (
+    LocalTopicAdmin,
+    TopicAdmin,
+    checked_topic_configs,
+    merged_configs,
+)
 
 if TYPE_CHECKING:
     from kops.broker.cluster.control import ClusterControl
+    from kops.broker.cluster.hosting import ImageTopics
     from kops.broker.cluster.member import ClusterMember
+    from kops.broker.cluster.member_partitions import MemberPartitions
     from kops.broker.cluster.quorum import QuorumDriver
 
 __all__ = ["DEFAULT_DATA_DIR", "Broker", "TopicError"]
@@ -68,15 +83,23 @@ class Broker:
         self._port = port
         self._advertise = advertise
         self.cluster_id = ""
-        self.topics: TopicRegistry
+        # The topics as this broker knows them: its own registry alone, or the
+        # cluster's metadata image (then `_registry` is None).
+        self.topics: TopicRegistry | ImageTopics
+        self._registry: TopicRegistry | None = None
+        # CreateTopics and the other topic changes: decided here, or by the controller.
+        self.admin: TopicAdmin = LocalTopicAdmin(self)
+        # Cluster mode: opens, leads and follows partitions as the metadata says.
+        self.hosting: MemberPartitions | None = None
+        self._offsets_topic_task: asyncio.Task[None] | None = None
         self.logs: LogManager
         self._partitions: dict[tuple[str, int], Partition] = {}
         self._server: FrameServer | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._next_producer_id = 0
-        self._producer_id_ceiling = 0
         # Fetches waiting for min.bytes, keyed by the partitions they read.
         self.fetches: Purgatory[TopicPartition] = Purgatory("fetch", batch_events=True)
+        # acks=all produces waiting for followers, keyed by the partitions they wrote.
+        self.produces: Purgatory[TopicPartition] = Purgatory("produce")
         # Set at start, before groups load, so requests meanwhile get
         # COORDINATOR_LOAD_IN_PROGRESS; None before (COORDINATOR_NOT_AVAILABLE).
         self.groups: GroupCoordinator | None = None
@@ -87,6 +110,8 @@ class Broker:
         voters = self.config.get("controller.quorum.voters") or ""
         # Parsed here so a bad setting fails before anything starts (QuorumError).
         self._voters = parse_voters(voters) if voters.strip() else None
+        if self._voters is not None and not 0 <= self.node_id < MAX_NODE_IDS:
+            raise QuorumError(f"node.id {self.node_id} is outside 0..{MAX_NODE_IDS - 1}")
         if self._voters is not None and self.node_id not in self._voters:
             raise QuorumError(
                 f"node.id {self.node_id} is not among the voters {sorted(self._voters)}"
@@ -97,7 +122,7 @@ class Broker:
     # ---- lifecycle -------------------------------------------------------
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.cluster_id = self._load_cluster_id()
+        self.cluster_id = load_cluster_id(self.data_dir, self.node_id, self._voters)
         self.logs = LogManager(
             self.data_dir,
             checkpoint_interval_ms=self.config.int("log.flush.offset.checkpoint.interval.ms"),
@@ -108,12 +133,16 @@ class Broker:
         self.config.set_dynamic(
             self.dynamic_configs.cluster_default, self.dynamic_configs.per_broker
         )
-        self.topics = TopicRegistry(self.data_dir / "kops-topics.json")
-        self._load_producer_id_block()
-        for record in self.topics:
-            for index in range(record.partitions):
-                self._open_partition(record, index)
-        self._drop_orphan_logs()
+        self._producer_ids = ProducerIds(
+            self.data_dir, self.node_id, clustered=self._voters is not None
+        )
+        if self._voters is None:
+            self.topics = self._registry = TopicRegistry(self.data_dir / "kops-topics.json")
+            for record in self.topics:
+                for index in range(record.partitions):
+                    self.open_partition(record, index)
+            self.drop_orphan_logs()
+        # else: partitions open as the cluster's metadata image assigns them (self.hosting).
         dispatcher = Dispatcher(self, self.metrics.requests)
         self._server = FrameServer(
             dispatcher.handle_frame,
@@ -125,6 +154,8 @@ class Broker:
         if self._voters is not None:
             # Imported here: a single broker never loads the Raft stack.
             from kops.broker.cluster.member import ClusterMember
+            from kops.broker.cluster.member_partitions import MemberPartitions
+            from kops.broker.cluster.topic_changes import ClusterTopicAdmin
 
             self.member = ClusterMember(
                 self.node_id,
@@ -134,12 +165,19 @@ class Broker:
                 self.config,
                 self.advertised,
             )
-            await self.member.start()
-        self._tasks.append(asyncio.create_task(self._retention_loop()))
-        self._tasks.append(asyncio.create_task(self._cleaner_loop()))
-        self._tasks.append(asyncio.create_task(self._recovery_checkpoint_loop()))
+            self.hosting = MemberPartitions(self.node_id, self, self.member, self.config)
+            self.topics = self.hosting.topics
+            self.member.control.on_image = self.hosting.apply
+            self.admin = ClusterTopicAdmin(
+                self.node_id, self.config, self.member.control, self._voters
+            )
+        self._tasks += housekeeping_tasks(self.logs, self.config)
         self.groups = GroupCoordinator(self)
-        await self.groups.start()
+        await self.groups.start(own_all=self.member is None)
+        if self.member is not None and self.hosting is not None:
+            # After the coordinator exists: the first images elect its partitions.
+            await self.member.start()
+            self.hosting.start()
         self.metrics.attach(self, asyncio.get_running_loop())
         if self._metrics_address is not None:
             try:
@@ -158,11 +196,15 @@ class Broker:
         await cancel_and_wait(self._tasks)
         if self.member is not None:
             await self.member.stop()
+        if self.hosting is not None:
+            await self.hosting.stop()
+        await self.admin.close()
         if self.groups is not None:
             await self.groups.stop()
         if self._server is not None:
             await self._server.stop()
         self.fetches.cancel_all()
+        self.produces.cancel_all()
         self.logs.close()
 
     @property
@@ -224,16 +266,97 @@ class Broker:
         return self.groups
 
     def partitions_of(self, topic: str) -> list[Partition]:
+        """The topic's partitions this broker hosts (in a cluster, maybe not all of them)."""
         record = self.topics.get(topic)
         if record is None:
             return []
-        return [self._partitions[(topic, i)] for i in range(record.partitions)]
+        hosted = (self._partitions.get((topic, i)) for i in range(record.partitions))
+        return [p for p in hosted if p is not None]
+
+    def leader_partition(
+        self, topic: str, index: int, current_leader_epoch: int = -1
+    ) -> Partition | ErrorCode:
+        """The partition if this broker leads it (what clients produce to and read from),
+        else why not, in Kafka's order: no such partition, the client's leader epoch
+        (KIP-320) against this replica's, then NOT_LEADER_OR_FOLLOWER."""
+        partition = self._partitions.get((topic, index))
+        if partition is None:
+            record = self.topics.get(topic)
+            if record is None or not 0 <= index < record.partitions:
+                return ErrorCode.unknown_topic_or_partition
+            return ErrorCode.not_leader_or_follower
+        if code := partition.check_leader_epoch(current_leader_epoch):
+            return code
+        if partition.leader != self.node_id:
+            return ErrorCode.not_leader_or_follower
+        return partition
+
+    def partition_states(self, topic: str) -> list[PartitionInfo]:
+        """Leader, epoch, replicas and ISR of every partition of the topic, hosted here or not."""
+        if self.member is not None:
+            return self.member.control.image.partitions_of(topic)
+        return [
+            PartitionInfo(
+                topic, p.index, tuple(p.replicas), tuple(p.isr), p.leader, p.leader_epoch, 0
+            )
+            for p in self.partitions_of(topic)
+        ]
+
+    def group_coordinator(self, key: str) -> BrokerEndpoint | ErrorCode:
+        """FindCoordinator: the leader of the key's `__consumer_offsets` partition.
+
+        In a cluster the topic is created on first use, as Kafka does, and the
+        answer meanwhile is COORDINATOR_NOT_AVAILABLE (the client asks again).
+        """
+        if self.member is None:
+            groups = self.groups
+            if groups is None or not groups.store.partitions:
+                return ErrorCode.coordinator_not_available
+            partition = self._partitions.get((OFFSETS_TOPIC, groups.store.partition_for(key)))
+            if partition is None or partition.leader != self.node_id:
+                return ErrorCode.coordinator_not_available
+            host, port = self.advertised
+            return BrokerEndpoint(self.node_id, host, port)
+        image = self.member.control.image
+        topic = image.topics.get(OFFSETS_TOPIC)
+        if topic is None:
+            self._create_offsets_topic()
+            return ErrorCode.coordinator_not_available
+        info = image.partitions.get((OFFSETS_TOPIC, partition_for(key, topic.partition_count)))
+        broker = image.brokers.get(info.leader) if info is not None else None
+        if broker is None or broker.fenced:
+            return ErrorCode.coordinator_not_available
+        return BrokerEndpoint(broker.broker_id, broker.host, broker.port)
+
+    def _create_offsets_topic(self) -> None:
+        if self._offsets_topic_task is not None and not self._offsets_topic_task.done():
+            return
+
+        async def create() -> None:
+            # offsets.topic.replication.factor, capped by the brokers there are (as
+            # Kafka does for a small cluster, rather than refuse to create it).
+            image = self.member.control.image if self.member is not None else None
+            brokers = len(image.live_brokers()) if image is not None else 1
+            factor = min(self.config.int("offsets.topic.replication.factor"), brokers)
+            try:
+                await self.admin.create_topic(
+                    OFFSETS_TOPIC,
+                    self.config.int("offsets.topic.num.partitions"),
+                    max(1, factor),
+                    OFFSETS_TOPIC_CONFIGS,
+                )
+            except TopicError as exc:
+                if exc.error_code != ErrorCode.topic_already_exists:
+                    log.warning("could not create %s: %s", OFFSETS_TOPIC, exc.message)
+
+        self._offsets_topic_task = asyncio.create_task(create(), name="kops-offsets-topic")
+        self._tasks.append(self._offsets_topic_task)
 
     def effective_topic_config(self, record: TopicRecord) -> dict[str, str]:
         """The topic's settings over the broker's defaults."""
         return {**self.config.topic_defaults(), **record.configs}
 
-    def _open_partition(self, record: TopicRecord, index: int) -> Partition:
+    def open_partition(self, record: TopicRecord, index: int) -> Partition:
         settings = self.effective_topic_config(record)
         partition_log = self.logs.open_partition(
             record.name, index, LogConfig.from_topic_config(settings)
@@ -246,19 +369,37 @@ class Broker:
             replicas=list(record.replicas[index]),
             isr=[self.node_id],
             fetches=self.fetches,
+            produces=self.produces,
+            replica_lag_time_max_ms=self.config.int("replica.lag.time.max.ms"),
             min_insync_replicas=int(settings["min.insync.replicas"]),
         )
         partition.mark_committed_to_end()
         self._partitions[(record.name, index)] = partition
         return partition
 
-    def _drop_orphan_logs(self) -> None:
+    def remove_partition(self, topic: str, index: int) -> None:
+        """Close and delete a replica this broker no longer hosts (cluster mode)."""
+        partition = self._partitions.pop((topic, index), None)
+        if partition is not None:
+            partition.wake()
+        self.logs.delete_partition(topic, index)
+
+    def drop_orphan_logs(self) -> None:
         for topic, index in self.logs.existing_partitions():
             if (topic, index) not in self._partitions:
                 log.warning("removing log of unknown partition %s-%d", topic, index)
                 self.logs.delete_partition(topic, index)
 
     # ---- topic administration -------------------------------------------
+    # The synchronous operations are a single broker's (LocalTopicAdmin); in a
+    # cluster every change goes through the controller (self.admin).
+    def _single_registry(self) -> TopicRegistry:
+        if self._registry is None:
+            raise TopicError(
+                ErrorCode.not_controller, "topics of a cluster change through its controller"
+            )
+        return self._registry
+
     def create_topic(
         self,
         name: str,
@@ -269,6 +410,7 @@ class Broker:
         validate_only: bool = False,
         internal: bool = False,
     ) -> TopicRecord:
+        registry = self._single_registry()
         problem = topic_name_error(name)
         if problem:
             raise TopicError(ErrorCode.invalid_topic_exception, problem)
@@ -288,10 +430,7 @@ class Broker:
                 f"replication factor {replication_factor} is larger than the 1 available broker",
             )
         configs = dict(configs or {})
-        try:
-            validate_topic_config(configs)
-        except ConfigError as exc:
-            raise TopicError(ErrorCode.invalid_config, str(exc)) from None
+        checked_topic_configs(configs)
         record = TopicRecord(
             name=name,
             topic_id=uuid.uuid4(),
@@ -301,21 +440,22 @@ class Broker:
         )
         if validate_only:
             return record
-        self.topics.add(record)
+        registry.add(record)
         for index in range(num_partitions):
-            self._open_partition(record, index)
+            self.open_partition(record, index)
         log.info("created topic %s with %d partitions", name, num_partitions)
         return record
 
     def delete_topic(self, name: str) -> None:
-        record = self.topics.get(name)
+        registry = self._single_registry()
+        record = registry.get(name)
         if record is None:
             raise TopicError(ErrorCode.unknown_topic_or_partition, f"unknown topic {name!r}")
         if record.internal:
             raise TopicError(
                 ErrorCode.invalid_topic_exception, f"cannot delete internal topic {name!r}"
             )
-        self.topics.remove(name)
+        registry.remove(name)
         for index in range(record.partitions):
             partition = self._partitions.pop((name, index), None)
             if partition is not None:
@@ -327,7 +467,8 @@ class Broker:
         log.info("deleted topic %s", name)
 
     def create_partitions(self, name: str, count: int, *, validate_only: bool = False) -> None:
-        record = self.topics.get(name)
+        registry = self._single_registry()
+        record = registry.get(name)
         if record is None:
             raise TopicError(ErrorCode.unknown_topic_or_partition, f"unknown topic {name!r}")
         if count <= record.partitions:
@@ -339,9 +480,9 @@ class Broker:
             return
         old = record.partitions
         record.replicas.extend([self.node_id] for _ in range(count - old))
-        self.topics.save()
+        registry.save()
         for index in range(old, count):
-            self._open_partition(record, index)
+            self.open_partition(record, index)
 
     def topic_configs(self, name: str) -> dict[str, tuple[str, bool]]:
         """Every topic setting: value and whether it is the default."""
@@ -357,26 +498,19 @@ class Broker:
         self, name: str, changes: Iterable[tuple[str, str | None]], *, validate_only: bool = False
     ) -> None:
         """Apply (key, value) changes; value None restores the default."""
-        record = self.topics.get(name)
+        registry = self._single_registry()
+        record = registry.get(name)
         if record is None:
             raise TopicError(ErrorCode.unknown_topic_or_partition, f"unknown topic {name!r}")
-        updated = dict(record.configs)
-        for key, value in changes:
-            if value is None:
-                updated.pop(key, None)
-            else:
-                updated[key] = value
-        try:
-            validate_topic_config(updated)
-        except ConfigError as exc:
-            raise TopicError(ErrorCode.invalid_config, str(exc)) from None
+        updated = merged_configs(record.configs.items(), changes)
+        checked_topic_configs(updated)
         if validate_only:
             return
         record.configs = updated
-        self.topics.save()
-        self._reconfigure(record)
+        registry.save()
+        self.reconfigure(record)
 
-    def _reconfigure(self, record: TopicRecord) -> None:
+    def reconfigure(self, record: TopicRecord) -> None:
         """Give the topic's partitions its settings as they now are."""
         settings = self.effective_topic_config(record)
         config = LogConfig.from_topic_config(settings)
@@ -411,92 +545,22 @@ class Broker:
         store.replace(resource, wanted)
         self.config.set_dynamic(default, per_broker)
         for record in self.topics:
-            self._reconfigure(record)
+            self.reconfigure(record)
 
     def is_internal(self, name: str) -> bool:
         record = self.topics.get(name)
         return record is not None and record.internal
 
-    def auto_create(self, name: str) -> TopicRecord | None:
+    async def auto_create(self, name: str) -> TopicRecord | None:
         if not self.config.bool("auto.create.topics.enable") or topic_name_error(name):
             return None
         try:
-            return self.create_topic(name)
-        except TopicError:
-            return self.topics.get(name)
+            await self.admin.create_topic(name)
+        except TopicError as exc:
+            if exc.error_code != ErrorCode.topic_already_exists:
+                log.warning("auto-creating topic %s failed: %s", name, exc.message)
+        return self.topics.get(name)
 
     # ---- producers -------------------------------------------------------
     def allocate_producer_id(self) -> int:
-        if self._next_producer_id >= self._producer_id_ceiling:
-            self._reserve_producer_ids(self._next_producer_id)
-        producer_id = self._next_producer_id
-        self._next_producer_id += 1
-        return producer_id
-
-    def _load_producer_id_block(self) -> None:
-        path = self.data_dir / "producer-id-block"
-        start = int(path.read_text()) if path.exists() else 0
-        self._reserve_producer_ids(start)
-
-    def _reserve_producer_ids(self, start: int) -> None:
-        # Reserving ids in blocks keeps allocation off the disk; a crash skips
-        # the rest of a block, which only wastes ids, never reuses one.
-        ceiling = start + 1000
-        path = self.data_dir / "producer-id-block"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(str(ceiling))
-        os.replace(tmp, path)
-        self._next_producer_id = start
-        self._producer_id_ceiling = ceiling
-
-    def _load_cluster_id(self) -> str:
-        path = self.data_dir / "meta.properties"
-        if path.exists():
-            for line in path.read_text().splitlines():
-                if line.startswith("cluster.id="):
-                    return line.split("=", 1)[1]
-        if self._voters is not None:
-            # Every member of a quorum must agree on the id without a format step
-            # (Kafka's kafka-storage format): derive it from the voter set.
-            members = ",".join(f"{n}@{h}:{p}" for n, (h, p) in sorted(self._voters.items()))
-            seed = uuid.uuid5(uuid.NAMESPACE_URL, f"kops-quorum:{members}")
-        else:
-            seed = uuid.uuid4()
-        cluster_id = base64.urlsafe_b64encode(seed.bytes).decode().rstrip("=")
-        path.write_text(f"version=1\ncluster.id={cluster_id}\nnode.id={self.node_id}\n")
-        return cluster_id
-
-    # ---- background work ---------------------------------------------------
-    async def _retention_loop(self) -> None:
-        interval = self.config.int("log.retention.check.interval.ms") / 1000
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                # Rolling by segment.ms here too: an idle partition's active
-                # segment must close before retention can delete it.
-                self.logs.maybe_roll_all(now_ms())
-                self.logs.apply_retention(now_ms())
-            except Exception:
-                log.exception("retention pass failed")
-
-    async def _recovery_checkpoint_loop(self) -> None:
-        # Kafka's log.flush.offset.checkpoint.interval.ms task: the further the recovery
-        # point trails the log, the more an unclean restart must re-validate.
-        interval = self.logs.checkpoint_interval_ms / 1000
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                self.logs.checkpoint_recovery_points(now_ms())
-            except Exception:
-                log.exception("recovery-point checkpoint failed")
-
-    async def _cleaner_loop(self) -> None:
-        interval = self.config.int("log.cleaner.backoff.ms") / 1000
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                # The heavy part runs in a worker thread; planning and the
-                # segment swap stay on the loop, so appends never race it.
-                await compact_all_async(self.logs, now_ms())
-            except Exception:
-                log.exception("log cleaner pass failed")
+        return self._producer_ids.allocate()

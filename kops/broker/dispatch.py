@@ -16,6 +16,7 @@ from kops.broker.handlers import (
     ApiRange,
     RequestContext,
     alter_configs,
+    alter_partition,
     api_versions,
     broker_heartbeat,
     broker_registration,
@@ -102,6 +103,7 @@ HANDLERS: tuple[ApiHandler[Any], ...] = (
     quorum.END_QUORUM_EPOCH,
     quorum.DESCRIBE_QUORUM,
     quorum.FETCH_SNAPSHOT,
+    alter_partition.API,
     broker_registration.API,
     broker_heartbeat.API,
 )

@@ -1,4 +1,4 @@
-"""The sans-io controller: registration, sessions, fencing, elections, topic creation.
+"""The sans-io controller: registration, sessions, fencing, elections, topics, ISR changes.
 
 The scenario tests follow Kafka's controller behaviour one rule at a time; the
 seeded loop at the end drives random operation sequences (with proposals that
@@ -336,6 +336,44 @@ def test_create_topic_with_no_unfenced_broker() -> None:
     assert exc.value.error_code is ErrorCode.invalid_replication_factor
 
 
+def test_delete_create_partitions_and_alter_configs_go_through_the_image() -> None:
+    c = Cluster(1, 2, 3)
+    c.topic("t", 2, 2)
+    added = c.controller.create_partitions("t", 4)
+    assert [type(r) for r in added] == [CreatePartition, CreatePartition]
+    assert [(r.partition, len(r.replicas)) for r in added] == [(2, 2), (3, 2)]
+    c.commit(added)
+    assert c.image.topics["t"].partition_count == 4
+    with pytest.raises(ControllerError) as exc:
+        c.controller.create_partitions("t", 4)
+    assert exc.value.error_code is ErrorCode.invalid_partitions
+
+    change = c.controller.alter_topic_configs("t", {"retention.ms": "5", "cleanup.policy": "c"})
+    c.commit(change)
+    assert c.image.topics["t"].configs == (("cleanup.policy", "c"), ("retention.ms", "5"))
+    assert c.controller.alter_topic_configs("t", {"cleanup.policy": "c", "retention.ms": "5"}) == ()
+
+    c.commit(c.controller.delete_topic("t"))
+    assert "t" not in c.image.topics and not c.image.partitions
+    for call in (
+        lambda: c.controller.delete_topic("t"),
+        lambda: c.controller.create_partitions("t", 9),
+        lambda: c.controller.alter_topic_configs("t", {}),
+    ):
+        with pytest.raises(ControllerError) as exc:
+            call()
+        assert exc.value.error_code is ErrorCode.unknown_topic_or_partition
+
+
+def test_new_partitions_need_as_many_unfenced_brokers_as_the_topic_has_replicas() -> None:
+    c = Cluster(1, 2)
+    c.topic("t", 1, 2)
+    c.commit(c.beat(2, 0, shut_down=True).records)
+    with pytest.raises(ControllerError) as exc:
+        c.controller.create_partitions("t", 2)
+    assert exc.value.error_code is ErrorCode.invalid_replication_factor
+
+
 def test_preferred_leader_election_returns_leadership_to_the_first_replica() -> None:
     c = Cluster(1, 2, 3)
     c.topic("t", 3, 2)  # t-0 [1,2], t-1 [2,3], t-2 [3,1]
@@ -357,6 +395,118 @@ def test_unclean_leader_election_is_not_implemented() -> None:
         ControllerConfig(unclean_leader_election=True)
     with pytest.raises(ValueError):
         ControllerConfig(session_timeout_ms=0)
+
+
+# ---- ISR changes (AlterPartition) ---------------------------------------------------------
+
+
+def test_alter_partition_shrinks_then_expands_the_isr() -> None:
+    c = Cluster(1, 2, 3)
+    c.topic("t", 1, 3)
+    assert c.p("t", 0) == PartitionInfo("t", 0, (1, 2, 3), (1, 2, 3), 1, 0, 0)
+    shrink = c.controller.alter_partition(1, c.epochs[1], "t", 0, 0, (1, 2), 0)
+    assert shrink == (ChangePartition("t", 0, (1, 2), 1, 0, 1),)
+    c.commit(shrink)
+    assert c.p("t", 0) == PartitionInfo("t", 0, (1, 2, 3), (1, 2), 1, 0, 1)
+
+    expand = c.controller.alter_partition(1, c.epochs[1], "t", 0, 0, (1, 2, 3), 1)
+    assert expand == (ChangePartition("t", 0, (1, 2, 3), 1, 0, 2),)
+    c.commit(expand)
+    assert c.p("t", 0) == PartitionInfo("t", 0, (1, 2, 3), (1, 2, 3), 1, 0, 2)
+    # the same proposal again is based on an epoch that has moved on
+    with pytest.raises(ControllerError) as exc:
+        c.controller.alter_partition(1, c.epochs[1], "t", 0, 0, (1, 2, 3), 1)
+    assert exc.value.error_code is ErrorCode.invalid_update_version
+
+
+def test_alter_partition_to_the_current_isr_changes_nothing() -> None:
+    c = Cluster(1, 2)
+    c.topic("t", 1, 2)
+    assert c.controller.alter_partition(1, c.epochs[1], "t", 0, 0, (1, 2), 0) == ()
+    assert c.controller.alter_partition(1, c.epochs[1], "t", 0, 0, (2, 1), 0) == ()
+
+
+def _isr_scene() -> Cluster:
+    """t-0 on replicas 1, 2, 3, led by 2 in leader epoch 1 at partition epoch 2, ISR (2,).
+
+    Broker 1 is unfenced and out of the ISR (it may join), broker 3 fenced and
+    out of it (it may not), broker 4 unfenced and no replica.
+    """
+    c = Cluster(1, 2, 3, 4)
+    c.topic("t", 1, 3)
+    c.commit(c.beat(1, 10, shut_down=True).records)  # leadership moves to 2
+    c.commit(c.beat(3, 10, shut_down=True).records)
+    c.commit(c.beat(1, 20).records)  # back, unfenced, not in the ISR
+    assert c.p("t", 0) == PartitionInfo("t", 0, (1, 2, 3), (2,), 2, 1, 2)
+    assert not c.image.brokers[1].fenced and c.image.brokers[3].fenced
+    return c
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"broker_id": 7}, ErrorCode.stale_broker_epoch),
+        ({"broker_epoch": 99}, ErrorCode.stale_broker_epoch),
+        ({"broker_epoch": 99, "topic": "u"}, ErrorCode.stale_broker_epoch),
+        ({"topic": "u"}, ErrorCode.unknown_topic_or_partition),
+        ({"partition": 1}, ErrorCode.unknown_topic_or_partition),
+        ({"broker_id": 4}, ErrorCode.not_leader_or_follower),
+        ({"broker_id": 1}, ErrorCode.not_leader_or_follower),
+        ({"leader_epoch": 0}, ErrorCode.fenced_leader_epoch),
+        ({"leader_epoch": 2}, ErrorCode.not_leader_or_follower),
+        ({"partition_epoch": 1}, ErrorCode.invalid_update_version),
+        ({"partition_epoch": 3}, ErrorCode.invalid_update_version),
+        ({"new_isr": ()}, ErrorCode.invalid_request),
+        ({"new_isr": (2, 1, 2)}, ErrorCode.invalid_request),
+        ({"new_isr": (2, 4)}, ErrorCode.invalid_request),
+        ({"new_isr": (1,)}, ErrorCode.invalid_request),
+        ({"new_isr": (2, 3)}, ErrorCode.ineligible_replica),
+        ({"new_isr": (2, 1, 3)}, ErrorCode.ineligible_replica),
+        ({"member_epochs": {1: 2}}, ErrorCode.ineligible_replica),
+        # Kafka's order: the epochs before who leads, the partition epoch before the ISR
+        ({"broker_id": 4, "leader_epoch": 0}, ErrorCode.fenced_leader_epoch),
+        ({"broker_id": 4, "partition_epoch": 3}, ErrorCode.invalid_update_version),
+        ({"partition_epoch": 1, "new_isr": ()}, ErrorCode.invalid_update_version),
+        ({"new_isr": (1,), "partition": 5}, ErrorCode.unknown_topic_or_partition),
+    ],
+)
+def test_alter_partition_refusals(change: dict[str, object], code: ErrorCode) -> None:
+    c = _isr_scene()
+    request: dict[str, object] = {
+        "broker_id": 2,
+        "broker_epoch": c.epochs[2],
+        "topic": "t",
+        "partition": 0,
+        "leader_epoch": 1,
+        "new_isr": (2, 1),
+        "partition_epoch": 2,
+    }
+    if change.get("broker_id") in c.epochs and "broker_epoch" not in change:
+        request["broker_epoch"] = c.epochs[change["broker_id"]]  # type: ignore[index]
+    request.update(change)
+    with pytest.raises(ControllerError) as exc:
+        c.controller.alter_partition(**request)  # type: ignore[arg-type]
+    assert exc.value.error_code is code, exc.value.message
+    # the scene as given is accepted: each refusal is down to its change alone
+    assert c.controller.alter_partition(2, c.epochs[2], "t", 0, 1, (2, 1), 2)
+
+
+def test_a_replica_joins_with_the_epoch_the_leader_saw_or_none() -> None:
+    c = _isr_scene()
+    expected = (ChangePartition("t", 0, (2, 1), 2, 1, 3),)
+    for seen in ({}, {1: -1}, {1: c.epochs[1]}, {2: 99}):  # members that stay are not checked
+        assert (
+            c.controller.alter_partition(2, c.epochs[2], "t", 0, 1, (2, 1), 2, member_epochs=seen)
+            == expected
+        )
+    c.commit(expected)
+    assert c.p("t", 0) == PartitionInfo("t", 0, (1, 2, 3), (2, 1), 2, 1, 3)
+    # a fenced leader (controlled shutdown) leads nothing: its proposal is refused
+    c.commit(c.beat(2, 30, shut_down=True).records)
+    assert c.p("t", 0).leader == 1
+    with pytest.raises(ControllerError) as exc:
+        c.controller.alter_partition(2, c.epochs[2], "t", 0, 1, (2, 1), 3)
+    assert exc.value.error_code is ErrorCode.fenced_leader_epoch
 
 
 # ---- random operation sequences -----------------------------------------------------------
@@ -432,7 +582,7 @@ class Run:
     def step(self) -> None:
         op = self.rng.choices(
             ["register", "heartbeat", "advance", "expire", "topic", "shutdown", "crash",
-             "elect", "expand", "failover", "remove"],
+             "elect", "alter", "failover", "remove"],
             weights=[6, 30, 10, 8, 4, 1, 1, 3, 6, 1, 1],
         )[0]  # fmt: skip
         b = self.rng.randint(1, 5)
@@ -526,17 +676,39 @@ class Run:
                 first = p.replicas[0]
                 assert p.leader == first or first not in p.isr or self.image.brokers[first].fenced
 
-    def op_expand(self, b: int, node: Node) -> None:
-        """A leader's AlterPartition: a caught-up live replica rejoins the ISR."""
-        for p in self.image.partitions.values():
-            if p.leader != -1 and b in p.replicas and b not in p.isr:
-                if not self.image.brokers[b].fenced:
-                    change = ChangePartition(
-                        p.topic, p.partition, (*p.isr, b), p.leader, p.leader_epoch,
-                        p.partition_epoch + 1,
-                    )  # fmt: skip
-                    self.commit([change], "alter partition")
-                return
+    def op_alter(self, b: int, node: Node) -> None:
+        """A leader's AlterPartition: replica b joins the ISR, or leaves it."""
+        on = [
+            p
+            for _, p in sorted(self._keyed(), key=lambda kp: kp[0])
+            if b in p.replicas and p.leader not in (-1, b)
+        ]
+        if not on:
+            return
+        p = self.rng.choice(on)
+        isr = tuple(r for r in p.isr if r != b) if b in p.isr else (*p.isr, b)
+        # now and then a proposal based on a partition epoch that has moved on since
+        stale = p.partition_epoch > 0 and self.rng.random() < 0.1
+        leader = self.image.brokers[p.leader]
+        try:
+            records = self.controller.alter_partition(
+                p.leader, leader.broker_epoch, p.topic, p.partition, p.leader_epoch, isr,
+                p.partition_epoch - 1 if stale else p.partition_epoch,
+            )  # fmt: skip
+        except ControllerError as exc:
+            if stale:
+                assert exc.error_code is ErrorCode.invalid_update_version
+            else:
+                assert exc.error_code is ErrorCode.ineligible_replica, exc.message
+                assert b not in p.isr and self.image.brokers[b].fenced
+            return
+        assert not stale and (b in p.isr or not self.image.brokers[b].fenced)
+        assert records == (
+            ChangePartition(
+                p.topic, p.partition, isr, p.leader, p.leader_epoch, p.partition_epoch + 1
+            ),
+        )
+        self.commit(records, "alter partition")
 
     def op_failover(self, b: int, node: Node) -> None:
         """Another controller takes over, or this one leads again after losing the quorum."""

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from kops.broker.cluster.metadata import (
     BrokerInfo,
     ChangePartition,
+    ChangeTopicConfigs,
     CreatePartition,
     CreateTopic,
     FenceBroker,
@@ -63,6 +64,7 @@ def test_every_record_type_is_covered_and_the_format_is_versioned_json() -> None
         CreateTopic("t", "id", (("a", "1"), ("b", "2"))),
         CreatePartition("t", 0, (1, 2), (1,), 1),
         ChangePartition("t", 0, (1, 2), 2, 1, 1),
+        ChangeTopicConfigs("t", (("a", "3"),)),
         RemoveTopic("t"),
     ]
     assert MetadataRecord.__args__ == tuple(type(r) for r in records)

@@ -100,6 +100,11 @@ NOT_SENT_BY_ANY_CLIENT = {
         for v in (1, 2)
     },
     **{
+        (56, v): "alter_partition, sent by partition leaders to the controller: "
+        "tests/cluster/test_alter_partition.py"
+        for v in (2, 3)
+    },
+    **{
         (key, 0): "broker registration/heartbeat, sent by kops brokers to the controller: "
         "tests/cluster/test_membership_processes.py, tests/broker/test_describe_cluster.py"
         for key in (62, 63)

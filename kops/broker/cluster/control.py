@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from kio.schema.errors import ErrorCode
 
@@ -34,6 +34,7 @@ from kops.broker.cluster.metadata import (
     MetadataError,
     MetadataImage,
     MetadataRecord,
+    PartitionInfo,
     decode_records,
     encode_records,
 )
@@ -70,6 +71,9 @@ class ClusterControl:
         self._snapshot_bytes = snapshot_bytes
         self._bytes_since_snapshot = 0
         self._snapshot_due = False
+        # The broker's reaction to a new image (open partitions, move leaderships).
+        self.on_image: Callable[[MetadataImage], None] | None = None
+        self._image_waiters: list[tuple[Callable[[MetadataImage], bool], asyncio.Future[None]]] = []
         quorum.on_apply = self.apply
         quorum.on_role_change = self._role_changed
         quorum.on_snapshot = self._load_snapshot
@@ -95,7 +99,41 @@ class ClusterControl:
             # After the driver has finished the actions that applied these entries.
             self._snapshot_due = True
             asyncio.get_running_loop().call_soon(self._take_snapshot)
+        self._image_changed()
         self._wake.set()
+
+    def _image_changed(self) -> None:
+        if self.on_image is not None:
+            try:
+                self.on_image(self.image)
+            except Exception:
+                # The image is right; the broker's reaction failed and is retried on the next.
+                log.exception(
+                    "applying metadata at offset %d to the broker failed", self.image.offset
+                )
+        waiting, self._image_waiters = self._image_waiters, []
+        for predicate, future in waiting:
+            if future.done():
+                continue
+            if predicate(self.image):
+                future.set_result(None)
+            else:
+                self._image_waiters.append((predicate, future))
+
+    async def wait_for_image(
+        self, predicate: Callable[[MetadataImage], bool], timeout: float
+    ) -> bool:
+        """Wait until this broker's image satisfies `predicate`; False on timeout."""
+        if predicate(self.image):
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._image_waiters.append((predicate, future))
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+        except TimeoutError:
+            return False
+        return True
 
     def _take_snapshot(self) -> None:
         self._snapshot_due = False
@@ -113,6 +151,7 @@ class ClusterControl:
             return
         self._controller = None
         self._bytes_since_snapshot = 0
+        self._image_changed()
 
     @property
     def controller_id(self) -> int | None:
@@ -184,6 +223,52 @@ class ClusterControl:
         if outcome.records:
             log.info("broker %d is %s", broker_id, "fenced" if outcome.is_fenced else "unfenced")
         return outcome
+
+    async def decide(self, decision: Callable[[Controller], Sequence[MetadataRecord]]) -> None:
+        """Take one decision as the active controller and return once it has committed.
+
+        ControllerError with NOT_CONTROLLER when this broker is not the active
+        controller, or with the decision's own code when the controller refuses.
+        """
+        async with self._lock:
+            await self._commit(decision(self._active()))
+
+    async def alter_partition(
+        self,
+        broker_id: int,
+        broker_epoch: int,
+        topic: str,
+        partition: int,
+        leader_epoch: int,
+        new_isr: Sequence[int],
+        partition_epoch: int,
+        *,
+        member_epochs: Mapping[int, int] | None = None,
+    ) -> PartitionInfo:
+        """A leader's AlterPartition: the partition as the image has it once the change committed.
+
+        An unchanged ISR commits nothing and answers with the current state, as Kafka does.
+        """
+        await self.decide(
+            lambda controller: controller.alter_partition(
+                broker_id,
+                broker_epoch,
+                topic,
+                partition,
+                leader_epoch,
+                new_isr,
+                partition_epoch,
+                member_epochs=member_epochs,
+            )
+        )
+        info = self.image.partitions.get((topic, partition))
+        if info is None:
+            # Deleted by an entry applied right after ours: nothing left to answer about.
+            raise ControllerError(
+                f"partition {topic}-{partition} no longer exists",
+                error_code=ErrorCode.unknown_topic_or_partition,
+            )
+        return info
 
     async def _run_expiry(self) -> None:
         """Fence brokers whose sessions expire, for as long as this node leads."""

@@ -14,11 +14,16 @@ a broker was silent before it took over, and must not fence it for that.
 Leader election is always clean: a new leader comes from the ISR, and the last
 ISR member of a partition is never removed, so when it returns the partition
 has a leader with every committed record again.
+
+ISR changes come from the partition's leader (AlterPartition), checked against
+its leader epoch and the partition epoch its proposal was based on, so a
+leader that has been replaced, or that has not seen the latest change, cannot
+overwrite the image with an ISR decided on stale knowledge.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from kio.schema.errors import ErrorCode
@@ -26,6 +31,7 @@ from kio.schema.errors import ErrorCode
 from kops.broker.cluster.metadata import (
     NO_LEADER,
     ChangePartition,
+    ChangeTopicConfigs,
     CreatePartition,
     CreateTopic,
     FenceBroker,
@@ -33,6 +39,8 @@ from kops.broker.cluster.metadata import (
     MetadataRecord,
     PartitionInfo,
     RegisterBroker,
+    RemoveTopic,
+    TopicInfo,
     UnfenceBroker,
 )
 from kops.broker.cluster.topics import topic_name_error
@@ -92,6 +100,22 @@ def _change(p: PartitionInfo, isr: tuple[int, ...], leader: int) -> ChangePartit
     """The next state of a partition; a leader change (to -1 too) starts a leader epoch."""
     epoch = p.leader_epoch + (leader != p.leader)
     return ChangePartition(p.topic, p.partition, isr, leader, epoch, p.partition_epoch + 1)
+
+
+def _assign(
+    topic: str, indexes: range, live: list[int], replication_factor: int, start: int
+) -> list[CreatePartition]:
+    """Replicas round the unfenced brokers, partition k of the cluster one broker further on."""
+    n = len(live)
+    records = []
+    for p in indexes:
+        replicas = tuple(live[(start + p + k) % n] for k in range(replication_factor))
+        records.append(CreatePartition(topic, p, replicas, replicas, replicas[0]))
+    return records
+
+
+def _refuse(code: ErrorCode, message: str) -> ControllerError:
+    return ControllerError(message, error_code=code)
 
 
 def _sorted_partitions(image: MetadataImage) -> list[PartitionInfo]:
@@ -292,15 +316,52 @@ class Controller:
             raise ControllerError(
                 f"topic id {topic_id!r} is empty or in use", error_code=ErrorCode.invalid_request
             )
-        n = len(live)
-        start = self._image.topic_count % n
         records: list[MetadataRecord] = [
             CreateTopic(name, topic_id, tuple(sorted(configs.items())))
         ]
-        for p in range(partitions):
-            replicas = tuple(live[(start + p + k) % n] for k in range(replication_factor))
-            records.append(CreatePartition(name, p, replicas, replicas, replicas[0]))
+        start = self._image.topic_count
+        records += _assign(name, range(partitions), live, replication_factor, start)
         return tuple(records)
+
+    def _existing_topic(self, name: str) -> TopicInfo:
+        topic = self._image.topics.get(name)
+        if topic is None:
+            raise ControllerError(
+                f"unknown topic {name!r}", error_code=ErrorCode.unknown_topic_or_partition
+            )
+        return topic
+
+    def delete_topic(self, name: str) -> tuple[MetadataRecord, ...]:
+        self._existing_topic(name)
+        return (RemoveTopic(name),)
+
+    def create_partitions(self, name: str, count: int) -> tuple[MetadataRecord, ...]:
+        """CreatePartitions: the new partitions with the replication factor of partition 0."""
+        topic = self._existing_topic(name)
+        if count <= topic.partition_count:
+            raise ControllerError(
+                f"topic {name!r} has {topic.partition_count} partitions; "
+                "the new count must be larger",
+                error_code=ErrorCode.invalid_partitions,
+            )
+        replication_factor = len(self._image.partitions[(name, 0)].replicas)
+        live = self._image.live_brokers()
+        if replication_factor > len(live):
+            raise ControllerError(
+                f"replication factor {replication_factor} with {len(live)} unfenced brokers",
+                error_code=ErrorCode.invalid_replication_factor,
+            )
+        start = sum(t.partition_count for t in self._image.topics.values())
+        new = range(topic.partition_count, count)
+        return tuple(_assign(name, new, live, replication_factor, start))
+
+    def alter_topic_configs(
+        self, name: str, configs: Mapping[str, str]
+    ) -> tuple[MetadataRecord, ...]:
+        """The topic's overrides in full; nothing when they are unchanged."""
+        topic = self._existing_topic(name)
+        wanted = tuple(sorted(configs.items()))
+        return () if wanted == topic.configs else (ChangeTopicConfigs(name, wanted),)
 
     def elect_preferred_leaders(self) -> tuple[MetadataRecord, ...]:
         """auto.leader.rebalance: each partition back to its first replica where that is clean."""
@@ -311,3 +372,88 @@ class Controller:
             if first != p.leader and first in p.isr and not image.brokers[first].fenced:
                 records.append(_change(p, p.isr, first))
         return tuple(records)
+
+    def alter_partition(
+        self,
+        broker_id: int,
+        broker_epoch: int,
+        topic: str,
+        partition: int,
+        leader_epoch: int,
+        new_isr: Sequence[int],
+        partition_epoch: int,
+        *,
+        member_epochs: Mapping[int, int] | None = None,
+    ) -> tuple[MetadataRecord, ...]:
+        """A leader's AlterPartition: the new ISR as one record, () if it is the ISR already.
+
+        Refusals are checked in the order of Kafka's validateAlterPartitionData,
+        so a request that is wrong in several ways gets Kafka's answer. Two codes
+        differ from Kafka's: a broker that is not the leader, and a leader epoch
+        ahead of this image, get NOT_LEADER_OR_FOLLOWER (Kafka: INVALID_REQUEST
+        and NOT_CONTROLLER); any partition epoch but the current one gets
+        INVALID_UPDATE_VERSION (Kafka: NOT_CONTROLLER when ahead). A replica may
+        join only while registered and unfenced, with the epoch the leader saw
+        (``member_epochs``, AlterPartition v3; -1 or absent skips the check), so
+        a follower that restarted is not let back in on its old incarnation's
+        fetches. Members that stay need no check: fencing a broker already took
+        it out of every ISR it was not the last member of, and such a partition
+        has no leader to ask.
+        """
+        what = f"partition {topic}-{partition}"
+        b = self._image.brokers.get(broker_id)
+        if b is None or b.broker_epoch != broker_epoch:
+            raise _refuse(
+                ErrorCode.stale_broker_epoch,
+                f"broker {broker_id} epoch {broker_epoch} is not a current registration",
+            )
+        p = self._image.partitions.get((topic, partition))
+        if p is None:
+            raise _refuse(ErrorCode.unknown_topic_or_partition, f"unknown {what}")
+        if leader_epoch > p.leader_epoch:
+            raise _refuse(
+                ErrorCode.not_leader_or_follower,
+                f"{what}: leader epoch {leader_epoch} is ahead of {p.leader_epoch}",
+            )
+        if partition_epoch > p.partition_epoch:
+            raise _refuse(
+                ErrorCode.invalid_update_version,
+                f"{what}: partition epoch {partition_epoch} is ahead of {p.partition_epoch}",
+            )
+        if leader_epoch < p.leader_epoch:
+            raise _refuse(
+                ErrorCode.fenced_leader_epoch,
+                f"{what}: leader epoch {leader_epoch} is older than {p.leader_epoch}",
+            )
+        if broker_id != p.leader:
+            raise _refuse(
+                ErrorCode.not_leader_or_follower, f"{what}: led by {p.leader}, not {broker_id}"
+            )
+        if partition_epoch < p.partition_epoch:
+            raise _refuse(
+                ErrorCode.invalid_update_version,
+                f"{what}: partition epoch {partition_epoch} is older than {p.partition_epoch}",
+            )
+        isr = tuple(new_isr)
+        if p.leader not in isr or len(set(isr)) != len(isr) or not set(isr) <= set(p.replicas):
+            raise _refuse(
+                ErrorCode.invalid_request,
+                f"{what}: ISR {list(isr)} is not distinct replicas of {list(p.replicas)} "
+                f"including the leader {p.leader}",
+            )
+        epochs = member_epochs or {}
+        for r in isr:
+            if r in p.isr:
+                continue
+            joiner = self._image.brokers.get(r)
+            seen = epochs.get(r, -1)
+            if joiner is None or joiner.fenced or seen not in (-1, joiner.broker_epoch):
+                raise _refuse(
+                    ErrorCode.ineligible_replica,
+                    f"{what}: replica {r} is unregistered, fenced or of another incarnation",
+                )
+        if set(isr) == set(p.isr):
+            return ()
+        return (
+            ChangePartition(topic, partition, isr, p.leader, p.leader_epoch, p.partition_epoch + 1),
+        )

@@ -31,6 +31,7 @@ class ClusterMember:
         config: BrokerConfig,
         advertised: tuple[str, int],
     ) -> None:
+        self.voters = dict(voters)
         self.quorum = QuorumDriver(
             node_id,
             voters,

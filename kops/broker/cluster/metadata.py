@@ -26,6 +26,7 @@ from kops.errors import KopsError
 __all__ = [
     "BrokerInfo",
     "ChangePartition",
+    "ChangeTopicConfigs",
     "CreatePartition",
     "CreateTopic",
     "FenceBroker",
@@ -107,6 +108,14 @@ class ChangePartition:
 
 
 @dataclass(frozen=True, slots=True)
+class ChangeTopicConfigs:
+    """A topic's overrides in full (sorted pairs, as in ``CreateTopic``), replacing the old set."""
+
+    name: str
+    configs: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RemoveTopic:
     name: str
 
@@ -118,6 +127,7 @@ MetadataRecord: TypeAlias = (
     | CreateTopic
     | CreatePartition
     | ChangePartition
+    | ChangeTopicConfigs
     | RemoveTopic
 )
 
@@ -211,6 +221,7 @@ _RECORD_TYPES: dict[str, type[MetadataRecord]] = {
         CreateTopic,
         CreatePartition,
         ChangePartition,
+        ChangeTopicConfigs,
         RemoveTopic,
     )
 }
@@ -361,6 +372,12 @@ class _Staged:
             self._create_partition(record)
         elif isinstance(record, ChangePartition):
             self._change_partition(record)
+        elif isinstance(record, ChangeTopicConfigs):
+            t = self.topic(record.name)
+            if t is None:
+                raise MetadataError(f"topic {record.name} does not exist")
+            _check_configs(record.name, record.configs)
+            self.topics[record.name] = replace(t, configs=record.configs)
         else:
             self._remove_topic(record)
 

@@ -9,11 +9,13 @@ error -> ErrorCode mapping happens here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from kio.schema.errors import ErrorCode
 
+from kops.broker.cluster.replication import IsrProposal, LeaderReplicas, ReplicationConfig
 from kops.broker.log import (
     AppendResult,
     CorruptRecordError,
@@ -30,7 +32,13 @@ from kops.protocol.recompress import recompress_batches
 
 TopicPartition = tuple[str, int]
 
-__all__ = ["AppendOutcome", "Partition", "ReadOutcome", "TopicPartition"]
+__all__ = ["AppendOutcome", "FollowerRead", "Partition", "ReadOutcome", "TopicPartition"]
+
+
+def monotonic_ms() -> int:
+    """The clock replication runs on: lag windows must not jump with the wall clock."""
+    return int(time.monotonic() * 1000)
+
 
 _BATCH_ERRORS: dict[int, type[LogError]] = {
     CorruptRecordError.error_code: CorruptRecordError,
@@ -48,6 +56,8 @@ class AppendOutcome:
     log_append_time_ms: int = -1
     log_start_offset: int = -1
     message: str | None = None
+    # The offset acks=all waits for the high watermark to pass; -1 when none must.
+    wait_for_offset: int = -1
     # KIP-467: (index of the record in the request, reason) of the records at fault.
     record_errors: tuple[tuple[int, str], ...] = ()
 
@@ -56,6 +66,15 @@ class AppendOutcome:
 class ReadOutcome:
     error: ErrorCode
     records: bytes | memoryview = b""
+
+
+@dataclass(slots=True)
+class FollowerRead:
+    """A follower's Fetch as the leader answers it: records up to the LEO, or where to cut."""
+
+    error: ErrorCode
+    records: bytes | memoryview = b""
+    diverging_epoch: tuple[int, int] | None = None
 
 
 class Partition:
@@ -70,6 +89,8 @@ class Partition:
         isr: list[int],
         fetches: Purgatory[TopicPartition],
         min_insync_replicas: int = 1,
+        produces: Purgatory[TopicPartition] | None = None,
+        replica_lag_time_max_ms: int = 30000,
     ) -> None:
         self.topic = topic
         self.index = index
@@ -82,8 +103,16 @@ class Partition:
         # Fetches parked for data are woken by appends here (and, with
         # followers, by high-watermark moves).
         self._fetches = fetches
+        # acks=all produces parked until the high watermark passes them.
+        self._produces = produces
         epoch = log.latest_epoch()
         self.leader_epoch = epoch if epoch is not None else 0
+        self.partition_epoch = 0
+        self.replica_lag_time_max_ms = replica_lag_time_max_ms
+        # While this broker leads with followers: what it knows of them (else None).
+        self.replication: LeaderReplicas | None = None
+        # Where the leader sends the ISR changes it wants (AlterPartition to the controller).
+        self.on_isr_change: Callable[[Partition, IsrProposal], None] | None = None
         # Traffic counters for the broker's metrics (kops.broker.metrics reads them
         # when scraped): plain integers, so producing and fetching pay one addition.
         self.messages_in = 0
@@ -92,6 +121,136 @@ class Partition:
 
     def __repr__(self) -> str:
         return f"Partition({self.topic!r}, {self.index}, epoch={self.leader_epoch})"
+
+    def set_replica_state(
+        self,
+        leader: int,
+        leader_epoch: int,
+        replicas: tuple[int, ...],
+        isr: tuple[int, ...],
+        *,
+        local_id: int,
+        partition_epoch: int = 0,
+    ) -> None:
+        """The partition as the cluster metadata now describes it.
+
+        A new leader epoch led here starts a fresh view of the followers (as in
+        Kafka, nothing survives a leader change); the same epoch with a newer
+        partition epoch is an ISR change, which the view takes in. Requests
+        parked here are re-checked when leadership moved: a fetch or an acks=all
+        waiting on this broker must hear that it no longer leads.
+        """
+        moved = (leader, leader_epoch) != (self.leader, self.leader_epoch)
+        self.leader = leader
+        self.leader_epoch = leader_epoch
+        self.replicas = list(replicas)
+        self.isr = list(isr)
+        self.partition_epoch = partition_epoch
+        now = monotonic_ms()
+        if leader != local_id or len(replicas) <= 1:
+            self.replication = None
+            if leader == local_id:
+                self.mark_committed_to_end()
+        elif moved or self.replication is None:
+            self.replication = LeaderReplicas(
+                local_id,
+                replicas,
+                isr,
+                leader_epoch,
+                partition_epoch,
+                self._log.log_end_offset,
+                self._log.high_watermark,
+                now,
+                self._replication_config(),
+            )
+        elif self.replication.isr_committed(isr, partition_epoch, now):
+            self._high_watermark_moved()
+        if moved:
+            self.wake()
+        self.check_isr(now)
+
+    def _replication_config(self) -> ReplicationConfig:
+        return ReplicationConfig(self.replica_lag_time_max_ms, self.min_insync_replicas)
+
+    # ---- replication, the leader's side ---------------------------------------
+    def _high_watermark_moved(self) -> None:
+        assert self.replication is not None
+        self._log.high_watermark = self.replication.high_watermark
+        self.wake()
+
+    def check_isr(self, now_ms: int | None = None) -> None:
+        """Propose the ISR change that is due, if any (a lagging follower, a caught-up one)."""
+        if self.replication is None or self.on_isr_change is None:
+            return
+        proposal = self.replication.next_isr_change(monotonic_ms() if now_ms is None else now_ms)
+        if proposal is not None:
+            self.on_isr_change(self, proposal)
+
+    def isr_change_failed(self, proposal: IsrProposal) -> None:
+        """The controller refused the proposal (an error answer, not a timeout)."""
+        if self.replication is not None and self.replication.isr_rejected(proposal):
+            self._high_watermark_moved()
+
+    def read_for_follower(
+        self, fetch_offset: int, last_fetched_epoch: int, max_bytes: int
+    ) -> FollowerRead:
+        """A follower's Fetch: where its log parts from this one (KIP-279), else batches
+        up to the log end (not the high watermark: followers fetch what is uncommitted)."""
+        if last_fetched_epoch >= 0:
+            epoch, end = self._log.end_offset_for_epoch(last_fetched_epoch)
+            if epoch < 0:
+                # Nothing here as old as the follower's last epoch: start over from our log.
+                return FollowerRead(ErrorCode.offset_out_of_range)
+            if epoch != last_fetched_epoch or end < fetch_offset:
+                return FollowerRead(ErrorCode.none, diverging_epoch=(epoch, end))
+        try:
+            records = self._log.read(
+                fetch_offset, max_bytes, self._log.log_end_offset, min_one_batch=True
+            )
+        except OffsetOutOfRangeError as exc:
+            return FollowerRead(exc.error_code)
+        return FollowerRead(ErrorCode.none, records)
+
+    def follower_fetched(self, replica_id: int, fetch_offset: int) -> None:
+        """A follower asked from `fetch_offset`: it holds everything below it."""
+        replication = self.replication
+        if replication is None or replica_id not in replication.replicas:
+            return
+        if not 0 <= fetch_offset <= self._log.log_end_offset:
+            return  # answered OFFSET_OUT_OF_RANGE; it proves nothing about the follower
+        now = monotonic_ms()
+        if replication.on_follower_fetch(replica_id, fetch_offset, now):
+            self._high_watermark_moved()
+        self.check_isr(now)
+
+    def acks_all_status(self, wait_for_offset: int, local_id: int) -> ErrorCode | None:
+        """A parked acks=all: None while it must wait, else the code to answer with."""
+        if self.leader != local_id:
+            return ErrorCode.not_leader_or_follower
+        if self.replication is None:
+            # A lone replica commits at once.
+            return ErrorCode.none if self.high_watermark > wait_for_offset else None
+        code = self.replication.check_acks_all_done(wait_for_offset)
+        return None if code is None else ErrorCode(code)
+
+    # ---- replication, the follower's side -------------------------------------
+    def append_as_follower(self, records: bytes | memoryview) -> None:
+        """The leader's batches as it stored them (offsets and epochs kept)."""
+        self._log.append_as_follower(records)
+
+    def truncate_to(self, offset: int) -> None:
+        self._log.truncate_to(offset)
+
+    def truncate_fully_and_start_at(self, offset: int) -> None:
+        self._log.truncate_fully_and_start_at(offset)
+
+    def set_follower_high_watermark(self, high_watermark: int) -> None:
+        self._log.high_watermark = min(high_watermark, self._log.log_end_offset)
+
+    @property
+    def last_epoch(self) -> int:
+        epoch = self._log.latest_epoch()
+        return -1 if epoch is None else epoch
 
     # ---- offsets ------------------------------------------------------------
     @property
@@ -118,6 +277,8 @@ class Partition:
     def update_config(self, config: LogConfig, min_insync_replicas: int) -> None:
         self._log.update_config(config)
         self.min_insync_replicas = min_insync_replicas
+        if self.replication is not None:
+            self.replication.config = self._replication_config()
 
     # ---- produce ------------------------------------------------------------
     def append(
@@ -136,8 +297,15 @@ class Partition:
             )
         if len(records) > self._log.config.max_message_bytes:
             return AppendOutcome(ErrorCode.message_too_large)
-        if acks == -1 and len(self.isr) < self.min_insync_replicas:
-            return AppendOutcome(ErrorCode.not_enough_replicas)
+        if acks == -1:
+            if self.replication is not None:
+                refused = ErrorCode(self.replication.check_append_acks_all())
+            elif len(self.isr) < self.min_insync_replicas:
+                refused = ErrorCode.not_enough_replicas
+            else:
+                refused = ErrorCode.none
+            if refused:
+                return AppendOutcome(refused)
         try:
             result = self.append_records(records, now_ms)
         except LogError as exc:
@@ -152,7 +320,11 @@ class Partition:
             self.messages_in += result.last_offset - result.base_offset + 1
             self.bytes_in += len(records)
         return AppendOutcome(
-            ErrorCode.none, result.base_offset, result.log_append_time_ms, result.log_start_offset
+            ErrorCode.none,
+            result.base_offset,
+            result.log_append_time_ms,
+            result.log_start_offset,
+            wait_for_offset=result.last_offset if acks == -1 and self.replication else -1,
         )
 
     def append_records(
@@ -168,8 +340,13 @@ class Partition:
             except InvalidBatchError as exc:
                 raise _BATCH_ERRORS.get(exc.error_code, CorruptRecordError)(exc.message) from exc
         result = self._log.append(records, self.leader_epoch, now_ms)
-        # Single replica: an append is committed once it is in the local log.
-        if len(self.isr) <= 1:
+        if self.replication is not None:
+            if self.replication.on_append(self._log.log_end_offset, monotonic_ms()):
+                self._log.high_watermark = self.replication.high_watermark
+                if self._produces is not None:
+                    self._produces.check_and_complete(self._key)
+        elif len(self.isr) <= 1:
+            # Single replica: an append is committed once it is in the local log.
             self._log.high_watermark = self._log.log_end_offset
         self._fetches.check_and_complete(self._key)
         return result
@@ -231,3 +408,5 @@ class Partition:
     def wake(self) -> None:
         """Re-check requests parked on this partition (it changed or went away)."""
         self._fetches.check_and_complete(self._key)
+        if self._produces is not None:
+            self._produces.check_and_complete(self._key)

@@ -160,6 +160,11 @@ class LeaderReplicas:
     def config(self) -> ReplicationConfig:
         return self._config
 
+    @config.setter
+    def config(self, config: ReplicationConfig) -> None:
+        """New settings (the topic's min.insync.replicas changed); they rule from the next event."""
+        self._config = config
+
     @property
     def high_watermark(self) -> int:
         return self._hw

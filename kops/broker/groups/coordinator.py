@@ -18,7 +18,9 @@ handles:
   when an Empty group starts its first rebalance), and after a join completes
   the rebalance timeout again for members to send SyncGroup.
 
-Committed offsets, group listing and deletion are in `offsets.py`.
+Committed offsets, group listing and deletion are in `offsets.py`; which
+`__consumer_offsets` partitions (and so which groups) this coordinator serves,
+and loading and unloading them, in `ownership.py`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING
 from kio.schema.errors import ErrorCode
 
 from kops.broker.aio import cancel_and_wait
-from kops.broker.groups.delayed import DelayedJoin, InitialDelayedJoin
+from kops.broker.groups.delayed import DelayedJoin, InitialDelayedJoin, resolve_join, resolve_sync
 from kops.broker.groups.group import (
     Group,
     GroupState,
@@ -41,7 +43,8 @@ from kops.broker.groups.group import (
     SyncResult,
 )
 from kops.broker.groups.offsets import OffsetsMixin
-from kops.broker.groups.storage import OFFSETS_TOPIC, OffsetsTopic, group_key, group_value
+from kops.broker.groups.ownership import OwnershipMixin
+from kops.broker.groups.storage import OffsetsTopic, group_key, group_value, write_error
 from kops.broker.purgatory import Purgatory
 
 if TYPE_CHECKING:
@@ -58,12 +61,13 @@ NEW_MEMBER_JOIN_TIMEOUT_MS = 5 * 60 * 1000
 S = GroupState
 
 
-class GroupCoordinator(OffsetsMixin):
+class GroupCoordinator(OwnershipMixin, OffsetsMixin):
     def __init__(self, broker: ClusterView) -> None:
         config = broker.config
         self.broker = broker
         self.groups: dict[str, Group] = {}
         self.store = OffsetsTopic(broker)
+        self.owned: set[int] = set()
         self.loading = True
         self.initial_delay_ms = config.int("group.initial.rebalance.delay.ms")
         self.min_session_ms = config.int("group.min.session.timeout.ms")
@@ -84,37 +88,26 @@ class GroupCoordinator(OffsetsMixin):
         return len(self._joins)
 
     # ---- lifecycle ----------------------------------------------------------
-    async def start(self) -> None:
-        self.store.ensure()
-        self._load()
+    async def start(self, *, own_all: bool = True) -> None:
+        """`own_all`: a single broker, leading all of the offsets topic. Otherwise (a
+        cluster) the broker sets the partition count and elects the partitions it leads."""
+        if own_all:
+            self._own_all()
         self.loading = False
         self._tasks.append(asyncio.create_task(self._expiry_loop()))
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
-        # Waiting clients retry elsewhere on NOT_COORDINATOR, as on a Kafka failover.
-        for group in self.groups.values():
-            group.cancel_timers()
-            for member in group.members.values():
-                self._resolve_join(member, JoinResult(ErrorCode.not_coordinator, member.member_id))
-                self._resolve_sync(member, SyncResult(ErrorCode.not_coordinator))
-
-    def _load(self) -> None:
-        self.groups = self.store.load().restore_groups()
-        for group in self.groups.values():
-            # Members keep their generation across a coordinator restart; those
-            # that do not come back expire after their session timeout.
-            for member in group.members.values():
-                self._schedule_expiry(group, member)
-        log.info(
-            "loaded %d groups from %s (%d partitions)",
-            len(self.groups),
-            OFFSETS_TOPIC,
-            self.store.partitions,
-        )
+        # Owning nothing, it sends requests arriving until the server closes to look
+        # for the coordinator again (NOT_COORDINATOR) instead of writing to closing logs.
+        groups, self.groups = self.groups, {}
+        self.owned.clear()
+        for group in groups.values():
+            self._unload(group)
 
     def precheck(self, group_id: str | None, *, allow_empty: bool = False) -> ErrorCode:
-        """Kafka's GroupCoordinator.validateGroupStatus: the group id first, then loading.
+        """Kafka's GroupCoordinator.validateGroupStatus: the group id, loading, then
+        whether this coordinator serves the group at all.
 
         Group membership (JoinGroup, SyncGroup, Heartbeat, LeaveGroup) and
         OffsetDelete need a non-empty group id; OffsetCommit, OffsetFetch,
@@ -126,6 +119,8 @@ class GroupCoordinator(OffsetsMixin):
             return ErrorCode.invalid_group_id
         if self.loading:
             return ErrorCode.coordinator_load_in_progress
+        if not self.owns(group_id):
+            return ErrorCode.not_coordinator
         return ErrorCode.none
 
     # ---- JoinGroup ------------------------------------------------------------
@@ -236,7 +231,7 @@ class GroupCoordinator(OffsetsMixin):
     def _update_member(self, member: Member, req: JoinRequest, future: JoinFuture) -> None:
         # A JoinGroup still parked for this member belongs to a connection the
         # client gave up on; release it so it does not linger.
-        self._resolve_join(member, JoinResult(ErrorCode.rebalance_in_progress, member.member_id))
+        resolve_join(member, JoinResult(ErrorCode.rebalance_in_progress, member.member_id))
         member.protocols = req.protocols
         member.session_timeout_ms = req.session_timeout_ms
         member.rebalance_timeout_ms = req.rebalance_timeout_ms
@@ -255,8 +250,8 @@ class GroupCoordinator(OffsetsMixin):
         assert req.instance_id is not None
         old_leader = group.leader
         old = group.members[old_id]
-        self._resolve_join(old, JoinResult(ErrorCode.fenced_instance_id, old_id))
-        self._resolve_sync(old, SyncResult(ErrorCode.fenced_instance_id))
+        resolve_join(old, JoinResult(ErrorCode.fenced_instance_id, old_id))
+        resolve_sync(old, SyncResult(ErrorCode.fenced_instance_id))
         member = group.replace_static_member(req.instance_id, old_id, new_id)
         self._update_member(member, req, future)
         self._schedule_expiry(group, member)
@@ -269,7 +264,7 @@ class GroupCoordinator(OffsetsMixin):
                 error = self._store_group(group)
                 result = self._join_result(group, member, with_members=False, error=error)
                 result.leader = old_leader or ""
-                self._resolve_join(member, result)
+                resolve_join(member, result)
             else:
                 self._prepare_rebalance(group, f"static member {req.instance_id} changed protocols")
         elif group.is_(S.COMPLETING_REBALANCE):
@@ -396,7 +391,7 @@ class GroupCoordinator(OffsetsMixin):
                 result = self._join_result(
                     group, member, with_members=group.is_leader(member.member_id)
                 )
-                self._resolve_join(member, result)
+                resolve_join(member, result)
                 member.is_new = False
                 group.pending_sync.add(member.member_id)
                 self._schedule_expiry(group, member)
@@ -423,7 +418,7 @@ class GroupCoordinator(OffsetsMixin):
     def _reset_assignments(self, group: Group, error: ErrorCode) -> None:
         for member in group.members.values():
             member.assignment = b""
-            self._resolve_sync(member, SyncResult(error))
+            resolve_sync(member, SyncResult(error))
 
     # ---- SyncGroup --------------------------------------------------------------
     async def sync_group(
@@ -458,7 +453,7 @@ class GroupCoordinator(OffsetsMixin):
             return self._sync_result(group, member)
         # CompletingRebalance: wait for the leader's assignment.
         future: asyncio.Future[SyncResult] = self._loop.create_future()
-        self._resolve_sync(member, SyncResult(ErrorCode.rebalance_in_progress))
+        resolve_sync(member, SyncResult(ErrorCode.rebalance_in_progress))
         member.sync_future = future
         if group.is_leader(member_id):
             self._complete_sync(group, assignments)
@@ -476,7 +471,7 @@ class GroupCoordinator(OffsetsMixin):
         group.transition(S.STABLE)
         for member in group.members.values():
             if member.awaiting_sync:
-                self._resolve_sync(member, self._sync_result(group, member))
+                resolve_sync(member, self._sync_result(group, member))
                 self._schedule_expiry(group, member)
         if not group.pending_sync:
             self._cancel_sync_timer(group)
@@ -555,8 +550,8 @@ class GroupCoordinator(OffsetsMixin):
     def _remove_member_and_update_group(self, group: Group, member: Member, reason: str) -> None:
         log.info("group %s: member %s %s", group.group_id, member.member_id, reason)
         # A new member may be parked in JoinGroup; UNKNOWN_MEMBER_ID makes it rejoin if still alive.
-        self._resolve_join(member, JoinResult(ErrorCode.unknown_member_id, member.member_id))
-        self._resolve_sync(member, SyncResult(ErrorCode.unknown_member_id))
+        resolve_join(member, JoinResult(ErrorCode.unknown_member_id, member.member_id))
+        resolve_sync(member, SyncResult(ErrorCode.unknown_member_id))
         group.remove(member.member_id)
         if group.is_(S.STABLE, S.COMPLETING_REBALANCE):
             self._maybe_prepare_rebalance(group, f"member {member.member_id} {reason}")
@@ -587,22 +582,9 @@ class GroupCoordinator(OffsetsMixin):
             self._try_complete_join(group)
 
     # ---- helpers --------------------------------------------------------------------
-    @staticmethod
-    def _resolve_join(member: Member, result: JoinResult) -> None:
-        future, member.join_future = member.join_future, None
-        if future is not None and not future.done():
-            future.set_result(result)
-
-    @staticmethod
-    def _resolve_sync(member: Member, result: SyncResult) -> None:
-        future, member.sync_future = member.sync_future, None
-        if future is not None and not future.done():
-            future.set_result(result)
-
     def _store_group(self, group: Group) -> ErrorCode:
         try:
             self.store.write(group.group_id, [(group_key(group.group_id), group_value(group))])
-        except Exception:
-            log.exception("could not store group %s", group.group_id)
-            return ErrorCode.coordinator_not_available
+        except Exception as exc:
+            return write_error(exc, f"store group {group.group_id}")
         return ErrorCode.none

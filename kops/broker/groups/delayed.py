@@ -1,4 +1,5 @@
-"""JoinGroup's delayed operations (Kafka's DelayedJoin and InitialDelayedJoin).
+"""JoinGroup's delayed operations (Kafka's DelayedJoin and InitialDelayedJoin),
+and answering the JoinGroup and SyncGroup responses members wait for.
 
 A rebalance parks one of these in the coordinator's purgatory under the group
 id. Each member's JoinGroup response waits on its own future; these decide
@@ -9,10 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kops.broker.groups.group import Group, GroupState
+from kops.broker.groups.group import Group, GroupState, JoinResult, Member, SyncResult
 from kops.broker.purgatory import DelayedOperation
 
-__all__ = ["DelayedJoin", "InitialDelayedJoin"]
+__all__ = ["DelayedJoin", "InitialDelayedJoin", "resolve_join", "resolve_sync"]
+
+
+def resolve_join(member: Member, result: JoinResult) -> None:
+    """Answer the member's parked JoinGroup, if it has one."""
+    future, member.join_future = member.join_future, None
+    if future is not None and not future.done():
+        future.set_result(result)
+
+
+def resolve_sync(member: Member, result: SyncResult) -> None:
+    """Answer the member's parked SyncGroup, if it has one."""
+    future, member.sync_future = member.sync_future, None
+    if future is not None and not future.done():
+        future.set_result(result)
 
 
 class DelayedJoin(DelayedOperation):

@@ -18,7 +18,9 @@ DeleteGroups, as in Kafka (see GroupCoordinator.precheck).
 An offset is visible to OffsetFetch only once its record is in
 `__consumer_offsets`, so a reply never reports an offset a restart would lose.
 Offsets of groups that stay Empty for `offsets.retention.minutes` expire, and
-a group with no members and no offsets left is removed.
+a group with no members and no offsets left is removed. Expiry and a topic's
+deletion touch only the groups loaded (those of the offsets partitions this
+coordinator owns); each partition's leader does the same for its own.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING
 from kio.schema.errors import ErrorCode
 
 from kops.broker.groups.group import Group, GroupState, Member, OffsetEntry, now_ms
-from kops.broker.groups.storage import group_key, offset_key, offset_value
+from kops.broker.groups.storage import group_key, offset_key, offset_value, write_error
 
 if TYPE_CHECKING:
     from kops.broker.cluster.view import ClusterView
@@ -88,6 +90,11 @@ class OffsetsMixin:
     ) -> None: ...
 
     # ---- OffsetCommit -----------------------------------------------------------
+    def _partition_exists(self, topic: str, partition: int) -> bool:
+        """In the cluster's metadata: in a cluster the partition may be hosted elsewhere."""
+        record = self.broker.topic(topic)
+        return record is not None and 0 <= partition < record.partitions
+
     def commit_offsets(
         self,
         group_id: str,
@@ -118,7 +125,7 @@ class OffsetsMixin:
         for topic, partition, offset, epoch, metadata in offsets:
             if metadata is not None and len(metadata.encode()) > self.metadata_max_bytes:
                 errors.append(ErrorCode.offset_metadata_too_large)
-            elif self.broker.partition(topic, partition) is None:
+            elif not self._partition_exists(topic, partition):
                 errors.append(ErrorCode.unknown_topic_or_partition)
             else:
                 errors.append(ErrorCode.none)
@@ -129,14 +136,11 @@ class OffsetsMixin:
             ]
             try:
                 self.store.write(group_id, records)
-            except Exception:
-                log.exception("could not store offsets of group %s", group_id)
+            except Exception as exc:
+                failed = write_error(exc, f"store offsets of group {group_id}")
                 if created and not group.offsets:
                     del self.groups[group_id]
-                return [
-                    ErrorCode.coordinator_not_available if e == ErrorCode.none else e
-                    for e in errors
-                ]
+                return [failed if e == ErrorCode.none else e for e in errors]
             group.offsets.update(accepted)
         elif created:
             del self.groups[group_id]
@@ -203,7 +207,7 @@ class OffsetsMixin:
             for partition in partitions:
                 if topic in subscribed:
                     results.append((topic, partition, ErrorCode.group_subscribed_to_topic))
-                elif self.broker.partition(topic, partition) is None:
+                elif not self._partition_exists(topic, partition):
                     results.append((topic, partition, ErrorCode.unknown_topic_or_partition))
                 else:
                     results.append((topic, partition, ErrorCode.none))
@@ -212,9 +216,8 @@ class OffsetsMixin:
         if doomed:
             try:
                 self.store.write(group_id, [(offset_key(group_id, t, p), None) for t, p in doomed])
-            except Exception:
-                log.exception("could not delete offsets of group %s", group_id)
-                return ErrorCode.coordinator_not_available, []
+            except Exception as exc:
+                return write_error(exc, f"delete offsets of group {group_id}"), []
             for tp in doomed:
                 group.offsets.pop(tp, None)
         return ErrorCode.none, results
@@ -285,9 +288,8 @@ class OffsetsMixin:
         records.append((group_key(gid), None))
         try:
             self.store.write(gid, records)
-        except Exception:
-            log.exception("could not delete group %s", gid)
-            return ErrorCode.coordinator_not_available
+        except Exception as exc:
+            return write_error(exc, f"delete group {gid}")
         group.cancel_timers()
         group.pending.clear()
         group.transition(S.DEAD)
@@ -333,8 +335,8 @@ class OffsetsMixin:
         gid = group.group_id
         try:
             self.store.write(gid, [(offset_key(gid, t, p), None) for t, p in partitions])
-        except Exception:
-            log.exception("could not delete offsets of group %s", gid)
+        except Exception as exc:
+            write_error(exc, f"delete offsets of group {gid}")
             return
         for tp in partitions:
             group.offsets.pop(tp, None)

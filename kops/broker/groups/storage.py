@@ -17,8 +17,12 @@ Record encoding (kops's own; both keys and values are compact UTF-8 JSON):
 assignment) are base64. A null value is a tombstone: the offset or group was
 deleted. Keys are serialised deterministically (JSON arrays, no whitespace) so
 compaction sees equal keys as equal bytes. The topic is `cleanup.policy=compact`,
-so only the latest value of each key has to survive; loading replays the
-partitions in offset order and the last record per key wins.
+so only the latest value of each key has to survive; loading replays a
+partition in offset order and the last record per key wins.
+
+Only the partition's leader appends: a coordinator that has just lost
+leadership (and not yet unloaded the partition's groups) is refused with
+NotCoordinatorError, which clients see as NOT_COORDINATOR.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from kio.schema.errors import ErrorCode
 
 from kops.broker.groups.group import Group, GroupState, Member, OffsetEntry
 from kops.protocol.batch import build_batch, decode_records, parse_header
@@ -45,8 +51,32 @@ FORMAT_VERSION = 1
 OFFSETS_SEGMENT_BYTES = 100 * 1024 * 1024
 # Large groups write big assignments in one record; allow more than the 1 MB default.
 OFFSETS_MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+# The topic's settings, whoever creates it (a single broker at start, a cluster on first use).
+OFFSETS_TOPIC_CONFIGS: Mapping[str, str] = {
+    "cleanup.policy": "compact",
+    "segment.bytes": str(OFFSETS_SEGMENT_BYTES),
+    "max.message.bytes": str(OFFSETS_MAX_MESSAGE_BYTES),
+}
 
 Record = tuple[bytes, bytes | None]
+
+
+class NotCoordinatorError(RuntimeError):
+    """This broker does not lead the group's offsets partition (any more)."""
+
+
+def write_error(exc: Exception, what: str) -> ErrorCode:
+    """Log a failed write to the offsets topic and return the code to answer with.
+
+    As Kafka's GroupMetadataManager: a lost leadership is NOT_COORDINATOR, so
+    the client looks the coordinator up again instead of retrying here; other
+    failures are COORDINATOR_NOT_AVAILABLE, retriable at the same coordinator.
+    """
+    if isinstance(exc, NotCoordinatorError):
+        log.warning("could not %s: %s", what, exc)
+        return ErrorCode.not_coordinator
+    log.error("could not %s", what, exc_info=exc)
+    return ErrorCode.coordinator_not_available
 
 
 def java_string_hash(text: str) -> int:
@@ -175,7 +205,7 @@ def decode_offset_value(data: bytes) -> OffsetEntry:
 
 @dataclass
 class LoadedState:
-    """The latest value of every key, after replaying the whole topic."""
+    """The latest value of every key, after replaying a partition."""
 
     offsets: dict[str, dict[tuple[str, int], OffsetEntry]]
     groups: dict[str, StoredGroup]
@@ -239,11 +269,7 @@ class OffsetsTopic:
                 OFFSETS_TOPIC,
                 self.broker.config.int("offsets.topic.num.partitions"),
                 1,
-                {
-                    "cleanup.policy": "compact",
-                    "segment.bytes": str(OFFSETS_SEGMENT_BYTES),
-                    "max.message.bytes": str(OFFSETS_MAX_MESSAGE_BYTES),
-                },
+                OFFSETS_TOPIC_CONFIGS,
                 internal=True,
             )
         # An existing topic keeps its partition count even if the setting
@@ -254,37 +280,47 @@ class OffsetsTopic:
         return partition_for(group_id, self.partitions)
 
     def write(self, group_id: str, records: Iterable[Record]) -> None:
-        """Append records in one batch to the group's partition; raises on failure."""
+        """Append records in one batch to the group's partition; raises on failure
+        (NotCoordinatorError when this broker does not lead that partition)."""
         batch_records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = [
             (key, value, []) for key, value in records
         ]
         if not batch_records:
             return
-        partition = self.broker.partition(OFFSETS_TOPIC, self.partition_for(group_id))
+        if not self.partitions:
+            raise NotCoordinatorError(f"the partition count of {OFFSETS_TOPIC} is not known yet")
+        index = self.partition_for(group_id)
+        partition = self.broker.partition(OFFSETS_TOPIC, index)
         if partition is None:
             raise RuntimeError(f"{OFFSETS_TOPIC} partition for group {group_id!r} is missing")
+        if partition.leader != self.broker.node_id:
+            raise NotCoordinatorError(
+                f"{OFFSETS_TOPIC}-{index} is led by node {partition.leader},"
+                f" not this one ({self.broker.node_id})"
+            )
         partition.append_records(build_batch(batch_records))
 
-    def load(self) -> LoadedState:
+    def load_partition(self, index: int) -> LoadedState | None:
+        """Replay one partition; None if this broker does not host it."""
+        partition = self.broker.partition(OFFSETS_TOPIC, index)
+        if partition is None:
+            return None
         state = LoadedState({}, {})
-        for index in range(self.partitions):
-            partition = self.broker.partition(OFFSETS_TOPIC, index)
-            if partition is None:
+        for _base, raw in partition.batches():
+            header = parse_header(raw)
+            if header.is_control:
                 continue
-            for _base, raw in partition.batches():
-                header = parse_header(raw)
-                if header.is_control:
-                    continue
-                for record in decode_records(raw):
-                    try:
-                        _apply(state, record.key, record.value)
-                    except (ValueError, KeyError, TypeError) as exc:
-                        log.warning(
-                            "skipping unreadable %s record at %d: %s",
-                            OFFSETS_TOPIC,
-                            record.offset,
-                            exc,
-                        )
+            for record in decode_records(raw):
+                try:
+                    _apply(state, record.key, record.value)
+                except (ValueError, KeyError, TypeError) as exc:
+                    log.warning(
+                        "skipping unreadable %s-%d record at %d: %s",
+                        OFFSETS_TOPIC,
+                        index,
+                        record.offset,
+                        exc,
+                    )
         return state
 
 

@@ -15,9 +15,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypeVar, cast
 
+from kio.schema.errors import ErrorCode
 from kio.static.protocol import ResponsePayload
 
-from kops.broker.cluster.partition import TopicPartition
+from kops.broker.cluster.metadata import PartitionInfo
+from kops.broker.cluster.partition import Partition, TopicPartition
 from kops.broker.cluster.topics import TopicRecord
 from kops.broker.cluster.view import ClusterView
 from kops.broker.groups.coordinator import GroupCoordinator
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from kops.broker.cluster.control import ClusterControl
     from kops.broker.cluster.quorum import QuorumDriver
     from kops.broker.dynamic_config import DynamicConfigStore
+    from kops.broker.topic_admin import TopicAdmin
 
 __all__ = ["ApiHandler", "ApiRange", "BrokerApi", "BrokerEndpoint", "Reply", "RequestContext"]
 
@@ -81,24 +84,40 @@ class BrokerApi(ClusterView, Protocol):
         """Fetches parked until min.bytes are ready, keyed by topic-partition."""
         ...
 
+    @property
+    def produces(self) -> Purgatory[TopicPartition]:
+        """acks=all produces parked until the high watermark passes them."""
+        ...
+
     def coordinator(self, key: str | None = None) -> GroupCoordinator | None:
         """The group coordinator for group id `key` (None: this broker's own),
         or None while there is none (clients retry COORDINATOR_NOT_AVAILABLE)."""
         ...
 
-    def auto_create(self, name: str) -> TopicRecord | None: ...
+    @property
+    def admin(self) -> TopicAdmin:
+        """Topic changes, decided here or (in a cluster) by the active controller."""
+        ...
+
+    async def auto_create(self, name: str) -> TopicRecord | None: ...
 
     def is_internal(self, name: str) -> bool: ...
 
-    def delete_topic(self, name: str) -> None: ...
+    def leader_partition(
+        self, topic: str, index: int, current_leader_epoch: int = -1
+    ) -> Partition | ErrorCode:
+        """The partition if this broker leads it, else the error code to answer."""
+        ...
 
-    def create_partitions(self, name: str, count: int, *, validate_only: bool = False) -> None: ...
+    def partition_states(self, topic: str) -> list[PartitionInfo]:
+        """Every partition's leader, epoch, replicas and ISR, hosted here or not."""
+        ...
+
+    def group_coordinator(self, key: str) -> BrokerEndpoint | ErrorCode:
+        """FindCoordinator's answer for a group (or transactional) id."""
+        ...
 
     def topic_configs(self, name: str) -> dict[str, tuple[str, bool]]: ...
-
-    def alter_topic_configs(
-        self, name: str, changes: Iterable[tuple[str, str | None]], *, validate_only: bool = False
-    ) -> None: ...
 
     def alter_broker_configs(
         self,

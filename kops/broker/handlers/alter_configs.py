@@ -51,7 +51,9 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
                     validate_only=request.validate_only,
                 )
             elif resource.resource_type == TOPIC_RESOURCE:
-                _replace_topic_configs(ctx, resource.resource_name, wanted, request.validate_only)
+                await _replace_topic_configs(
+                    ctx, resource.resource_name, wanted, request.validate_only
+                )
             else:
                 raise TopicError(
                     ErrorCode.invalid_request, "only topic and broker configs can be altered"
@@ -70,7 +72,7 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
     return REPLY(ctx, throttle_time=datetime.timedelta(0), responses=tuple(responses))
 
 
-def _replace_topic_configs(
+async def _replace_topic_configs(
     ctx: RequestContext, name: str, wanted: dict[str, str], validate_only: bool
 ) -> None:
     current = ctx.broker.topic_configs(name)
@@ -79,7 +81,9 @@ def _replace_topic_configs(
         for key, (_, is_default) in current.items()
         if not is_default and key not in wanted
     ]
-    ctx.broker.alter_topic_configs(name, [*dropped, *wanted.items()], validate_only=validate_only)
+    await ctx.broker.admin.alter_topic_configs(
+        name, [*dropped, *wanted.items()], validate_only=validate_only
+    )
 
 
 API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)

@@ -24,7 +24,7 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
     for topic in request.topics:
         code, message = ErrorCode.none, None
         try:
-            ctx.broker.create_partitions(
+            await ctx.broker.admin.create_partitions(
                 topic.name, topic.count, validate_only=request.validate_only
             )
         except TopicError as exc:

@@ -1,6 +1,9 @@
 """CreateTopics (key 19): v2-4.
 
-- Explicit replica assignments are accepted only when they name this broker.
+- Explicit replica assignments give the partition count and replication
+  factor; where the replicas go is the broker's (or the controller's) choice.
+- In a cluster any broker takes the request and forwards it to the active
+  controller (kops.broker.cluster.topic_changes).
 - validate_only checks everything without creating.
 """
 
@@ -33,7 +36,7 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
             if topic.assignments:
                 partitions = len(topic.assignments)
                 replication = len(topic.assignments[0].broker_ids)
-            ctx.broker.create_topic(
+            await ctx.broker.admin.create_topic(
                 topic.name,
                 partitions,
                 replication,

@@ -28,11 +28,11 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
         results = []
         for wanted in topic.partitions:
             code, low = ErrorCode.none, -1
-            partition = ctx.broker.partition(topic.name, wanted.partition_index)
-            if partition is None:
-                code = ErrorCode.unknown_topic_or_partition
+            found = ctx.broker.leader_partition(topic.name, wanted.partition_index)
+            if isinstance(found, ErrorCode):
+                code = found
             else:
-                code, low = partition.delete_records(wanted.offset)
+                code, low = found.delete_records(wanted.offset)
             results.append(
                 ctx.make(
                     "DeleteRecordsPartitionResult",

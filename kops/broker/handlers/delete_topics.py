@@ -24,7 +24,7 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
     for name in request.topic_names:
         code = ErrorCode.none
         try:
-            ctx.broker.delete_topic(name)
+            await ctx.broker.admin.delete_topic(name)
         except TopicError as exc:
             code = exc.error_code
         results.append(ctx.make("DeletableTopicResult", name=name, error_code=code))

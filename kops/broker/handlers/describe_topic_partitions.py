@@ -100,18 +100,18 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
         partitions = tuple(
             ctx.make(
                 "DescribeTopicPartitionsResponsePartition",
-                error_code=ErrorCode.none,
-                partition_index=p.index,
+                error_code=ErrorCode.none if p.leader >= 0 else ErrorCode.leader_not_available,
+                partition_index=p.partition,
                 leader_id=p.leader,
                 leader_epoch=p.leader_epoch,
-                replica_nodes=tuple(p.replicas),
-                isr_nodes=tuple(p.isr),
+                replica_nodes=p.replicas,
+                isr_nodes=p.isr,
                 eligible_leader_replicas=(),
                 last_known_elr=(),
                 offline_replicas=(),
             )
-            for p in broker.partitions_of(name)
-            if start <= p.index < upper
+            for p in broker.partition_states(name)
+            if start <= p.partition < upper
         )
         topics.append(
             ctx.make(

@@ -13,10 +13,15 @@
 - v9+: current_leader_epoch is checked (FENCED_LEADER_EPOCH /
   UNKNOWN_LEADER_EPOCH).
 - v11: rack_id is ignored; preferred_read_replica is always -1.
-- v12 (flexible): for clients, last_fetched_epoch is not checked (no
-  diverging_epoch: partition data is not yet replicated) and topic ids are not
-  used (v13+). A fetch of ``__cluster_metadata`` is the controller quorum's
-  replication (KRaft) and goes to the quorum's handler.
+- v12 (flexible): topic ids are not used (v13+). A fetch of
+  ``__cluster_metadata`` is the controller quorum's replication (KRaft) and
+  goes to the quorum's handler.
+- A follower's fetch (replica_id >= 0) reads up to the log end, not the high
+  watermark; with v12 its last_fetched_epoch is checked against the leader's
+  epochs and a divergence answered with diverging_epoch and no records
+  (KIP-279), and its fetch offsets move the high watermark and the ISR
+  (kops.broker.cluster.replication). Consumers' last_fetched_epoch is not
+  checked (they validate with OffsetForLeaderEpoch, as librdkafka does).
 """
 
 from __future__ import annotations
@@ -101,26 +106,36 @@ class DelayedFetch(DelayedOperation):
         self.request = request
         self.responses: list[object] = []
         self.sent: list[tuple[Partition, int]] = []
+        # A follower's fetch offsets are its progress: counted once, on arrival.
+        self._progress_recorded = False
+
+    def _read(self) -> tuple[int, bool]:
+        record = not self._progress_recorded
+        self._progress_recorded = True
+        self.responses, self.sent, total, had_error = _read_all(self.ctx, self.request, record)
+        return total, had_error
 
     def try_complete(self) -> bool:
-        self.responses, self.sent, total, had_error = _read_all(self.ctx, self.request)
+        total, had_error = self._read()
         if total >= self.request.min_bytes or had_error:
             return self.force_complete()
         return False
 
     def on_expiration(self) -> None:
-        self.responses, self.sent, _, _ = _read_all(self.ctx, self.request)
+        self._read()
 
     def on_complete(self) -> None:
         pass
 
 
 def _read_all(
-    ctx: RequestContext, request: Request
+    ctx: RequestContext, request: Request, record_progress: bool = False
 ) -> tuple[list[object], list[tuple[Partition, int]], int, bool]:
     """The responses, the bytes read from each partition, their total, and whether a
-    partition had an error."""
+    partition had an error (or, for a follower, a diverging epoch to answer at once)."""
     broker = ctx.broker
+    replica_id = request.replica_id
+    flexible = isinstance(request, v12.FetchRequest)
     budget: int = request.max_bytes
     total = 0
     had_error = False
@@ -133,21 +148,33 @@ def _read_all(
             code = ErrorCode.none
             records: bytes | memoryview = b""
             hw = log_start = -1
-            partition = broker.partition(topic.topic, wanted.partition)
-            if partition is None:
-                code = ErrorCode.unknown_topic_or_partition
-            elif code := partition.check_leader_epoch(_current_leader_epoch(wanted)):
-                pass
+            diverging: tuple[int, int] | None = None
+            partition: Partition | None = None
+            found = broker.leader_partition(
+                topic.topic, wanted.partition, _current_leader_epoch(wanted)
+            )
+            if isinstance(found, ErrorCode):
+                code = found
             else:
+                partition = found
                 hw, log_start = partition.high_watermark, partition.log_start_offset
-                if budget > 0 or first_data:
+                if replica_id >= 0:
+                    last_epoch = wanted.last_fetched_epoch if flexible else -1  # type: ignore[union-attr]
+                    got = partition.read_for_follower(
+                        wanted.fetch_offset, last_epoch, min(wanted.partition_max_bytes, budget)
+                    )
+                    code, records, diverging = got.error, got.records, got.diverging_epoch
+                    if record_progress and code == ErrorCode.none and diverging is None:
+                        partition.follower_fetched(replica_id, wanted.fetch_offset)
+                        hw = partition.high_watermark
+                elif budget > 0 or first_data:
                     read = partition.read(
                         wanted.fetch_offset,
                         min(wanted.partition_max_bytes, max(budget, 0)),
                         min_one_batch=first_data,
                     )
                     code, records = read.error, read.records
-            if code != ErrorCode.none:
+            if code != ErrorCode.none or diverging is not None:
                 had_error = True
             if records:
                 assert partition is not None
@@ -155,6 +182,11 @@ def _read_all(
                 first_data = False
                 budget -= len(records)
                 total += len(records)
+            extra = {}
+            if diverging is not None:
+                extra["diverging_epoch"] = ctx.make(
+                    "EpochEndOffset", epoch=diverging[0], end_offset=diverging[1]
+                )
             partitions.append(
                 ctx.make(
                     "PartitionData",
@@ -166,6 +198,7 @@ def _read_all(
                     aborted_transactions=(),
                     preferred_read_replica=-1,
                     records=records,
+                    **extra,
                 )
             )
         responses.append(

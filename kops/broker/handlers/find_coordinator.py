@@ -2,9 +2,10 @@
 
 - key_type 0 (group): the coordinator is the leader of partition
   abs(javaStringHashCode(key)) % N of `__consumer_offsets`, as in Kafka; on a
-  single broker that leader is this broker.
-- key_type 1 (transaction) answers this broker too: transactional ids use the
-  same placement and there is no other broker to send the client to.
+  single broker that leader is this broker. In a cluster it is whichever broker
+  the metadata names, and the topic is created on first use (the client gets
+  COORDINATOR_NOT_AVAILABLE and asks again meanwhile).
+- key_type 1 (transaction) uses the same placement.
 - v1+: key_type, throttle_time, error_message.
 """
 
@@ -15,7 +16,6 @@ import datetime
 from kio.schema.errors import ErrorCode
 from kio.schema.find_coordinator import v0, v1, v2
 
-from kops.broker.groups.storage import OFFSETS_TOPIC
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 10
@@ -31,21 +31,15 @@ GROUP, TRANSACTION = 0, 1
 
 async def handle(ctx: RequestContext, request: Request) -> Response:
     key_type = GROUP if isinstance(request, v0.FindCoordinatorRequest) else request.key_type
-    coordinator = ctx.broker.coordinator(request.key)
-    code, message, node = ErrorCode.none, None, -1
+    code, message, node, host, port = ErrorCode.none, None, -1, "", -1
     if key_type not in (GROUP, TRANSACTION):
         code, message = ErrorCode.invalid_request, f"unknown key type {key_type}"
-    elif coordinator is None or not coordinator.store.partitions:
-        code = ErrorCode.coordinator_not_available
     else:
-        partition = ctx.broker.partition(
-            OFFSETS_TOPIC, coordinator.store.partition_for(request.key)
-        )
-        if partition is None or partition.leader != ctx.broker.node_id:
-            code = ErrorCode.coordinator_not_available
+        found = ctx.broker.group_coordinator(request.key)
+        if isinstance(found, ErrorCode):
+            code = found
         else:
-            node = partition.leader
-    host, port = ctx.broker.advertised if node >= 0 else ("", -1)
+            node, host, port = found.node_id, found.host, found.port
     return REPLY(
         ctx,
         throttle_time=datetime.timedelta(0),

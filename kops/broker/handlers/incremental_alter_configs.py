@@ -55,7 +55,7 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
             elif resource.resource_type == TOPIC_RESOURCE:
                 current = ctx.broker.topic_configs(resource.resource_name)
                 changes = [_change(c, current) for c in resource.configs]
-                ctx.broker.alter_topic_configs(
+                await ctx.broker.admin.alter_topic_configs(
                     resource.resource_name, changes, validate_only=request.validate_only
                 )
             else:

@@ -1,7 +1,8 @@
 """ListOffsets (key 2): v1-11.
 
 - timestamp -1 (latest) answers the high watermark (the last stable offset is
-  the same: kops has no transactions); -2 (earliest) the log start offset.
+  the same: kops has no transactions), and to a follower (replica_id >= 0)
+  the log end offset, as Kafka's; -2 (earliest) the log start offset.
 - Any other timestamp finds the first record whose timestamp is at or after
   it (the time index finds the batch; only that batch is decoded), never at
   or beyond the high watermark; none gives offset -1.
@@ -104,6 +105,11 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
             code, offset, timestamp, epoch = _answer(
                 ctx, topic.name, wanted.partition_index, wanted.timestamp, known
             )
+            if code == ErrorCode.none and request.replica_id >= 0 and wanted.timestamp == LATEST:
+                # A follower re-syncing after OFFSET_OUT_OF_RANGE needs the log end, not the HW.
+                found = ctx.broker.leader_partition(topic.name, wanted.partition_index)
+                if not isinstance(found, ErrorCode):
+                    offset = found.log_end_offset
             partitions.append(
                 ctx.make(
                     "ListOffsetsPartitionResponse",
@@ -125,12 +131,10 @@ def _answer(
 ) -> Answer:
     if timestamp < 0 and ctx.api_version < SPECIAL_SINCE.get(timestamp, MAX_VERSION + 1):
         return ErrorCode.unsupported_version, -1, -1, -1
-    partition = ctx.broker.partition(topic, index)
-    if partition is None:
-        return ErrorCode.unknown_topic_or_partition, -1, -1, -1
-    if code := partition.check_leader_epoch(current_epoch):
-        return code, -1, -1, -1
-    return _lookup(partition, timestamp)
+    found = ctx.broker.leader_partition(topic, index, current_epoch)
+    if isinstance(found, ErrorCode):
+        return found, -1, -1, -1
+    return _lookup(found, timestamp)
 
 
 def _lookup(partition: Partition, timestamp: int) -> Answer:

@@ -10,6 +10,9 @@
   kops.broker.authorized_operations), for every topic answered, known or not,
   as Kafka does; otherwise they say "not requested".
 - Internal topics are reported with is_internal so admin tools hide them.
+- Leaders, replicas and ISR come from the cluster metadata, for partitions
+  hosted elsewhere too; a partition without a leader (its only ISR member is
+  down) has LEADER_NOT_AVAILABLE, as in Kafka.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
     for name in names:
         record = broker.topic(name)
         if record is None and allow_create:
-            record = broker.auto_create(name)
+            record = await broker.auto_create(name)
         if record is None:
             code = (
                 ErrorCode.invalid_topic_exception
@@ -100,15 +103,15 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
         partitions = tuple(
             ctx.make(
                 "MetadataResponsePartition",
-                error_code=ErrorCode.none,
-                partition_index=p.index,
+                error_code=ErrorCode.none if p.leader >= 0 else ErrorCode.leader_not_available,
+                partition_index=p.partition,
                 leader_id=p.leader,
                 leader_epoch=p.leader_epoch,
-                replica_nodes=tuple(p.replicas),
-                isr_nodes=tuple(p.isr),
+                replica_nodes=p.replicas,
+                isr_nodes=p.isr,
                 offline_replicas=(),
             )
-            for p in broker.partitions_of(name)
+            for p in broker.partition_states(name)
         )
         topics.append(
             ctx.make(

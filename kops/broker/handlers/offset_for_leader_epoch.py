@@ -30,13 +30,13 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
         results = []
         for wanted in topic.partitions:
             code, epoch, end = ErrorCode.none, -1, -1
-            partition = ctx.broker.partition(topic.topic, wanted.partition)
-            if partition is None:
-                code = ErrorCode.unknown_topic_or_partition
-            elif code := partition.check_leader_epoch(wanted.current_leader_epoch):
-                pass
+            found = ctx.broker.leader_partition(
+                topic.topic, wanted.partition, wanted.current_leader_epoch
+            )
+            if isinstance(found, ErrorCode):
+                code = found
             else:
-                epoch, end = partition.end_offset_for_epoch(wanted.leader_epoch)
+                epoch, end = found.end_offset_for_epoch(wanted.leader_epoch)
             results.append(
                 ctx.make(
                     "EpochEndOffset",

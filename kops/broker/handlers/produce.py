@@ -12,7 +12,11 @@
 - v8+ name the records at fault in record_errors (KIP-467), e.g. the keyless
   records of a batch refused by a compacted topic.
 - acks=0 gets no response. acks=all on a partition whose ISR is smaller than
-  min.insync.replicas gets NOT_ENOUGH_REPLICAS.
+  min.insync.replicas gets NOT_ENOUGH_REPLICAS. On a replicated partition
+  acks=all parks in the broker's produce purgatory until the high watermark
+  passes the batch (then NOT_ENOUGH_REPLICAS_AFTER_APPEND if the ISR shrank
+  under min.insync.replicas meanwhile), REQUEST_TIMED_OUT at the request's
+  timeout, NOT_LEADER_OR_FOLLOWER if leadership moved while it waited.
 - Transactions are not supported: a transactional id is refused.
 """
 
@@ -20,13 +24,16 @@ from __future__ import annotations
 
 import datetime
 import logging
+from dataclasses import dataclass
 
 from kio.schema.errors import ErrorCode
 from kio.schema.produce import v3, v4, v5, v6, v7, v8
 from kio.schema.produce.v3 import response as v3_response
 from kio.static.primitive import i32Timedelta, i64
 
+from kops.broker.cluster.partition import AppendOutcome, Partition
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
+from kops.broker.purgatory import DelayedOperation
 
 API_KEY = 0
 MIN_VERSION = 0
@@ -87,60 +94,128 @@ def _refuse_legacy(ctx: RequestContext, request: v3.ProduceRequest) -> v3.Produc
     )
 
 
+@dataclass(slots=True)
+class _Result:
+    index: int
+    outcome: AppendOutcome
+    partition: Partition | None = None
+
+
 async def handle(ctx: RequestContext, request: Request) -> Response | None:
     if ctx.api_version < 3:
         # v0-2 arrive decoded by the v3 schema (kops.protocol.messages).
         return _refuse_legacy(ctx, request)  # type: ignore[arg-type]
     broker = ctx.broker
     acks = request.acks
-    topics = []
+    results: list[tuple[str, list[_Result]]] = []
     for topic in request.topic_data:
-        responses = []
+        answers = []
         for data in topic.partition_data:
-            code, base, log_start, append_time, message = ErrorCode.none, -1, -1, -1, None
-            record_errors: tuple[tuple[int, str], ...] = ()
-            partition = broker.partition(topic.name, data.index)
+            found = broker.leader_partition(topic.name, data.index)
             if acks not in (0, 1, -1):
-                code = ErrorCode.invalid_required_acks
+                outcome = AppendOutcome(ErrorCode.invalid_required_acks)
             elif request.transactional_id is not None:
-                code, message = ErrorCode.invalid_request, "transactions are not supported by kops"
-            elif partition is None:
-                code = ErrorCode.unknown_topic_or_partition
+                outcome = AppendOutcome(
+                    ErrorCode.invalid_request, message="transactions are not supported by kops"
+                )
+            elif isinstance(found, ErrorCode):
+                outcome = AppendOutcome(found)
             elif broker.is_internal(topic.name):
                 # Only the broker writes its internal topics (as in Kafka).
-                code = ErrorCode.invalid_topic_exception
-                message = f"cannot produce to internal topic {topic.name}"
-            else:
-                result = partition.append(data.records, acks=acks)
-                code, message = result.error, result.message
-                base, append_time = result.base_offset, result.log_append_time_ms
-                log_start = result.log_start_offset
-                record_errors = result.record_errors
-            responses.append(
-                ctx.make(
-                    "PartitionProduceResponse",
-                    index=data.index,
-                    error_code=code,
-                    base_offset=base,
-                    log_append_time=_timestamp(append_time),
-                    log_start_offset=log_start,
-                    record_errors=tuple(
-                        ctx.make(
-                            "BatchIndexAndErrorMessage",
-                            batch_index=index,
-                            batch_index_error_message=reason,
-                        )
-                        for index, reason in record_errors
-                    ),
-                    error_message=message,
+                outcome = AppendOutcome(
+                    ErrorCode.invalid_topic_exception,
+                    message=f"cannot produce to internal topic {topic.name}",
                 )
-            )
-        topics.append(
-            ctx.make("TopicProduceResponse", name=topic.name, partition_responses=tuple(responses))
-        )
+            else:
+                outcome = found.append(data.records, acks=acks)
+                answers.append(_Result(data.index, outcome, found))
+                continue
+            answers.append(_Result(data.index, outcome))
+        results.append((topic.name, answers))
+    waiting = [
+        (name, r) for name, answers in results for r in answers if r.outcome.wait_for_offset >= 0
+    ]
+    if waiting:
+        produce = DelayedProduce(ctx, waiting, request.timeout.total_seconds())
+        keys = [(name, r.index) for name, r in waiting]
+        if not broker.produces.try_complete_else_watch(produce, keys):
+            await produce.wait()
     if acks == 0:
         return None
+    topics = [
+        ctx.make(
+            "TopicProduceResponse",
+            name=name,
+            partition_responses=tuple(_partition_response(ctx, r) for r in answers),
+        )
+        for name, answers in results
+    ]
     return REPLY(ctx, responses=tuple(topics), throttle_time=datetime.timedelta(0))
+
+
+def _partition_response(ctx: RequestContext, result: _Result) -> object:
+    outcome = result.outcome
+    return ctx.make(
+        "PartitionProduceResponse",
+        index=result.index,
+        error_code=outcome.error,
+        base_offset=outcome.base_offset,
+        log_append_time=_timestamp(outcome.log_append_time_ms),
+        log_start_offset=outcome.log_start_offset,
+        record_errors=tuple(
+            ctx.make(
+                "BatchIndexAndErrorMessage",
+                batch_index=index,
+                batch_index_error_message=reason,
+            )
+            for index, reason in outcome.record_errors
+        ),
+        error_message=outcome.message,
+    )
+
+
+class DelayedProduce(DelayedOperation):
+    """acks=all on replicated partitions: done once the high watermark passed every batch.
+
+    Expiry (the request's timeout) answers REQUEST_TIMED_OUT for the partitions
+    still waiting, as Kafka does; their records may yet commit, which is why an
+    idempotent producer's retry is safe.
+    """
+
+    def __init__(
+        self, ctx: RequestContext, waiting: list[tuple[str, _Result]], delay: float
+    ) -> None:
+        super().__init__(delay)
+        self._node_id = ctx.broker.node_id
+        self._waiting = [r for _, r in waiting]
+
+    def try_complete(self) -> bool:
+        pending = []
+        for result in self._waiting:
+            assert result.partition is not None
+            code = result.partition.acks_all_status(result.outcome.wait_for_offset, self._node_id)
+            if code is None:
+                pending.append(result)
+            else:
+                _settle(result, code)
+        self._waiting = pending
+        return self.force_complete() if not pending else False
+
+    def on_expiration(self) -> None:
+        self.try_complete()
+        for result in self._waiting:
+            _settle(result, ErrorCode.request_timed_out)
+
+    def on_complete(self) -> None:
+        pass
+
+
+def _settle(result: _Result, code: ErrorCode) -> None:
+    outcome = result.outcome
+    outcome.wait_for_offset = -1
+    if code != ErrorCode.none:
+        outcome.error = code
+        outcome.base_offset = -1
 
 
 def _timestamp(ms: int) -> datetime.datetime | None:

@@ -143,7 +143,7 @@ KEYED = len(keyed(b"k", 0))
 
 
 def retention_pass(manager: LogManager, now_ms: int) -> None:
-    """What Broker._retention_loop runs every log.retention.check.interval.ms."""
+    """What the broker's retention timer (kops.broker.housekeeping) runs every log.retention.check.interval.ms."""
     manager.maybe_roll_all(now_ms)
     manager.apply_retention(now_ms)
 
