@@ -33,6 +33,8 @@ from confluent_kafka.admin import (
 from kio.schema.describe_cluster.v2 import request as describe_cluster_v2
 from kio.schema.describe_log_dirs.v1.request import DescribableLogDirTopic, DescribeLogDirsRequest
 from kio.schema.describe_quorum.v1 import request as describe_quorum_v1
+from kio.schema.metadata import v8 as metadata_v8
+from kio.schema.types import TopicName
 from kio.static.primitive import i8
 
 from kops.client import (
@@ -90,6 +92,8 @@ class PartitionInfo:
     isr: list[int]
     start_offset: int | None
     end_offset: int | None
+    #: The partition's leader epoch (Metadata v7+); None where the broker did not say.
+    leader_epoch: int | None = None
 
     @property
     def records(self) -> int | None:
@@ -342,6 +346,7 @@ def describe_topic(target: ClientSettings | str, name: str) -> TopicInfo:
         keys = [(name, p.id) for p in desc.partitions]
         starts = list_offsets(admin, keys, OffsetSpec.earliest())
         ends = list_offsets(admin, keys, OffsetSpec.latest())
+        epochs = _leader_epochs(admin, name)
         partitions = [
             PartitionInfo(
                 partition=p.id,
@@ -350,6 +355,7 @@ def describe_topic(target: ClientSettings | str, name: str) -> TopicInfo:
                 isr=[r.id for r in p.isr],
                 start_offset=starts.get((name, p.id)),
                 end_offset=ends.get((name, p.id)),
+                leader_epoch=epochs.get(p.id),
             )
             for p in sorted(desc.partitions, key=lambda p: p.id)
         ]
@@ -403,6 +409,29 @@ def _size_on_disk(
                 if topic.name == name:
                     total += sum(p.partition_size for p in topic.partitions)
     return total
+
+
+def _leader_epochs(admin: AdminSession, name: str) -> dict[int, int]:
+    """Partition -> leader epoch, from a Metadata v8 request of our own: confluent-kafka's
+    describe_topics does not return epochs. Empty (epochs unknown) when it cannot ask."""
+    if str(admin.settings.config.get("security.protocol", "plaintext")).lower() != "plaintext":
+        return {}
+    request = metadata_v8.MetadataRequest(
+        topics=(metadata_v8.request.MetadataRequestTopic(name=TopicName(name)),),
+        allow_auto_topic_creation=False,
+        include_cluster_authorized_operations=False,
+        include_topic_authorized_operations=False,
+    )
+    for address in admin.settings.bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            response = send_request(host, int(port), request, timeout=admin.settings.timeout)
+        except (RequestError, ValueError):
+            continue
+        for topic in response.topics:
+            if topic.name == name and topic.error_code == 0:
+                return {int(p.partition_index): int(p.leader_epoch) for p in topic.partitions}
+    return {}
 
 
 def _topic_id(uuid: Any) -> str | None:
@@ -542,3 +571,35 @@ def describe_cluster_brokers(address: str, timeout: float = 5.0) -> tuple[int, l
         ClusterBroker(int(b.broker_id), b.host, int(b.port), bool(b.is_fenced))
         for b in response.brokers
     ]
+
+
+@dataclass(frozen=True)
+class PartitionHealth:
+    """A partition whose ISR is short of its replicas, or that has no leader."""
+
+    topic: str
+    partition: int
+    leader: int
+    replicas: list[int]
+    isr: list[int]
+
+    @property
+    def offline(self) -> bool:
+        return self.leader < 0
+
+
+def partitions_at_risk(target: ClientSettings | str) -> tuple[int, list[PartitionHealth]]:
+    """(partitions in the cluster, those under-replicated or without a leader), internal
+    topics included: a short `__consumer_offsets` ISR puts every group's commits at risk."""
+    with AdminSession(target) as admin:
+        metadata = admin.client.list_topics(timeout=admin.request_timeout)
+    total = 0
+    risky = []
+    for name in sorted(metadata.topics):
+        topic = metadata.topics[name]
+        for index in sorted(topic.partitions):
+            p = topic.partitions[index]
+            total += 1
+            if p.leader < 0 or len(p.isrs) < len(p.replicas):
+                risky.append(PartitionHealth(name, index, p.leader, list(p.replicas), list(p.isrs)))
+    return total, risky

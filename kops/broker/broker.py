@@ -20,7 +20,7 @@ from kio.schema.errors import ErrorCode
 
 from kops.broker.aio import cancel_and_wait
 from kops.broker.cluster.metadata import PartitionInfo
-from kops.broker.cluster.partition import Partition, TopicPartition
+from kops.broker.cluster.partition import HighWatermarkWait, Partition, TopicPartition
 from kops.broker.cluster.topics import (
     TopicError,
     TopicRecord,
@@ -290,6 +290,18 @@ class Broker:
         if partition.leader != self.node_id:
             return ErrorCode.not_leader_or_follower
         return partition
+
+    async def replicated(self, topic: str, index: int, timeout: float) -> ErrorCode:
+        """Wait until everything now in the partition's log is committed (its high
+        watermark reached today's log end): the broker's own writes, such as offset
+        commits, are acknowledged only then, as acks=all would be."""
+        partition = self._partitions.get((topic, index))
+        if partition is None:
+            return ErrorCode.not_leader_or_follower
+        wait = HighWatermarkWait(partition, partition.log_end_offset - 1, self.node_id, timeout)
+        if not self.produces.try_complete_else_watch(wait, [(topic, index)]):
+            await wait.wait()
+        return wait.result
 
     def partition_states(self, topic: str) -> list[PartitionInfo]:
         """Leader, epoch, replicas and ISR of every partition of the topic, hosted here or not."""

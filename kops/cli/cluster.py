@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 
-from kops.admin import ClusterBroker, QuorumStatus, describe_cluster_brokers, describe_quorum
+from kops.admin import (
+    ClusterBroker,
+    QuorumStatus,
+    describe_cluster_brokers,
+    describe_quorum,
+    partitions_at_risk,
+)
 from kops.cli.common import console, echo_err, graceful_stop, kafka_options, print_json
 from kops.client import ClientSettings, KopsClientError
+
+if TYPE_CHECKING:
+    from kops.broker.runner import BrokerProcess
 
 DEFAULT_CLUSTER_DIR = Path("~/.local/share/kops/cluster").expanduser()
 
@@ -63,28 +74,10 @@ def start(
     serves clients on its own port. Prints `kops broker N listening on HOST:PORT` for each
     broker once it is up, then the bootstrap list.
     """
-    from kops.broker.runner import BrokerProcess, BrokerStartError
+    from kops.broker.runner import BrokerStartError
 
-    ports = {node: base_port + node - 1 for node in range(1, nodes + 1)}
-    voters = ",".join(f"{node}@{host}:{port}" for node, port in ports.items())
-    brokers = {
-        node: BrokerProcess(
-            data_dir / f"node-{node}",
-            host=host,
-            port=port,
-            extra_args=[
-                "--node-id",
-                str(node),
-                "--quorum",
-                voters,
-                "--log-level",
-                log_level,
-                *(arg for c in configs for arg in ("--config", c)),
-            ],
-            stderr=None,  # the brokers' logs go to our stderr
-        )
-        for node, port in ports.items()
-    }
+    brokers = cluster_processes(nodes, data_dir, host, base_port, configs, log_level)
+    ports = {node: base_port + node - 1 for node in brokers}
     try:
         with graceful_stop(exit_on_signal=False) as stop:
             for node, broker in brokers.items():
@@ -109,10 +102,49 @@ def start(
     stop.exit_if_stopped()
 
 
+def cluster_processes(
+    nodes: int,
+    data_dir: Path,
+    host: str,
+    base_port: int,
+    configs: Iterable[str],
+    log_level: str,
+    **process_options: Any,
+) -> dict[int, BrokerProcess]:
+    """Broker processes 1..NODES (not started) of one cluster: every one a voter, broker N
+    on BASE_PORT + N - 1 with its data in DATA_DIR/node-N. Topics default to replication
+    factor min(3, NODES) (default.replication.factor), which a --config overrides: on a
+    cluster kops starts, a broker's death should not take partitions offline."""
+    from kops.broker.runner import BrokerProcess
+
+    ports = {node: base_port + node - 1 for node in range(1, nodes + 1)}
+    voters = ",".join(f"{node}@{host}:{port}" for node, port in ports.items())
+    settings = [f"default.replication.factor={min(3, nodes)}", *configs]
+    return {
+        node: BrokerProcess(
+            data_dir / f"node-{node}",
+            host=host,
+            port=port,
+            extra_args=[
+                "--node-id",
+                str(node),
+                "--quorum",
+                voters,
+                "--log-level",
+                log_level,
+                *(arg for c in settings for arg in ("--config", c)),
+            ],
+            **{"stderr": None, **process_options},  # the brokers' logs go to our stderr
+        )
+        for node, port in ports.items()
+    }
+
+
 @cluster.command()
 @kafka_options()
 def status(settings: ClientSettings, as_json: bool) -> None:
-    """The controller and its epoch, each voter's progress, and the brokers (active, fenced).
+    """The controller and its epoch, each voter's progress, the brokers (active, fenced), and
+    the partitions whose ISR is short or that have no leader.
 
     Asks every address in --bootstrap (DescribeQuorum) and reports the leader's view;
     the brokers come from the controller's registrations (DescribeCluster).
@@ -136,6 +168,11 @@ def status(settings: ClientSettings, as_json: bool) -> None:
             f"epoch {known.leader_epoch}); pass every broker in --bootstrap"
         )
     brokers = _brokers(addresses, settings.timeout)
+    try:
+        total, risky = partitions_at_risk(settings)
+    except KopsClientError as exc:
+        total, risky = -1, []
+        errors.append(f"partitions unavailable: {exc}")
     now = time.time() * 1000
     rows = [
         {
@@ -160,6 +197,17 @@ def status(settings: ClientSettings, as_json: bool) -> None:
                     {"node": b.node_id, "address": f"{b.host}:{b.port}", "fenced": b.fenced}
                     for b in brokers
                 ],
+                "partitions": total,
+                "partitions_at_risk": [
+                    {
+                        "topic": p.topic,
+                        "partition": p.partition,
+                        "leader": p.leader,
+                        "replicas": p.replicas,
+                        "isr": p.isr,
+                    }
+                    for p in risky
+                ],
                 "unreachable": errors,
             }
         )
@@ -183,6 +231,17 @@ def status(settings: ClientSettings, as_json: bool) -> None:
             str(b.node_id), f"{b.host}:{b.port}", "fenced" if b.fenced else "active"
         )
     out.print(brokers_table)
+    if risky:
+        at_risk = Table("topic", "partition", "leader", "replicas", "isr", "state")
+        for p in risky:
+            at_risk.add_row(
+                p.topic, str(p.partition), str(p.leader) if p.leader >= 0 else "-",
+                ",".join(map(str, p.replicas)), ",".join(map(str, p.isr)),
+                "offline" if p.offline else "under-replicated",
+            )  # fmt: skip
+        out.print(at_risk)
+    elif total >= 0:
+        out.print(f"partitions: all {total} have a leader and a full ISR")
     for error in errors:
         echo_err(f"warning: {error}")
 

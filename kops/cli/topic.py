@@ -163,7 +163,7 @@ def list_(*, show_all: bool, settings: ClientSettings, as_json: bool) -> None:
 )
 @kafka_options()
 def describe(*, name: str, all_configs: bool, settings: ClientSettings, as_json: bool) -> None:
-    """Show NAME's partitions (leader, replicas, ISR, offsets, records) and configs.
+    """Show NAME's partitions (leader, leader epoch, replicas, ISR, offsets, records) and configs.
 
     Records per partition is end offset - log start offset: an upper bound when the topic is
     compacted or holds transaction markers. Size on disk is shown as unknown: the
@@ -186,12 +186,13 @@ def describe(*, name: str, all_configs: bool, settings: ClientSettings, as_json:
         + ("unknown" if info.size_bytes is None else f"{info.size_bytes} bytes")
     )
     table = Table(box=None, pad_edge=False)
-    for col in ("PARTITION", "LEADER", "REPLICAS", "ISR", "START", "END", "RECORDS"):
+    for col in ("PARTITION", "LEADER", "EPOCH", "REPLICAS", "ISR", "START", "END", "RECORDS"):
         table.add_column(col, justify="left" if col in ("REPLICAS", "ISR") else "right")
     for p in info.partitions:
         table.add_row(
             str(p.partition),
             _fmt(p.leader),
+            _fmt(p.leader_epoch),
             _fmt_ids(p.replicas),
             _fmt_ids(p.isr),
             _fmt(p.start_offset),

@@ -4,6 +4,7 @@ running the recipe files, in the foreground; Ctrl-C or SIGTERM stops everything 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -101,6 +102,14 @@ def default_recipe_files() -> list[Path]:
     "starts serves its own on a free loopback port. Both URLs are printed.",
 )
 @click.option("--no-metrics", is_flag=True, help="Serve no metrics.")
+@click.option(
+    "--nodes",
+    type=click.IntRange(1, 9),
+    default=1,
+    show_default=True,
+    help="Brokers to start: more than 1 starts a cluster (as `kops cluster start`) on "
+    "--bootstrap's port and the ones after it, topics replicated min(3, NODES) times.",
+)
 @logging_options("WARNING")
 @kafka_options(json_output=False)
 def up(
@@ -110,6 +119,7 @@ def up(
     broker_configs: tuple[tuple[str, str], ...],
     metrics: tuple[str, int],
     no_metrics: bool,
+    nodes: int,
     log_level: str,
     settings: ClientSettings,
 ) -> None:
@@ -130,6 +140,7 @@ def up(
     Examples:
       kops up                                    # broker on 127.0.0.1:9092 + recipes/
       kops up --bootstrap 127.0.0.1:19092 --data-dir /tmp/kops recipes/delay-tiers.toml
+      kops up --nodes 3                          # a 3-broker cluster on 9092-9094 + recipes/
     """
     setup_logging(log_level)
     paths = recipe_files(files) if files else default_recipe_files()
@@ -138,14 +149,25 @@ def up(
         # A recipe file may name the cluster (kops up starts the broker there) unless
         # --bootstrap/KOPS_BOOTSTRAP is given.
         settings = settings_for(recipes, settings, explicit_bootstrap())
+        host, port = _first_address(settings.bootstrap)
+        start_cluster = nodes > 1 and not broker_answers(host, port)
+        if start_cluster:
+            settings = dataclasses.replace(
+                settings, bootstrap=",".join(f"{host}:{port + n}" for n in range(nodes))
+            )
         # Build every job before starting anything: bad options fail fast, broker untouched.
         worker = Worker.from_recipes(recipes, settings, lag_exporter=not no_metrics)
     except RecipeError as exc:
         raise click.ClickException(str(exc)) from None
 
-    host, port = _first_address(settings.bootstrap)
     broker: BrokerProcess | None = None
-    if broker_answers(host, port):
+    brokers: list[BrokerProcess] = []
+    if start_cluster and host in _LOCAL_HOSTS:
+        brokers = _start_cluster(nodes, data_dir, host, port, broker_configs, log_level)
+        broker_line = f"started a cluster of {nodes}: {settings.bootstrap}"
+        if data_dir is not None:
+            broker_line += f", data in {data_dir}/node-N"
+    elif broker_answers(host, port):
         broker_line = f"using the broker already at {settings.bootstrap}"
     elif host in _LOCAL_HOSTS:
         broker = BrokerProcess(
@@ -162,6 +184,7 @@ def up(
             address = broker.start()
         except BrokerStartError as exc:
             raise click.ClickException(str(exc)) from None
+        brokers = [broker]
         broker_line = f"started: {address} (pid {broker.process.pid})"  # type: ignore[union-attr]
         if data_dir is not None:
             broker_line += f", data in {data_dir}"
@@ -175,7 +198,7 @@ def up(
         )
 
     topics_line = ""
-    if broker is not None:
+    if brokers:
         topics_line = _create_input_topics(settings, worker)
 
     out = console()
@@ -219,8 +242,9 @@ def up(
             live.update(panel(w, detail=True), refresh=True)
 
     def broker_alive() -> str | None:
-        if broker is not None and (code := broker.exited()) is not None:
-            return f"the bundled broker exited (code {code})"
+        for started_broker in brokers:
+            if (code := started_broker.exited()) is not None:
+                return f"the bundled broker exited (code {code})"
         return None
 
     started_at = time.monotonic()
@@ -234,12 +258,58 @@ def up(
             live.update(panel(worker, detail=True), refresh=True)
             live.stop()
             _log_to(sys.stderr)
-        if broker is not None:
-            echo_err("stopping the broker...")
-            broker.stop()
+        if brokers:
+            echo_err("stopping the broker..." if len(brokers) == 1 else "stopping the brokers...")
+            for started_broker in brokers:
+                started_broker.stop()
     echo_err(f"kops up: stopped after {time.monotonic() - started_at:.0f}s")
     if code is not None:
         sys.exit(code)  # 143 after SIGTERM, 130 after Ctrl-C: everything stopped cleanly
+
+
+def _start_cluster(
+    nodes: int,
+    data_dir: Path | None,
+    host: str,
+    port: int,
+    broker_configs: tuple[tuple[str, str], ...],
+    log_level: str,
+) -> list[BrokerProcess]:
+    """Start `nodes` brokers as one cluster and wait until every one is active."""
+    from kops.admin import describe_cluster_brokers
+    from kops.cli.cluster import DEFAULT_CLUSTER_DIR, cluster_processes
+
+    processes = cluster_processes(
+        nodes,
+        data_dir or DEFAULT_CLUSTER_DIR,
+        host,
+        port,
+        [f"{k}={v}" for k, v in broker_configs],
+        log_level,
+        preexec_fn=_die_with_parent,
+    )
+    started: list[BrokerProcess] = []
+    try:
+        for node, process in processes.items():
+            try:
+                process.start()
+            except BrokerStartError as exc:
+                raise click.ClickException(f"broker {node}: {exc}") from None
+            started.append(process)
+        deadline = time.monotonic() + 60
+        while True:
+            # Topics are created next: every broker must be registered and active first.
+            with contextlib.suppress(KopsClientError):
+                _, registered = describe_cluster_brokers(f"{host}:{port}", timeout=2)
+                if sum(not b.fenced for b in registered) == nodes:
+                    return started
+            if time.monotonic() > deadline:
+                raise click.ClickException(f"the {nodes} brokers did not all become active")
+            time.sleep(0.2)
+    except BaseException:
+        for process in started:
+            process.stop()
+        raise
 
 
 def _log_to(stream: object) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -18,9 +19,10 @@ from confluent_kafka import Consumer, Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from kops import admin
+from kops.client import KopsClientError
 from kops.recipes import headers as h
 from kops.recipes.delay import DelayTiers, send_delayed
-from kops.testing import free_port, wait_until
+from kops.testing import free_port, free_ports, wait_until
 
 
 def _sample(url: str, name: str, **labels: str) -> float:
@@ -156,3 +158,38 @@ def test_up_bad_recipe_is_one_line(tmp_path: Path) -> None:
     assert res.returncode == 1
     assert res.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "unknown job kind 'no-such-kind'" in res.stderr
+
+
+def test_up_with_three_nodes_runs_the_jobs_on_a_replicated_cluster(tmp_path: Path) -> None:
+    base = free_ports(3)
+    bootstrap = ",".join(f"127.0.0.1:{base + n}" for n in range(3))
+    recipe = tmp_path / "delay.toml"
+    recipe.write_text('[[job]]\nkind = "delay-forwarders"\ntiers = ["1s"]\n')
+    proc, err = _start_up(
+        ["--nodes", "3", "--bootstrap", f"127.0.0.1:{base}", "--data-dir", str(tmp_path / "c"),
+         str(recipe)]
+    )  # fmt: skip
+    try:
+        shown = _wait_running(proc, err, timeout=90)
+        assert "started a cluster of 3" in shown and bootstrap in shown
+        # Topics get replication factor 3 by default on a cluster kops up starts.
+        admin.create_topic(bootstrap, "up-replicated", 1)
+
+        def described() -> admin.TopicInfo | None:
+            # Each broker applies the new topic at its own pace; any may answer.
+            with contextlib.suppress(KopsClientError):
+                return admin.describe_topic(bootstrap, "up-replicated")
+            return None
+
+        info = wait_until(described, 30)
+        assert isinstance(info, admin.TopicInfo) and info.replication_factor == 3
+        assert sorted(info.partitions[0].isr) == [1, 2, 3]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 143, "".join(err[-20:])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in "".join(err)
+    for n in range(3):
+        with socket.socket() as s:  # every broker is gone
+            assert s.connect_ex(("127.0.0.1", base + n)) != 0

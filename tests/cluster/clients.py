@@ -57,11 +57,11 @@ def create(
     replication_factor: int = 1,
     config: dict[str, str] | None = None,
 ) -> None:
-    """Create through broker `node`; then wait until every broker's Metadata has the topic."""
+    """Create through broker `node`; then wait until every live broker's Metadata has it."""
     client = admin_client(cluster, node)  # kept: the future dies with its client
     new = NewTopic(topic, partitions, replication_factor, config=config or {})
     client.create_topics([new])[topic].result(timeout=30)
-    for other in cluster.brokers:
+    for other in cluster.live():
         wait_until(lambda other=other: leaders_seen_by(cluster, other, topic) is not None)
 
 

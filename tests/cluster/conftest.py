@@ -14,8 +14,7 @@ from tests.cluster.processes import Cluster
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     cluster = Cluster(tmp_path)
     try:
-        for broker in cluster.brokers.values():
-            broker.start()
+        cluster.start_all()
         yield cluster
     finally:
         cluster.close()

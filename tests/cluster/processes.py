@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
 from kops.admin import QuorumStatus, describe_cluster_brokers, describe_quorum
-from kops.broker.runner import BrokerProcess
+from kops.broker.runner import BrokerProcess, BrokerStartError
 from kops.client import KopsClientError
 from kops.testing import TEST_CONFIG, FaultProxy, free_port, wait_until
 
@@ -31,20 +32,33 @@ class Cluster:
         metrics: bool = False,
     ) -> None:
         self.root = root
-        self.ports = {node: free_port() for node in range(1, size + 1)}
+        self._size = size
+        self._config = dict(config or {})
+        self._partitionable = partitionable
+        self._metrics = metrics
+        self.log_files = [(root / f"node{n}.log").open("a") for n in range(1, size + 1)]
         self.proxies: dict[tuple[int, int], FaultProxy] = {}
-        if partitionable:
+        self.brokers: dict[int, BrokerProcess] = {}
+        self._build()
+
+    def _build(self) -> None:
+        """Processes (not started) on fresh free ports, with fresh data directories."""
+        for proxy in self.proxies.values():
+            proxy.close()
+        self.ports = {node: free_port() for node in range(1, self._size + 1)}
+        self.proxies = {}
+        if self._partitionable:
             self.proxies = {
                 (a, b): FaultProxy(("127.0.0.1", self.ports[b]))
                 for a in self.ports
                 for b in self.ports
                 if a != b
             }
-        self.brokers: dict[int, BrokerProcess] = {}
-        self.log_files = [(root / f"node{n}.log").open("a") for n in self.ports]
+        self.brokers = {}
         for (node, port), log in zip(self.ports.items(), self.log_files, strict=True):
-            data_dir = root / f"node{node}"
-            if partitionable:
+            data_dir = self.root / f"node{node}"
+            shutil.rmtree(data_dir, ignore_errors=True)
+            if self._partitionable:
                 data_dir.mkdir(parents=True)
                 (data_dir / "meta.properties").write_text("cluster.id=kops-partition-test\n")
             self.brokers[node] = BrokerProcess(
@@ -54,11 +68,27 @@ class Cluster:
                     **TEST_CONFIG,
                     "node.id": str(node),
                     "controller.quorum.voters": self._voters_seen_by(node),
-                    **(config or {}),
+                    **self._config,
                 },
                 stderr=log.fileno(),
-                metrics="127.0.0.1:0" if metrics else None,
+                metrics="127.0.0.1:0" if self._metrics else None,
             )
+
+    def start_all(self, attempts: int = 3) -> None:
+        """Start every broker. A port that another process took between free_port() and
+        the broker's bind (two test workers on one machine) means new ports for all: the
+        voter list names them."""
+        for attempt in range(attempts):
+            try:
+                for broker in self.brokers.values():
+                    broker.start()
+                return
+            except BrokerStartError:
+                for broker in self.brokers.values():
+                    broker.kill()
+                if attempt == attempts - 1 or "address already in use" not in self.logs():
+                    raise
+                self._build()
 
     def _voters_seen_by(self, node: int) -> str:
         def port(peer: int) -> int:

@@ -173,8 +173,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """One cluster for the tests that restart nothing; each uses topics of its own."""
     cluster = Cluster(tmp_path_factory.mktemp("alter-partition"))
     try:
-        for broker in cluster.brokers.values():
-            broker.start()
+        cluster.start_all()
         settle(cluster)
         wait_brokers(cluster, ALL_ACTIVE)
         yield cluster

@@ -25,8 +25,7 @@ pytestmark = requires_bundled_broker
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     cluster = Cluster(tmp_path, metrics=True)
     try:
-        for broker in cluster.brokers.values():
-            broker.start()
+        cluster.start_all()
         yield cluster
     finally:
         cluster.close()

@@ -58,8 +58,7 @@ def test_a_restarted_broker_loads_its_snapshot(tmp_path: Path) -> None:
 def test_a_voter_behind_the_log_start_is_sent_the_snapshot(tmp_path: Path) -> None:
     cluster = Cluster(tmp_path, size=3, config=EVERY_ENTRY)
     try:
-        for broker in cluster.brokers.values():
-            broker.start()
+        cluster.start_all()
         status = settle(cluster)
         wait_brokers(cluster, {1: False, 2: False, 3: False})
         behind = next(n for n in cluster.brokers if n != status.leader_id)

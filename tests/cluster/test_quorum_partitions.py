@@ -28,8 +28,7 @@ ALL_ACTIVE = {1: False, 2: False, 3: False}
 def net(tmp_path: Path) -> Iterator[Cluster]:
     cluster = Cluster(tmp_path, partitionable=True)
     try:
-        for broker in cluster.brokers.values():
-            broker.start()
+        cluster.start_all()
         yield cluster
     finally:
         cluster.close()

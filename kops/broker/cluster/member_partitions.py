@@ -104,6 +104,10 @@ class MemberPartitions:
         return self._member.control.image
 
     def _endpoint(self, broker_id: int) -> tuple[str, int] | None:
+        """Where to fetch from another broker: its controller.quorum.voters address, the
+        inter-broker address book (as Kafka's inter-broker listener); else what it advertised."""
+        if broker_id in self._member.voters:
+            return self._member.voters[broker_id]
         info = self.image.brokers.get(broker_id)
         return None if info is None else (info.host, info.port)
 
@@ -198,7 +202,7 @@ class MemberPartitions:
                 # The partition moved on at the controller; the image will say how.
                 log.info("%s: ISR change %s superseded: %s", partition, proposal.isr, code.name)
             else:
-                log.warning("%s: ISR change %s refused: %s", partition, proposal.isr, code.name)
+                log.info("%s: ISR change %s refused: %s", partition, proposal.isr, code.name)
                 partition.isr_change_failed(proposal)
 
         log.info("%s: proposing ISR %s", partition, list(proposal.isr))

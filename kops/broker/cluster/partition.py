@@ -26,13 +26,20 @@ from kops.broker.log import (
     PartitionLog,
     UnsupportedForMessageFormatError,
 )
-from kops.broker.purgatory import Purgatory
+from kops.broker.purgatory import DelayedOperation, Purgatory
 from kops.protocol.batch import InvalidBatchError
 from kops.protocol.recompress import recompress_batches
 
 TopicPartition = tuple[str, int]
 
-__all__ = ["AppendOutcome", "FollowerRead", "Partition", "ReadOutcome", "TopicPartition"]
+__all__ = [
+    "AppendOutcome",
+    "FollowerRead",
+    "HighWatermarkWait",
+    "Partition",
+    "ReadOutcome",
+    "TopicPartition",
+]
 
 
 def monotonic_ms() -> int:
@@ -410,3 +417,28 @@ class Partition:
         self._fetches.check_and_complete(self._key)
         if self._produces is not None:
             self._produces.check_and_complete(self._key)
+
+
+class HighWatermarkWait(DelayedOperation):
+    """Parked until the partition's high watermark passes `offset` (the broker's own writes).
+
+    ``result`` is then NONE, NOT_ENOUGH_REPLICAS_AFTER_APPEND or NOT_LEADER_OR_FOLLOWER
+    as for acks=all, or REQUEST_TIMED_OUT once the delay passed.
+    """
+
+    def __init__(self, partition: Partition, offset: int, local_id: int, delay: float) -> None:
+        super().__init__(delay)
+        self._partition = partition
+        self._offset = offset
+        self._local_id = local_id
+        self.result = ErrorCode.request_timed_out
+
+    def try_complete(self) -> bool:
+        code = self._partition.acks_all_status(self._offset, self._local_id)
+        if code is None:
+            return False
+        self.result = code
+        return self.force_complete()
+
+    def on_complete(self) -> None:
+        pass

@@ -109,6 +109,10 @@ class BrokerApi(ClusterView, Protocol):
         """The partition if this broker leads it, else the error code to answer."""
         ...
 
+    async def replicated(self, topic: str, index: int, timeout: float) -> ErrorCode:
+        """Wait until the partition's high watermark reaches its current log end."""
+        ...
+
     def partition_states(self, topic: str) -> list[PartitionInfo]:
         """Every partition's leader, epoch, replicas and ISR, hosted here or not."""
         ...

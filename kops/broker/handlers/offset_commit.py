@@ -12,6 +12,8 @@
   clients that commit without a group): a simple commit stores offsets under "".
 - v2-4 retention_time is ignored (KIP-211: the broker's retention applies).
 - v3+: throttle_time. v6+: committed_leader_epoch. v7+: group_instance_id.
+- In a cluster the answer waits until the offsets partition's ISR has the
+  commit (offsets.commit.timeout.ms, then COORDINATOR_NOT_AVAILABLE).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import datetime
 from kio.schema.errors import ErrorCode
 from kio.schema.offset_commit import v2, v3, v4, v5, v6, v7
 
+from kops.broker.groups.coordinator import GroupCoordinator
+from kops.broker.groups.storage import OFFSETS_TOPIC
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
 
 API_KEY = 8
@@ -78,6 +82,8 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
             request.group_instance_id if isinstance(request, v7.OffsetCommitRequest) else None,
             offsets,
         )
+        if ErrorCode.none in errors:
+            errors = await _replicated(ctx, coordinator, request.group_id, errors)
     codes = iter(errors)
     topics = []
     for topic in request.topics:
@@ -91,6 +97,28 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
         )
         topics.append(ctx.make("OffsetCommitResponseTopic", name=topic.name, partitions=partitions))
     return REPLY(ctx, throttle_time=datetime.timedelta(0), topics=tuple(topics))
+
+
+async def _replicated(
+    ctx: RequestContext, coordinator: GroupCoordinator, group_id: str, errors: list[ErrorCode]
+) -> list[ErrorCode]:
+    """Answer a commit once its offsets partition's ISR has it (Kafka appends commits with
+    acks=all): a commit acknowledged and then lost with its coordinator's broker would
+    replay records the group had finished. COORDINATOR_NOT_AVAILABLE otherwise, as
+    Kafka answers a commit whose append failed or timed out; the client retries."""
+    code = await ctx.broker.replicated(
+        OFFSETS_TOPIC,
+        coordinator.store.partition_for(group_id),
+        ctx.broker.config.int("offsets.commit.timeout.ms") / 1000,
+    )
+    if code == ErrorCode.none:
+        return errors
+    failed = (
+        ErrorCode.not_coordinator
+        if code == ErrorCode.not_leader_or_follower
+        else (ErrorCode.coordinator_not_available)
+    )
+    return [failed if e == ErrorCode.none else e for e in errors]
 
 
 API = ApiHandler(API_KEY, MIN_VERSION, MAX_VERSION, handle)
