@@ -89,7 +89,9 @@ class Cluster:
             broker.kill()
 
 
-def throughput(cluster: Cluster, topic: str, count: int, size: int, acks: str) -> float:
+def throughput(
+    cluster: Cluster, topic: str, count: int, size: int, acks: str, partitions: int = 6
+) -> float:
     failures: list[object] = []
     producer = Producer(
         {
@@ -108,7 +110,7 @@ def throughput(cluster: Cluster, topic: str, count: int, size: int, acks: str) -
                 producer.produce(
                     topic,
                     payload,
-                    partition=i % 6,
+                    partition=i % partitions,
                     on_delivery=lambda err, _m: failures.append(err) if err else None,
                 )
                 break
@@ -156,12 +158,12 @@ def restart(cluster: Cluster, gib: float) -> tuple[float, float]:
     size = 16 * 1024
     count = int(gib * 1024**3 / size)
     started = time.perf_counter()
-    throughput(cluster, "bulk", count, size, "all")
+    throughput(cluster, "bulk", count, size, "all", partitions=3)
     written = time.perf_counter() - started
     leader = cluster.partition("bulk", 0).leader
     victim = next(n for n in cluster.brokers if n != leader)
     cluster.brokers[victim].kill()
-    throughput(cluster, "bulk", 3000, size, "all")  # what it misses while down
+    throughput(cluster, "bulk", 3000, size, "all", partitions=3)  # missed while it is down
     began = time.monotonic()
     cluster.brokers[victim].start()
     wait_until(

@@ -172,7 +172,8 @@ def create_topic(
     config: Mapping[str, str] | None = None,
 ) -> None:
     """Create a topic. ``partitions=None`` uses the broker's ``num.partitions``,
-    ``replication_factor=None`` its ``default.replication.factor`` (as Kafka's tools do)."""
+    ``replication_factor=None`` its ``default.replication.factor`` (as Kafka's tools do).
+    Returns once every broker of a cluster knows it (AdminSession.wait_visible)."""
     if partitions is not None and partitions < 1:
         raise KopsClientError("partitions must be at least 1")
     with AdminSession(target) as admin:
@@ -186,6 +187,7 @@ def create_topic(
             [new], request_timeout=admin.request_timeout, operation_timeout=admin.request_timeout
         )
         admin.wait(futures[name], "create topic", name)
+        admin.wait_visible([name])
 
 
 def auto_create_topic(target: ClientSettings | str, name: str) -> bool:

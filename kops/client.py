@@ -358,7 +358,52 @@ class AdminSession:
                 created.append(name)
             except TopicAlreadyExists:
                 pass
+        self.wait_visible(created)
         return created
+
+    def wait_visible(self, names: Sequence[str], timeout: float = 10.0) -> None:
+        """Wait until every broker answers Metadata for `names` with a leader per partition.
+
+        A cluster's controller answers CreateTopics once the topic is committed; each
+        broker learns it a moment later, and a client asking a broker that has not yet
+        would see an unknown topic. Best effort and bounded: asked with a raw Metadata
+        request, so only on plaintext listeners (elsewhere librdkafka's retries cover it).
+        """
+        if (
+            not names
+            or str(self.settings.config.get("security.protocol", "plaintext")).lower()
+            != "plaintext"
+        ):
+            return
+        from kio.schema.metadata import v8 as metadata_v8
+        from kio.schema.types import TopicName
+
+        from kops.protocol.client import RequestError, send_request
+
+        request = metadata_v8.MetadataRequest(
+            topics=tuple(
+                metadata_v8.request.MetadataRequestTopic(name=TopicName(n)) for n in names
+            ),
+            allow_auto_topic_creation=False,
+            include_cluster_authorized_operations=False,
+            include_topic_authorized_operations=False,
+        )
+        brokers = [(b.host, b.port) for b in self.metadata().brokers.values()]
+        if len(brokers) <= 1:
+            return
+        deadline = time.monotonic() + timeout
+        for host, port in brokers:
+            while time.monotonic() < deadline:
+                try:
+                    topics = send_request(host, port, request, timeout=2).topics
+                except RequestError:
+                    break  # that broker is down: nothing to wait for there
+                if all(
+                    t.error_code == 0 and all(p.leader_id >= 0 for p in t.partitions)
+                    for t in topics
+                ):
+                    break
+                time.sleep(0.05)
 
     def wait(
         self,

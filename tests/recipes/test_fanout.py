@@ -223,7 +223,7 @@ def test_fanout_killed_midway_resumes_and_duplicates_share_message_ids(
     base += ["--group", group, "--to", target, "--partitions", "16", "--start", "earliest"]
 
     # Slow enough that a kill lands mid-way, after some progress was committed.
-    proc = subprocess.Popen([*base, "--rate", "5000"], env=env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*base, "--rate", "2000"], env=env, stderr=subprocess.DEVNULL)
     wait_until(
         lambda: sum(_committed(kafka_broker, group, source).values()) >= 2000,
         30,
