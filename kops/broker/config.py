@@ -71,6 +71,9 @@ BROKER_DEFAULTS: dict[str, str] = {
     "compression.lz4.level": "9",
     "compression.zstd.level": "3",
     "unclean.leader.election.enable": "false",
+    # Leadership returns to a partition's first replica once it is back in the ISR.
+    "auto.leader.rebalance.enable": "true",
+    "leader.imbalance.check.interval.seconds": "300",
     "message.max.bytes": "1048588",
     "socket.request.max.bytes": str(100 * 1024 * 1024),
     "offsets.topic.num.partitions": "50",

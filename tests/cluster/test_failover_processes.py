@@ -21,7 +21,7 @@ from kio.static.primitive import i8
 from kops.protocol.client import send_request
 from kops.pytest_plugin import requires_bundled_broker
 from kops.testing import wait_until
-from tests.cluster.clients import create, leaders_seen_by, produce, ready
+from tests.cluster.clients import create, leaders_seen_by, partitions_seen_by, produce, ready
 from tests.cluster.processes import Cluster, settle
 
 pytestmark = requires_bundled_broker
@@ -29,7 +29,10 @@ pytestmark = requires_bundled_broker
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Any:
-    cluster = Cluster(tmp_path, config={"replica.lag.time.max.ms": "2000"})
+    cluster = Cluster(
+        tmp_path,
+        config={"replica.lag.time.max.ms": "2000", "leader.imbalance.check.interval.seconds": "1"},
+    )
     try:
         cluster.start_all()
         yield cluster
@@ -132,3 +135,33 @@ def test_a_group_keeps_its_offsets_through_its_coordinators_death(cluster: Clust
         fresh.close()
     assert sum(tp.offset for tp in after) == len(first) + len(second)
     assert all(a.offset >= b.offset for a, b in zip(after, committed_before, strict=True))
+
+
+def test_leadership_returns_to_the_preferred_replica_once_it_caught_up(cluster: Cluster) -> None:
+    follower = ready(cluster)
+    create(cluster, follower, "home", 3, 3)
+    preferred = {
+        index: p.replica_nodes[0]
+        for index, p in (partitions_seen_by(cluster, follower, "home") or {}).items()
+    }
+    assert sorted(preferred.values()) == [1, 2, 3]  # one preferred leader per broker
+    victim = next(n for n in cluster.brokers if n != follower)
+    home = next(index for index, broker in preferred.items() if broker == victim)
+    produce(cluster.address(follower), "home", 200)
+
+    cluster.brokers[victim].kill()
+    wait_until(
+        lambda: (leaders_seen_by(cluster, follower, "home") or {}).get(home) not in (victim, -1),
+        timeout=20,
+    )
+    produce(cluster.address(follower), "home", 200, prefix="while-down")  # it must catch up
+    cluster.brokers[victim].start()
+
+    def back() -> bool:
+        partitions = partitions_seen_by(cluster, follower, "home") or {}
+        p = partitions.get(home)
+        return p is not None and p.leader_id == victim and p.leader_epoch >= 2
+
+    # Back in the ISR, then leader again: a new leader epoch each time it moved.
+    wait_until(back, timeout=60)
+    assert leaders_seen_by(cluster, follower, "home") == preferred

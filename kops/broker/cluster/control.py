@@ -56,11 +56,15 @@ class ClusterControl:
         *,
         snapshot_bytes: int = 20 * 1024 * 1024,
         commit_timeout: float = 5.0,
+        rebalance_interval_ms: int | None = 300_000,
     ) -> None:
         self.quorum = quorum
         self.config = config
         self.image = MetadataImage()
         self._commit_timeout = commit_timeout
+        # auto.leader.rebalance.enable / leader.imbalance.check.interval.seconds: None is off.
+        self._rebalance_interval_ms = rebalance_interval_ms
+        self._next_rebalance_ms = 0
         self._controller: Controller | None = None
         # An entry that timed out may still commit: decide nothing until it is
         # applied or replaced, or a later decision could clash with it.
@@ -270,6 +274,21 @@ class ClusterControl:
             )
         return info
 
+    async def _rebalance_leaders(self, controller: Controller) -> None:
+        """auto.leader.rebalance: every interval, each partition whose first replica is back,
+        unfenced and in the ISR (caught up) is led by it again, in one entry."""
+        interval = self._rebalance_interval_ms
+        now = self.quorum.now_ms()
+        if interval is None or now < self._next_rebalance_ms:
+            return
+        self._next_rebalance_ms = now + interval
+        records = controller.elect_preferred_leaders()
+        if records:
+            log.info(
+                "moving %d partition leaderships back to their preferred replicas", len(records)
+            )
+            await self._commit(records)
+
     async def _run_expiry(self) -> None:
         """Fence brokers whose sessions expire, for as long as this node leads."""
         while self.quorum.role is Role.LEADER:
@@ -286,6 +305,7 @@ class ClusterControl:
                             self.config.session_timeout_ms,
                         )
                         await self._commit(entry)
+                    await self._rebalance_leaders(controller)
                     deadline = controller.next_deadline_ms()
                     if deadline is not None:
                         delay = max(0.01, (deadline - self.quorum.now_ms()) / 1000)

@@ -47,6 +47,11 @@ class ClusterMember:
             self.quorum,
             ControllerConfig(session_timeout_ms=config.int("broker.session.timeout.ms")),
             snapshot_bytes=config.int("metadata.log.max.record.bytes.between.snapshots"),
+            rebalance_interval_ms=(
+                config.int("leader.imbalance.check.interval.seconds") * 1000
+                if config.bool("auto.leader.rebalance.enable")
+                else None
+            ),
         )
         self.lifecycle = BrokerLifecycle(
             node_id,
