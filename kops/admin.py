@@ -488,6 +488,7 @@ def delete_topic(target: ClientSettings | str, name: str) -> None:
             [name], request_timeout=admin.request_timeout, operation_timeout=admin.request_timeout
         )
         admin.wait(futures[name], "delete topic", name)
+        admin.wait_visible([name], present=False)
 
 
 @dataclass(frozen=True)

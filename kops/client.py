@@ -312,6 +312,9 @@ def record_too_large(
     )
 
 
+_UNKNOWN_TOPIC_OR_PARTITION = 3
+
+
 class AdminSession:
     """An ``AdminClient`` plus the waiting and error translation every admin call needs.
 
@@ -361,8 +364,11 @@ class AdminSession:
         self.wait_visible(created)
         return created
 
-    def wait_visible(self, names: Sequence[str], timeout: float = 10.0) -> None:
-        """Wait until every broker answers Metadata for `names` with a leader per partition.
+    def wait_visible(
+        self, names: Sequence[str], timeout: float = 10.0, *, present: bool = True
+    ) -> None:
+        """Wait until every broker answers Metadata for `names` with a leader per partition
+        (`present=False`: until every broker calls them unknown, after a deletion).
 
         A cluster's controller answers CreateTopics once the topic is committed; each
         broker learns it a moment later, and a client asking a broker that has not yet
@@ -400,6 +406,8 @@ class AdminSession:
                     break  # that broker is down: nothing to wait for there
                 if all(
                     t.error_code == 0 and all(p.leader_id >= 0 for p in t.partitions)
+                    if present
+                    else t.error_code == _UNKNOWN_TOPIC_OR_PARTITION
                     for t in topics
                 ):
                     break
