@@ -97,10 +97,9 @@ def test_a_group_keeps_its_offsets_through_its_coordinators_death(cluster: Clust
     seen: list[str] = []
 
     def consume(expected: int) -> bool:
-        for msg in consumer.consume(500, timeout=0.5):
-            if msg.error() is None:
-                seen.append(msg.value().decode())
-        if seen:
+        batch = [m for m in consumer.consume(500, timeout=0.5) if m.error() is None]
+        seen.extend(m.value().decode() for m in batch)
+        if batch:  # nothing new to commit would be _NO_OFFSET
             consumer.commit(asynchronous=False)
         return len(set(seen)) >= expected
 
