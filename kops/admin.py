@@ -33,8 +33,6 @@ from confluent_kafka.admin import (
 from kio.schema.describe_cluster.v2 import request as describe_cluster_v2
 from kio.schema.describe_log_dirs.v1.request import DescribableLogDirTopic, DescribeLogDirsRequest
 from kio.schema.describe_quorum.v1 import request as describe_quorum_v1
-from kio.schema.metadata import v8 as metadata_v8
-from kio.schema.types import TopicName
 from kio.static.primitive import i8
 
 from kops.client import (
@@ -44,6 +42,7 @@ from kops.client import (
     KopsClientError,
     UnknownTopic,
     fetch_metadata,
+    topics_metadata_request,
 )
 from kops.protocol.client import RequestError, send_request
 
@@ -390,8 +389,7 @@ def _size_on_disk(
     request itself (kio schemas, plain TCP); on TLS/SASL listeners it gives up
     with a warning rather than guess at credentials.
     """
-    protocol = str(admin.settings.config.get("security.protocol", "plaintext")).lower()
-    if protocol != "plaintext":
+    if not admin.settings.plaintext:
         warnings.append("size on disk needs a plaintext listener")
         return None
     request = DescribeLogDirsRequest(
@@ -416,14 +414,9 @@ def _size_on_disk(
 def _leader_epochs(admin: AdminSession, name: str) -> dict[int, int]:
     """Partition -> leader epoch, from a Metadata v8 request of our own: confluent-kafka's
     describe_topics does not return epochs. Empty (epochs unknown) when it cannot ask."""
-    if str(admin.settings.config.get("security.protocol", "plaintext")).lower() != "plaintext":
+    if not admin.settings.plaintext:
         return {}
-    request = metadata_v8.MetadataRequest(
-        topics=(metadata_v8.request.MetadataRequestTopic(name=TopicName(name)),),
-        allow_auto_topic_creation=False,
-        include_cluster_authorized_operations=False,
-        include_topic_authorized_operations=False,
-    )
+    request = topics_metadata_request([name])
     for address in admin.settings.bootstrap.split(","):
         host, _, port = address.strip().rpartition(":")
         try:

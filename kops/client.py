@@ -140,6 +140,11 @@ class ClientSettings:
     def admin_config(self, watch: ErrorWatch | None = None) -> dict[str, Any]:
         return self.base_config(watch)
 
+    @property
+    def plaintext(self) -> bool:
+        """No TLS or SASL: kops may send its own raw requests (what librdkafka lacks)."""
+        return str(self.config.get("security.protocol", "plaintext")).lower() == "plaintext"
+
     def producer_config(self, watch: ErrorWatch | None = None, **extra: Any) -> dict[str, Any]:
         """Producer defaults: acks=all, never auto-create topics, 30 s delivery timeout."""
         conf: dict[str, Any] = {
@@ -315,6 +320,20 @@ def record_too_large(
 _UNKNOWN_TOPIC_OR_PARTITION = 3
 
 
+def topics_metadata_request(names: Sequence[str]) -> Any:
+    """Metadata v8 for `names`, never auto-creating them: the raw request kops sends
+    for what confluent-kafka does not expose (leader epochs, one named broker's view)."""
+    from kio.schema.metadata import v8 as metadata_v8
+    from kio.schema.types import TopicName
+
+    return metadata_v8.MetadataRequest(
+        topics=tuple(metadata_v8.request.MetadataRequestTopic(name=TopicName(n)) for n in names),
+        allow_auto_topic_creation=False,
+        include_cluster_authorized_operations=False,
+        include_topic_authorized_operations=False,
+    )
+
+
 class AdminSession:
     """An ``AdminClient`` plus the waiting and error translation every admin call needs.
 
@@ -375,25 +394,11 @@ class AdminSession:
         would see an unknown topic. Best effort and bounded: asked with a raw Metadata
         request, so only on plaintext listeners (elsewhere librdkafka's retries cover it).
         """
-        if (
-            not names
-            or str(self.settings.config.get("security.protocol", "plaintext")).lower()
-            != "plaintext"
-        ):
+        if not names or not self.settings.plaintext:
             return
-        from kio.schema.metadata import v8 as metadata_v8
-        from kio.schema.types import TopicName
-
         from kops.protocol.client import RequestError, send_request
 
-        request = metadata_v8.MetadataRequest(
-            topics=tuple(
-                metadata_v8.request.MetadataRequestTopic(name=TopicName(n)) for n in names
-            ),
-            allow_auto_topic_creation=False,
-            include_cluster_authorized_operations=False,
-            include_topic_authorized_operations=False,
-        )
+        request = topics_metadata_request(names)
         brokers = [(b.host, b.port) for b in self.metadata().brokers.values()]
         if len(brokers) <= 1:
             return

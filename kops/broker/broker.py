@@ -390,7 +390,8 @@ class Broker:
         return partition
 
     def remove_partition(self, topic: str, index: int) -> None:
-        """Close and delete a replica this broker no longer hosts (cluster mode)."""
+        """Close and delete a replica this broker no longer hosts (its topic is gone, or in a
+        cluster, no longer assigned here); requests parked on it are woken to hear so."""
         partition = self._partitions.pop((topic, index), None)
         if partition is not None:
             partition.wake()
@@ -469,10 +470,7 @@ class Broker:
             )
         registry.remove(name)
         for index in range(record.partitions):
-            partition = self._partitions.pop((name, index), None)
-            if partition is not None:
-                partition.wake()
-            self.logs.delete_partition(name, index)
+            self.remove_partition(name, index)
         if self.groups is not None:
             # Commits for a deleted topic must not leak into a re-created one.
             self.groups.on_topic_deleted(name)

@@ -160,7 +160,7 @@ def up(
     except RecipeError as exc:
         raise click.ClickException(str(exc)) from None
 
-    broker: BrokerProcess | None = None
+    # The brokers kops up started (and stops): none, the bundled one, or a cluster.
     brokers: list[BrokerProcess] = []
     if start_cluster and host in _LOCAL_HOSTS:
         brokers = _start_cluster(nodes, data_dir, host, port, broker_configs, log_level)

@@ -10,8 +10,8 @@ from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from kio.schema.errors import ErrorCode
 from kio.schema.metadata import v8 as metadata_v8
-from kio.schema.types import TopicName
 
+from kops.client import topics_metadata_request
 from kops.protocol.client import send_request
 from kops.testing import wait_until
 from tests.cluster.processes import Cluster, settle, wait_brokers
@@ -29,13 +29,7 @@ def partitions_seen_by(
     """Partition -> Metadata entry (leader, epoch, replicas, ISR) as broker `node` itself
     answers (never auto-creating); None while it does not know the topic."""
     host, port = cluster.address(node).rsplit(":", 1)
-    request = metadata_v8.MetadataRequest(
-        topics=(metadata_v8.request.MetadataRequestTopic(name=TopicName(topic)),),
-        allow_auto_topic_creation=False,
-        include_cluster_authorized_operations=False,
-        include_topic_authorized_operations=False,
-    )
-    answer = send_request(host, int(port), request).topics[0]
+    answer = send_request(host, int(port), topics_metadata_request([topic])).topics[0]
     if answer.error_code != ErrorCode.none:
         return None
     return {p.partition_index: p for p in answer.partitions}

@@ -18,14 +18,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from kops.broker.cluster.metadata import MetadataImage, PartitionInfo
+from kops.broker.cluster.partition import TopicPartition
 from kops.broker.cluster.topics import TopicRecord
 from kops.broker.groups.storage import OFFSETS_TOPIC
 
 __all__ = ["INTERNAL_TOPICS", "HostingPlan", "ImageTopics", "plan_hosting"]
 
 INTERNAL_TOPICS = frozenset({OFFSETS_TOPIC, "__transaction_state"})
-
-TopicPartition = tuple[str, int]
 
 
 @dataclass(slots=True)

@@ -349,9 +349,7 @@ class Partition:
         result = self._log.append(records, self.leader_epoch, now_ms)
         if self.replication is not None:
             if self.replication.on_append(self._log.log_end_offset, monotonic_ms()):
-                self._log.high_watermark = self.replication.high_watermark
-                if self._produces is not None:
-                    self._produces.check_and_complete(self._key)
+                self._high_watermark_moved()
         elif len(self.isr) <= 1:
             # Single replica: an append is committed once it is in the local log.
             self._log.high_watermark = self._log.log_end_offset

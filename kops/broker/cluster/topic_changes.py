@@ -26,6 +26,7 @@ from kio.static.primitive import i8, i16, i32, i32Timedelta
 
 from kops.broker.cluster.control import ClusterControl
 from kops.broker.cluster.controller import Controller, ControllerError
+from kops.broker.cluster.hosting import INTERNAL_TOPICS
 from kops.broker.cluster.metadata import MetadataImage, MetadataRecord
 from kops.broker.cluster.quorum import peer_clients
 from kops.broker.cluster.topics import TopicError, topic_name_error
@@ -134,7 +135,7 @@ class ClusterTopicAdmin:
         topic = self._image.topics.get(name)
         if topic is None:
             raise TopicError(ErrorCode.unknown_topic_or_partition, f"unknown topic {name!r}")
-        if name.startswith("__"):
+        if name in INTERNAL_TOPICS:
             raise TopicError(
                 ErrorCode.invalid_topic_exception, f"cannot delete internal topic {name!r}"
             )
