@@ -112,6 +112,9 @@ class Worker:
         self.lag_groups = list(dict.fromkeys(lag_groups))
         self._threads: list[threading.Thread] = []
         self._scheduler: BackgroundScheduler | None = None
+        # Periodic runs in progress; stop() waits for them itself (see there).
+        self._periodic_running = 0
+        self._periodic_done = threading.Condition()
         self._contexts: dict[str, JobContext] = {}
         # job name -> its consumer groups, kept from its last build (a job being restarted
         # has no instance for a moment; its groups have not changed).
@@ -224,8 +227,10 @@ class Worker:
                 state.next_run_at = job.next_run_time.timestamp()
 
     def _run_periodic(self, state: JobState) -> None:
-        if self.stop_event.is_set():
-            return
+        with self._periodic_done:
+            if self.stop_event.is_set():
+                return
+            self._periodic_running += 1
         state.status = "running"
         state.last_run_at = time.time()
         try:
@@ -237,7 +242,11 @@ class Worker:
         finally:
             state.runs += 1
             state.status = "stopped" if self.stop_event.is_set() else "scheduled"
-            self._refresh_next_runs()
+            if not self.stop_event.is_set():
+                self._refresh_next_runs()
+            with self._periodic_done:
+                self._periodic_running -= 1
+                self._periodic_done.notify_all()
 
     def _supervise(self, state: JobState) -> None:
         delay = _RESTART_MIN
@@ -272,14 +281,24 @@ class Worker:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Ask every job to stop and wait for them (commits, consumers closed)."""
-        self.stop_event.set()
+        with self._periodic_done:
+            self.stop_event.set()
+        deadline = time.monotonic() + timeout
         if self._scheduler is not None:
+            # Not shutdown(wait=True): apscheduler waits for running jobs while holding its
+            # job-store lock, which a finishing run takes to read its next run time (a
+            # deadlock seen under SIGTERM). Stop scheduling, then wait for the runs here.
             with contextlib.suppress(SchedulerNotRunningError):
-                self._scheduler.shutdown(wait=True)
+                self._scheduler.shutdown(wait=False)
+            with self._periodic_done:
+                if not self._periodic_done.wait_for(
+                    lambda: self._periodic_running == 0,
+                    max(0.1, deadline - time.monotonic()),
+                ):
+                    log.warning("periodic jobs still running after %.0fs", timeout)
             for state in self.jobs:
                 if state.spec.schedule.periodic:
                     state.status = "stopped"
-        deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.1, deadline - time.monotonic()))
             if t.is_alive():

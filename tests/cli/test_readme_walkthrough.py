@@ -120,7 +120,11 @@ def test_readme_walkthrough(tmp_path: Path) -> None:
                 after[command]()
         up_alive()
         up.send_signal(signal.SIGTERM)
-        assert up.wait(60) == 143, "".join(up_err[-20:])
+        try:
+            code = up.wait(60)
+        except subprocess.TimeoutExpired:
+            code = None
+        assert code == 143, "kops up did not stop:\n" + "".join(up_err[-30:])
     finally:
         if up.poll() is None:
             up.kill()

@@ -180,6 +180,42 @@ def test_registry_long_running_periodic_restart_and_stop() -> None:
         Worker.from_recipes([recipe("[[job]]\nkind='nope'")], ClientSettings())
 
 
+def test_stop_waits_for_a_periodic_run_that_ends_after_it_was_asked_to() -> None:
+    """SIGTERM while a periodic job runs: the run finishes (here 0.3 s after the stop
+    request, as a job finishing its work would) and stop() returns. apscheduler's own
+    waiting shutdown held its job-store lock while the finishing run needed it."""
+    kind = f"slow-tick-{uuid.uuid4().hex[:6]}"
+    running = threading.Event()
+    finished: list[bool] = []
+
+    def make(options: dict[str, Any], ctx: JobContext) -> Any:
+        take_options(options, set(), ctx.kind)
+
+        def run() -> None:
+            running.set()
+            ctx.stop.wait(30)
+            time.sleep(0.3)  # the run's own work after the stop request, not a test wait
+            finished.append(True)
+
+        return run
+
+    register_job_kind(kind, make)
+    worker = Worker.from_recipes(
+        [recipe(f"[[job]]\nkind='{kind}'\nevery='100ms'\n")], ClientSettings("127.0.0.1:1")
+    )
+    worker.start()
+    stopper = threading.Thread(target=worker.stop, kwargs={"timeout": 10}, daemon=True)
+    try:
+        assert running.wait(10), "the periodic job never ran"
+        stopper.start()
+        stopper.join(20)
+        assert not stopper.is_alive(), "Worker.stop() hung"
+    finally:
+        worker.stop_event.set()
+    assert finished == [True]
+    assert {s["status"] for s in worker.describe()} == {"stopped"}
+
+
 # --------------------------------------------------------------------------- kops worker run
 
 

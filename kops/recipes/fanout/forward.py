@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -609,8 +610,11 @@ def fanout(
 def print_record(record: Any) -> None:
     """A placeholder drain handler: one line per record on stdout. Replace it with yours."""
     key = record.key()
-    print(
+    line = (
         f"{record.topic()}[{record.partition()}]@{record.offset()} "
-        f"key={key.decode('utf-8', 'replace') if key is not None else None}",
-        flush=True,
+        f"key={key.decode('utf-8', 'replace') if key is not None else None}\n"
     )
+    # One write per line: print() writes the text and the newline separately, so lines
+    # from drain workers on several threads could run together.
+    sys.stdout.write(line)
+    sys.stdout.flush()
