@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/cluster_replication.py                  # the defaults
     .venv/bin/python benchmarks/cluster_replication.py --restart-gib 1  # the issue's 1 GiB
+    .venv/bin/python benchmarks/cluster_replication.py --records 0 --restart-gib 0 \
+        --failovers 20                                                  # failover alone
 
 Three `kops broker start` processes on one machine, every one a voter:
 
@@ -122,8 +124,9 @@ def throughput(
     return count / (time.perf_counter() - started)
 
 
-def failover(cluster: Cluster, topic: str) -> float:
-    """Seconds from SIGKILL of the leader to the first record acknowledged after it."""
+def failover(cluster: Cluster, topic: str) -> tuple[float, bool]:
+    """(seconds from SIGKILL of the leader to the first record acknowledged after it,
+    whether the killed broker was the controller too: then an election comes first)."""
     acked: list[float] = []
     producer = Producer({"bootstrap.servers": cluster.bootstrap})
     stop = threading.Event()
@@ -139,6 +142,8 @@ def failover(cluster: Cluster, topic: str) -> float:
     thread.start()
     wait_until(lambda: len(acked) > 50, timeout=30)
     leader = cluster.partition(topic, 0).leader
+    client = cluster.admin()  # kept: a future outlives no AdminClient
+    controller = client.describe_cluster().result(timeout=10).controller.id
     killed = time.monotonic()
     cluster.brokers[leader].kill()
     wait_until(lambda: acked and acked[-1] > killed, timeout=60)
@@ -149,7 +154,7 @@ def failover(cluster: Cluster, topic: str) -> float:
     cluster.brokers[leader].start()
     cluster.wait_active({1, 2, 3})
     wait_until(lambda: len(cluster.partition(topic, 0).isrs) == 3, timeout=120)
-    return took
+    return took, leader == controller
 
 
 def restart(cluster: Cluster, gib: float) -> tuple[float, float]:
@@ -183,27 +188,37 @@ def main() -> None:
         cluster = Cluster(Path(root))
         try:
             cluster.start()
-            cluster.create("rf1", 6, 1)
-            cluster.create("rf3", 6, 3, **{"min.insync.replicas": "2"})
-            one = throughput(cluster, "rf1", args.records, args.size, "1")
-            three = throughput(cluster, "rf3", args.records, args.size, "all")
-            print(f"produce {args.records} x {args.size} B, 6 partitions:")
-            print(f"  RF 1, acks=1:   {one:>10,.0f} records/s")
-            print(f"  RF 3, acks=all: {three:>10,.0f} records/s  (ratio {three / one:.2f})")
+            if args.records:
+                cluster.create("rf1", 6, 1)
+                cluster.create("rf3", 6, 3, **{"min.insync.replicas": "2"})
+                one = throughput(cluster, "rf1", args.records, args.size, "1")
+                three = throughput(cluster, "rf3", args.records, args.size, "all")
+                print(f"produce {args.records} x {args.size} B, 6 partitions:")
+                print(f"  RF 1, acks=1:   {one:>10,.0f} records/s")
+                print(f"  RF 3, acks=all: {three:>10,.0f} records/s  (ratio {three / one:.2f})")
 
             cluster.create("failover", 1, 3)
-            times = [failover(cluster, "failover") for _ in range(args.failovers)]
+            runs = [failover(cluster, "failover") for _ in range(args.failovers)]
+            times = [took for took, _ in runs]
             print(
                 f"failover, SIGKILL of the leader to the next acknowledged produce "
                 f"({len(times)} runs): median {statistics.median(times):.2f} s, "
                 f"max {max(times):.2f} s"
             )
+            for label, was_controller in (("leader only", False), ("leader+controller", True)):
+                some = [took for took, c in runs if c == was_controller]
+                if some:
+                    print(
+                        f"  {label:<17} {len(some):>2} runs: median "
+                        f"{statistics.median(some):.2f} s, max {max(some):.2f} s"
+                    )
 
-            written, back = restart(cluster, args.restart_gib)
-            print(
-                f"restart: {args.restart_gib:g} GiB written in {written:.1f} s; a restarted "
-                f"follower is back in the ISR {back:.1f} s after its start"
-            )
+            if args.restart_gib:
+                written, back = restart(cluster, args.restart_gib)
+                print(
+                    f"restart: {args.restart_gib:g} GiB written in {written:.1f} s; a "
+                    f"restarted follower is back in the ISR {back:.1f} s after its start"
+                )
         finally:
             cluster.close()
 

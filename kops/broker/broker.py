@@ -20,7 +20,7 @@ from kio.schema.errors import ErrorCode
 
 from kops.broker.aio import cancel_and_wait
 from kops.broker.cluster.metadata import PartitionInfo
-from kops.broker.cluster.partition import HighWatermarkWait, Partition, TopicPartition
+from kops.broker.cluster.partition import Partition, TopicPartition
 from kops.broker.cluster.topics import (
     TopicError,
     TopicRecord,
@@ -39,13 +39,14 @@ from kops.broker.identity import MAX_NODE_IDS, ProducerIds, load_cluster_id
 from kops.broker.log import LogConfig, LogManager
 from kops.broker.metrics import BrokerMetrics
 from kops.broker.purgatory import Purgatory
-from kops.broker.server import FrameServer
+from kops.broker.server import FrameServer, Peer
 from kops.broker.topic_admin import (
     LocalTopicAdmin,
     TopicAdmin,
     checked_topic_configs,
     merged_configs,
 )
+from kops.broker.txn.coordinator import TransactionCoordinator
 
 if TYPE_CHECKING:
     from kops.broker.cluster.control import ClusterControl
@@ -103,6 +104,8 @@ class Broker:
         # Set at start, before groups load, so requests meanwhile get
         # COORDINATOR_LOAD_IN_PROGRESS; None before (COORDINATOR_NOT_AVAILABLE).
         self.groups: GroupCoordinator | None = None
+        # A single broker's transaction coordinator (None in a cluster: not replicated yet).
+        self.transactions: TransactionCoordinator | None = None
         # Always kept (it costs nothing unscraped); served over HTTP only when
         # `metrics` names an address (port 0: a free one, see metrics.url).
         self.metrics = BrokerMetrics()
@@ -149,6 +152,7 @@ class Broker:
             self._host,
             self._port,
             max_frame_bytes=self.config.int("socket.request.max.bytes"),
+            on_close=self._connection_closed,
         )
         await self._server.start()
         if self._voters is not None:
@@ -174,6 +178,9 @@ class Broker:
         self._tasks += housekeeping_tasks(self.logs, self.config)
         self.groups = GroupCoordinator(self)
         await self.groups.start(own_all=self.member is None)
+        if self.member is None:
+            self.transactions = TransactionCoordinator(self)
+            await self.transactions.start()
         if self.member is not None and self.hosting is not None:
             # After the coordinator exists: the first images elect its partitions.
             await self.member.start()
@@ -199,6 +206,8 @@ class Broker:
         if self.hosting is not None:
             await self.hosting.stop()
         await self.admin.close()
+        if self.transactions is not None:
+            await self.transactions.stop()
         if self.groups is not None:
             await self.groups.stop()
         if self._server is not None:
@@ -298,10 +307,7 @@ class Broker:
         partition = self._partitions.get((topic, index))
         if partition is None:
             return ErrorCode.not_leader_or_follower
-        wait = HighWatermarkWait(partition, partition.log_end_offset - 1, self.node_id, timeout)
-        if not self.produces.try_complete_else_watch(wait, [(topic, index)]):
-            await wait.wait()
-        return wait.result
+        return await partition.wait_committed(partition.log_end_offset - 1, self.node_id, timeout)
 
     def partition_states(self, topic: str) -> list[PartitionInfo]:
         """Leader, epoch, replicas and ISR of every partition of the topic, hosted here or not."""
@@ -339,6 +345,25 @@ class Broker:
         if broker is None or broker.fenced:
             return ErrorCode.coordinator_not_available
         return BrokerEndpoint(broker.broker_id, broker.host, broker.port)
+
+    def _connection_closed(self, peer: Peer) -> None:
+        if self.member is not None:
+            self.member.control.connection_closed(peer)
+
+    def transaction_coordinator(self, key: str) -> BrokerEndpoint | ErrorCode:
+        """FindCoordinator for a transactional id: on a single broker, this one (the state
+        topic is created now, on first use); in a cluster, as for a group (and
+        InitProducerId there refuses the id)."""
+        if self.transactions is None:
+            return self.group_coordinator(key)
+        self.transactions.ensure_topic()
+        host, port = self.advertised
+        return BrokerEndpoint(self.node_id, host, port)
+
+    def transaction_completed(self, index: int, producer_id: int, commit: bool) -> None:
+        """A transaction's marker is in `__consumer_offsets` partition `index`."""
+        if self.groups is not None:
+            self.groups.transaction_completed(index, producer_id, commit)
 
     def _create_offsets_topic(self) -> None:
         if self._offsets_topic_task is not None and not self._offsets_topic_task.done():

@@ -77,6 +77,12 @@ BROKER_DEFAULTS: dict[str, str] = {
     "message.max.bytes": "1048588",
     "socket.request.max.bytes": str(100 * 1024 * 1024),
     "offsets.topic.num.partitions": "50",
+    # Transactions (Kafka's defaults): the coordinator's state topic, the longest
+    # transaction.timeout.ms a producer may ask for, and how often timed-out
+    # transactions are looked for and aborted.
+    "transaction.state.log.num.partitions": "50",
+    "transaction.max.timeout.ms": "900000",
+    "transaction.abort.timed.out.transaction.cleanup.interval.ms": "10000",
     # A follower that has not caught up for this long leaves the ISR (Kafka's default).
     "replica.lag.time.max.ms": "30000",
     "replica.fetch.backoff.ms": "1000",

@@ -40,9 +40,17 @@ FrameHandler = Callable[[bytes, Peer], Awaitable[list[bytes | bytearray] | None]
 
 class FrameServer:
     def __init__(
-        self, handler: FrameHandler, host: str, port: int, *, max_frame_bytes: int
+        self,
+        handler: FrameHandler,
+        host: str,
+        port: int,
+        *,
+        max_frame_bytes: int,
+        on_close: Callable[[Peer], None] | None = None,
     ) -> None:
         self._handler = handler
+        # Told of every connection that ends (the cluster's broker liveness uses it).
+        self._on_close = on_close
         self._host = host
         self._port = port
         self._max_frame_bytes = max_frame_bytes
@@ -106,6 +114,13 @@ class FrameServer:
             )
         finally:
             self._connections.discard(task)
+            if self._on_close is not None:
+                try:
+                    self._on_close(peer)
+                except Exception:
+                    log.exception(
+                        "connection-close callback failed for %s:%s", peer.host, peer.port
+                    )
             writer.close()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(writer.wait_closed(), 1)

@@ -23,6 +23,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("kops.cli.produce", "produce"),
     ("kops.cli.consume", "consume"),
     ("kops.cli.group", "group"),
+    ("kops.cli.txn", "txn"),
     ("kops.cli.rewind", "rewind"),
     ("kops.cli.replay", "replay"),
     ("kops.cli.lag", "lag"),

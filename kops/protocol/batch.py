@@ -25,20 +25,26 @@ import crc32c
 from kops.errors import KopsError
 
 __all__ = [
+    "CONTROL_ABORT",
+    "CONTROL_COMMIT",
     "CORRUPT_MESSAGE",
     "HEADER_SIZE",
     "INVALID_RECORD",
+    "MARKER_ATTRIBUTES",
     "UNSUPPORTED_FOR_MESSAGE_FORMAT",
     "BatchHeader",
     "InvalidBatchError",
     "RawRecord",
     "Record",
+    "batches_end_offset",
     "build_batch",
+    "build_marker",
     "compress",
     "decode_records",
     "decompress",
     "iter_batches",
     "iter_raw_records",
+    "marker_type",
     "null_key_records",
     "parse_header",
     "rebuild_batch",
@@ -76,6 +82,8 @@ _XERIAL_CHUNK = struct.Struct(">i")
 
 _HEADER = struct.Struct(">qiibIhiqqqhii")
 _BASE_AND_LENGTH = struct.Struct(">qi")
+_LAST_OFFSET_DELTA = struct.Struct(">i")
+_LAST_OFFSET_DELTA_AT = 23  # after base offset, length, leader epoch, magic, crc, attributes
 _BASE_OFFSET = struct.Struct(">q")
 _LEADER_EPOCH = struct.Struct(">i")
 _CRC = struct.Struct(">I")
@@ -596,3 +604,62 @@ def decode_records(batch: bytes | bytearray | memoryview) -> list[Record]:
         out.append(Record(header.base_offset + off_delta, ts, key, value, headers))
         pos = end
     return out
+
+
+# Control records (KIP-98): the key is (version int16 0, type int16); a transaction
+# marker's value is (version int16 0, coordinator epoch int32).
+CONTROL_ABORT = 0
+CONTROL_COMMIT = 1
+MARKER_ATTRIBUTES = ATTR_TRANSACTIONAL | ATTR_CONTROL
+_CONTROL_KEY = struct.Struct(">hh")
+_MARKER_VALUE = struct.Struct(">hi")
+
+
+def build_marker(
+    producer_id: int,
+    producer_epoch: int,
+    commit: bool,
+    coordinator_epoch: int,
+    *,
+    base_offset: int = 0,
+    leader_epoch: int = -1,
+    timestamp_ms: int | None = None,
+) -> bytes:
+    """The control batch that ends a transaction (COMMIT or ABORT) in one partition."""
+    key = _CONTROL_KEY.pack(0, CONTROL_COMMIT if commit else CONTROL_ABORT)
+    return build_batch(
+        [(key, _MARKER_VALUE.pack(0, coordinator_epoch), [])],
+        base_offset=base_offset,
+        timestamp_ms=timestamp_ms,
+        producer_id=producer_id,
+        producer_epoch=producer_epoch,
+        base_sequence=-1,
+        leader_epoch=leader_epoch,
+        attributes=MARKER_ATTRIBUTES,
+    )
+
+
+def marker_type(batch: bytes | bytearray | memoryview) -> int:
+    """The control record type of a control batch (CONTROL_ABORT, CONTROL_COMMIT, ...).
+
+    Decodes the batch's first (only) record's key; raises InvalidBatchError if unreadable.
+    """
+    _, body = records_body(batch)
+    for record in iter_raw_records(body, 1):
+        if record.key is None or len(record.key) < _CONTROL_KEY.size:
+            break
+        _version, kind = _CONTROL_KEY.unpack_from(record.key)
+        return int(kind)
+    raise InvalidBatchError(CORRUPT_MESSAGE, "control batch without a control record key")
+
+
+def batches_end_offset(records: bytes | bytearray | memoryview) -> int:
+    """The offset after the last whole batch in `records` (-1 if none); headers only."""
+    pos, n, last = 0, len(records), -1
+    while pos + HEADER_SIZE <= n:
+        base, length = _BASE_AND_LENGTH.unpack_from(records, pos)
+        if pos + length + LENGTH_OVERHEAD > n:
+            break
+        last = base + _LAST_OFFSET_DELTA.unpack_from(records, pos + _LAST_OFFSET_DELTA_AT)[0]
+        pos += length + LENGTH_OVERHEAD
+    return last + 1 if last >= 0 else -1

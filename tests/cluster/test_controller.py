@@ -228,6 +228,46 @@ def test_a_new_controller_restarts_every_session_and_fences_nobody() -> None:
     assert c.controller.expire(later + TIMEOUT) == []
 
 
+def test_a_new_controller_counts_the_former_controllers_silence_from_its_last_contact() -> None:
+    c = Cluster(1, 2, 3)
+    c.topic("t", 3, 3)
+    later = 10 * TIMEOUT
+    silent_since = later - 1200  # the election took this long after broker 1 went quiet
+    successor = Controller(c.image, ControllerConfig(session_timeout_ms=TIMEOUT))
+    successor.activate(later, {1: silent_since, 99: 0})  # 99: not a registered broker
+    assert successor.next_deadline_ms() == silent_since + TIMEOUT + 1
+    assert successor.expire(silent_since + TIMEOUT) == []
+    (entry,) = successor.expire(silent_since + TIMEOUT + 1)
+    assert entry[0] == FenceBroker(1, 1)  # the others keep a full session from `later`
+    c.commit(entry)
+    assert all(c.p("t", i).leader in (2, 3) and 1 not in c.p("t", i).isr for i in range(3))
+    # A contact newer than the activation never lengthens a session.
+    fresh = Controller(c.image, ControllerConfig(session_timeout_ms=TIMEOUT))
+    fresh.activate(later, {2: later + 5000})
+    assert fresh.next_deadline_ms() == later + TIMEOUT + 1
+
+
+def test_a_closed_heartbeat_connection_cuts_the_session_to_the_grace() -> None:
+    c = Cluster(1, 2, 3)
+    c.topic("t", 3, 3)
+    c.beat_all(1000, 3)
+    grace = c.controller.config.connection_grace_ms
+    c.controller.connection_lost(1, 1200)
+    assert c.controller.next_deadline_ms() == 1200 + grace + 1
+    assert c.controller.expire(1200 + grace) == []
+    (entry,) = c.controller.expire(1200 + grace + 1)
+    assert entry[0] == FenceBroker(1, 1)
+    # A broker that heartbeats again in time keeps a whole session from that heartbeat.
+    c.controller.connection_lost(2, 1300)
+    c.beat(2, 1300 + grace)
+    assert [e[0] for e in c.controller.expire(1300 + grace + 1)] == [FenceBroker(1, 1)]
+    assert all(e[0] != FenceBroker(2, 2) for e in c.controller.expire(1300 + grace + TIMEOUT))
+    # It never lengthens a session: a broker silent for longer is fenced as before.
+    c.controller.connection_lost(3, 10**6)
+    assert any(e[0] == FenceBroker(3, 3) for e in c.controller.expire(10**6))
+    c.controller.connection_lost(99, 0)  # unknown: nothing to cut
+
+
 def test_an_unactivated_controller_starts_clocks_instead_of_fencing() -> None:
     c = Cluster(1)
     lazy = Controller(c.image)

@@ -243,3 +243,25 @@ def test_vote_granted_iff_candidate_log_is_at_least_as_fresh(
     )
     assert isinstance(resp, VoteResponse)
     assert resp.vote_granted == (OffsetAndEpoch(ce, co) >= mine)
+
+
+def test_a_new_leader_knows_when_it_last_heard_from_the_old_one() -> None:
+    nodes = [node(i, {1, 2, 3}) for i in (1, 2, 3)]
+    bus = Bus(nodes)
+    bus.start()
+    bus.tick(2000)
+    old = next(n for n in nodes if n.role is Role.LEADER)
+    assert old.leader_contact is None  # it fetched from nobody
+    followers = [n for n in nodes if n is not old]
+    bus.tick(2400)  # parked fetches answered: the followers hear from the old leader
+    contacts = [f.leader_contact for f in followers]
+    assert all(c is not None and c[0] == old.id and 2000 <= c[1] <= 2400 for c in contacts)
+    last = max(c[1] for c in contacts if c is not None)
+    del bus.nodes[old.id]  # it dies: nothing reaches it and it says nothing more
+    for t in range(2500, 8000, 50):
+        bus.tick(t)
+        if any(f.role is Role.LEADER for f in followers):
+            break
+    new = next(f for f in followers if f.role is Role.LEADER)
+    assert new.leader_contact is not None and new.leader_contact[0] == old.id
+    assert new.leader_contact[1] <= last

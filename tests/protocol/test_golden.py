@@ -82,6 +82,21 @@ NOT_SENT_BY_ANY_CLIENT = {
         "tests/broker/test_topic_configs.py"
         for v in range(3)
     },
+    **{
+        (22, v): "init_producer_id v2-4: newer than the captures; tests/broker/test_transactions.py"
+        for v in range(2, 5)
+    },
+    **{
+        (key, v): "transaction APIs: newer than the captures (confluent-kafka's transactional "
+        "producer sends them in tests/broker/test_transactions.py)"
+        for key in (24, 25, 26, 28)
+        for v in range(4)
+    },
+    **{
+        pair: "describe/list_transactions: no installed client sends them; "
+        "kops txn (kops/transactions.py) does, in tests/cli/test_txn_cli.py"
+        for pair in ((65, 0), (66, 0), (66, 1))
+    },
     (1, 12): "fetch v12: newer than the captures; tests/broker/test_fetch_versions.py, "
     "and the quorum's Fetch in tests/cluster/test_raft_wire.py",
     **{

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 from kio.schema.errors import ErrorCode
 
@@ -72,6 +72,8 @@ class ClusterControl:
         self._lock = asyncio.Lock()
         self._expiry: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        # Connection -> the broker that heartbeats on it (the active controller's view).
+        self._heartbeat_connections: dict[Hashable, int] = {}
         self._snapshot_bytes = snapshot_bytes
         self._bytes_since_snapshot = 0
         self._snapshot_due = False
@@ -181,8 +183,15 @@ class ClusterControl:
             raise ControllerError("not the active controller", error_code=ErrorCode.not_controller)
         if self._controller is None:
             self._controller = Controller(self.image, self.config)
-            # Every session clock starts now: a controller change fences nobody.
-            self._controller.activate(self.quorum.now_ms())
+            # Every session clock starts now (a controller change fences nobody), except the
+            # former controller's: it has been silent since this node last fetched from it,
+            # long enough for an election, so it is treated as a closed connection too.
+            now = self.quorum.now_ms()
+            contact = node.leader_contact
+            former = {} if contact is None or contact[0] == node.id else dict([contact])
+            self._controller.activate(now, former)
+            for broker_id in former:
+                self._controller.connection_lost(broker_id, now)
         return self._controller
 
     async def _commit(self, records: Sequence[MetadataRecord]) -> None:
@@ -217,16 +226,36 @@ class ClusterControl:
         return registration.broker_epoch
 
     async def heartbeat(
-        self, broker_id: int, broker_epoch: int, metadata_offset: int, want_shut_down: bool
+        self,
+        broker_id: int,
+        broker_epoch: int,
+        metadata_offset: int,
+        want_shut_down: bool,
+        connection: Hashable | None = None,
     ) -> HeartbeatOutcome:
+        """`connection`: what the heartbeat came on, so its closing can be reported
+        (connection_closed)."""
         async with self._lock:
             outcome = self._active().heartbeat(
                 broker_id, broker_epoch, metadata_offset, self.quorum.now_ms(), want_shut_down
             )
+            if connection is not None and outcome.error == ErrorCode.none:
+                self._heartbeat_connections[connection] = broker_id
             await self._commit(outcome.records)
         if outcome.records:
             log.info("broker %d is %s", broker_id, "fenced" if outcome.is_fenced else "unfenced")
         return outcome
+
+    def connection_closed(self, connection: Hashable) -> None:
+        """A connection closed; if a broker heartbeated on it, its session is cut short
+        (Controller.connection_lost) and the expiry loop looks at it now."""
+        broker_id = self._heartbeat_connections.pop(connection, None)
+        if broker_id is None or broker_id in self._heartbeat_connections.values():
+            return  # not a heartbeat connection, or the broker already has another
+        controller = self._controller
+        if controller is not None and self.quorum.role is Role.LEADER:
+            controller.connection_lost(broker_id, self.quorum.now_ms())
+            self._wake.set()
 
     async def decide(self, decision: Callable[[Controller], Sequence[MetadataRecord]]) -> None:
         """Take one decision as the active controller and return once it has committed.

@@ -53,12 +53,16 @@ __all__ = ["Controller", "ControllerConfig", "ControllerError", "HeartbeatOutcom
 class ControllerConfig:
     """``session_timeout_ms`` is broker.session.timeout.ms (Kafka's default is 9000).
 
+    ``connection_grace_ms``: how long a broker whose heartbeat connection closed
+    has to heartbeat again before it is fenced (see Controller.connection_lost).
+
     ``unclean_leader_election`` is here for Kafka's name only: electing a replica
     outside the ISR can lose committed records, and only False is implemented.
     """
 
     session_timeout_ms: int = 3000
     unclean_leader_election: bool = False
+    connection_grace_ms: int = 1000
 
     def __post_init__(self) -> None:
         if self.session_timeout_ms <= 0:
@@ -170,9 +174,13 @@ class Controller:
     def config(self) -> ControllerConfig:
         return self._config
 
-    def activate(self, now_ms: int) -> None:
-        """This controller has just become active: every broker's session starts now."""
-        self._last_heartbeat = dict.fromkeys(self._image.brokers, now_ms)
+    def activate(self, now_ms: int, last_heard: Mapping[int, int] | None = None) -> None:
+        """This controller has just become active: every broker's session starts now, or
+        earlier for a broker `last_heard` says went silent before (the former controller,
+        whose silence is why this one was elected), so its partitions move a session
+        timeout after it died rather than after the election."""
+        heard = last_heard or {}
+        self._last_heartbeat = {b: min(now_ms, heard.get(b, now_ms)) for b in self._image.brokers}
 
     def register(
         self, broker_id: int, incarnation_id: str, host: str, port: int, now_ms: int
@@ -233,6 +241,17 @@ class Controller:
             records = (unfence, *_return_changes(self._image, broker_id))
             return HeartbeatOutcome(ErrorCode.none, True, False, False, records)
         return HeartbeatOutcome(ErrorCode.none, caught_up, b.fenced, False, ())
+
+    def connection_lost(self, broker_id: int, now_ms: int) -> None:
+        """The connection a broker heartbeats on has closed. A live broker reconnects and
+        heartbeats again within ``connection_grace_ms``; a dead one's kernel closed it
+        (SIGKILL, a crash), so its session ends then rather than a whole session
+        timeout after its last heartbeat. Never lengthens a session."""
+        last = self._last_heartbeat.get(broker_id)
+        if last is None:
+            return
+        cut = now_ms - self._config.session_timeout_ms + self._config.connection_grace_ms
+        self._last_heartbeat[broker_id] = min(last, cut)
 
     def _sync_sessions(self, now_ms: int) -> None:
         """Start a clock for each registration this controller never heard from.

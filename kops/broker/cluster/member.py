@@ -45,7 +45,11 @@ class ClusterMember:
         )
         self.control = ClusterControl(
             self.quorum,
-            ControllerConfig(session_timeout_ms=config.int("broker.session.timeout.ms")),
+            ControllerConfig(
+                session_timeout_ms=config.int("broker.session.timeout.ms"),
+                # Two heartbeats missed after a closed connection: the broker is gone.
+                connection_grace_ms=2 * config.int("broker.heartbeat.interval.ms"),
+            ),
             snapshot_bytes=config.int("metadata.log.max.record.bytes.between.snapshots"),
             rebalance_interval_ms=(
                 config.int("leader.imbalance.check.interval.seconds") * 1000

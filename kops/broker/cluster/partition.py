@@ -2,8 +2,9 @@
 have to its storage.
 
 Handlers never touch the log: they append with the acks a request asks for,
-read up to the high watermark, look up offsets and epochs through this class,
-and get Kafka error codes back instead of storage exceptions. The storage
+read up to the high watermark (read_committed: the last stable offset), look up
+offsets and epochs and write transaction markers through this class, and get
+Kafka error codes back instead of storage exceptions. The storage
 error -> ErrorCode mapping happens here.
 """
 
@@ -273,6 +274,16 @@ class Partition:
         return self._log.high_watermark
 
     @property
+    def last_stable_offset(self) -> int:
+        """Where read_committed reads end: no undecided transaction starts below it."""
+        return self._log.last_stable_offset
+
+    def aborted_transactions(self, fetch_offset: int, upper_bound: int) -> list[tuple[int, int]]:
+        """(producer id, first offset) of the aborted transactions overlapping
+        [fetch_offset, upper_bound): what a read_committed Fetch of that range lists."""
+        return self._log.aborted_transactions(fetch_offset, upper_bound)
+
+    @property
     def size_bytes(self) -> int:
         return self._log.size_bytes
 
@@ -347,6 +358,28 @@ class Partition:
             except InvalidBatchError as exc:
                 raise _BATCH_ERRORS.get(exc.error_code, CorruptRecordError)(exc.message) from exc
         result = self._log.append(records, self.leader_epoch, now_ms)
+        self._appended()
+        return result
+
+    def write_marker(
+        self,
+        producer_id: int,
+        producer_epoch: int,
+        commit: bool,
+        coordinator_epoch: int,
+        now_ms: int | None = None,
+    ) -> int:
+        """As the leader, end the producer's transaction here with a COMMIT or ABORT
+        marker; returns its offset. Raises LogError (InvalidProducerEpochError for an
+        epoch older than the producer's). The high watermark moves as for an append
+        (at once on a lone replica); `wait_committed` waits until it passes the marker."""
+        offset = self._log.append_marker(
+            producer_id, producer_epoch, commit, coordinator_epoch, self.leader_epoch, now_ms
+        )
+        self._appended()
+        return offset
+
+    def _appended(self) -> None:
         if self.replication is not None:
             if self.replication.on_append(self._log.log_end_offset, monotonic_ms()):
                 self._high_watermark_moved()
@@ -354,7 +387,17 @@ class Partition:
             # Single replica: an append is committed once it is in the local log.
             self._log.high_watermark = self._log.log_end_offset
         self._fetches.check_and_complete(self._key)
-        return result
+
+    async def wait_committed(self, offset: int, local_id: int, timeout: float) -> ErrorCode:
+        """Until the high watermark passes `offset` (a marker, say): NONE, or why not, as
+        HighWatermarkWait answers (REQUEST_TIMED_OUT after `timeout` seconds). Parked in
+        the broker's produce purgatory; a partition made without one checks once."""
+        wait = HighWatermarkWait(self, offset, local_id, timeout)
+        if self._produces is None:
+            wait.try_complete()
+        elif not self._produces.try_complete_else_watch(wait, [self._key]):
+            await wait.wait()
+        return wait.result
 
     # ---- consume ------------------------------------------------------------
     def check_leader_epoch(self, current_leader_epoch: int) -> ErrorCode:
@@ -365,13 +408,15 @@ class Partition:
             return ErrorCode.fenced_leader_epoch
         return ErrorCode.unknown_leader_epoch
 
-    def read(self, offset: int, max_bytes: int, *, min_one_batch: bool) -> ReadOutcome:
+    def read(
+        self, offset: int, max_bytes: int, *, min_one_batch: bool, read_committed: bool = False
+    ) -> ReadOutcome:
         """Whole batches from `offset`, at most max_bytes (but one batch when
-        min_one_batch), never beyond the high watermark."""
+        min_one_batch), never beyond the high watermark, or with read_committed the
+        last stable offset."""
+        upper = self._visible_end(read_committed)
         try:
-            records = self._log.read(
-                offset, max_bytes, self._log.high_watermark, min_one_batch=min_one_batch
-            )
+            records = self._log.read(offset, max_bytes, upper, min_one_batch=min_one_batch)
         except OffsetOutOfRangeError as exc:
             # Other storage failures stay exceptions: the connection closes, as
             # for any internal error.
@@ -382,14 +427,21 @@ class Partition:
         """(base offset, raw batch) of every batch from the log start (the broker's own readers)."""
         return self._log.batches(self._log.log_start_offset)
 
-    def offset_for_timestamp(self, timestamp: int) -> tuple[int, int] | None:
-        """(offset, timestamp) of the first record at or after `timestamp`, below the high watermark."""
-        return self._log.offset_for_timestamp(timestamp, self._log.high_watermark)
+    def _visible_end(self, read_committed: bool) -> int:
+        return self._log.last_stable_offset if read_committed else self._log.high_watermark
 
-    def max_timestamp(self) -> tuple[int, int] | None:
+    def offset_for_timestamp(
+        self, timestamp: int, *, read_committed: bool = False
+    ) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first record at or after `timestamp`, below the high
+        watermark (read_committed: the last stable offset)."""
+        return self._log.offset_for_timestamp(timestamp, self._visible_end(read_committed))
+
+    def max_timestamp(self, *, read_committed: bool = False) -> tuple[int, int] | None:
         """(offset, timestamp) of the first record with the largest timestamp (KIP-734),
-        or None: an empty log, or that record is not below the high watermark yet."""
-        return self._log.max_timestamp_and_offset(self._log.high_watermark)
+        or None: an empty log, or that record is not below the high watermark (with
+        read_committed, the last stable offset) yet."""
+        return self._log.max_timestamp_and_offset(self._visible_end(read_committed))
 
     def end_offset_for_epoch(self, epoch: int) -> tuple[int, int]:
         """The largest epoch not above `epoch` and its end offset (KIP-101/279)."""

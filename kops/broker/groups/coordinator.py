@@ -45,6 +45,7 @@ from kops.broker.groups.group import (
 from kops.broker.groups.offsets import OffsetsMixin
 from kops.broker.groups.ownership import OwnershipMixin
 from kops.broker.groups.storage import OffsetsTopic, group_key, group_value, write_error
+from kops.broker.groups.txn_offsets import TxnOffsetsMixin
 from kops.broker.purgatory import Purgatory
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ NEW_MEMBER_JOIN_TIMEOUT_MS = 5 * 60 * 1000
 S = GroupState
 
 
-class GroupCoordinator(OwnershipMixin, OffsetsMixin):
+class GroupCoordinator(OwnershipMixin, OffsetsMixin, TxnOffsetsMixin):
     def __init__(self, broker: ClusterView) -> None:
         config = broker.config
         self.broker = broker

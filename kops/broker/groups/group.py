@@ -156,6 +156,9 @@ class Group:
         self.pending: dict[str, asyncio.TimerHandle] = {}
         self.static_members: dict[str, str] = {}
         self.offsets: dict[tuple[str, int], OffsetEntry] = {}
+        # TxnOffsetCommit's offsets by producer id: visible once that producer's
+        # transaction commits (its marker reaches the group's offsets partition).
+        self.pending_txn_offsets: dict[int, dict[tuple[str, int], OffsetEntry]] = {}
         # Members that got this generation's JoinGroup response but have not synced.
         self.pending_sync: set[str] = set()
         # The join phase's delayed operation (DelayedJoin or InitialDelayedJoin).

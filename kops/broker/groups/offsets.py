@@ -119,17 +119,7 @@ class OffsetsMixin:
         if error:
             return [error] * len(offsets)
         assert group is not None
-        errors: list[ErrorCode] = []
-        accepted: dict[tuple[str, int], OffsetEntry] = {}
-        now = now_ms()
-        for topic, partition, offset, epoch, metadata in offsets:
-            if metadata is not None and len(metadata.encode()) > self.metadata_max_bytes:
-                errors.append(ErrorCode.offset_metadata_too_large)
-            elif not self._partition_exists(topic, partition):
-                errors.append(ErrorCode.unknown_topic_or_partition)
-            else:
-                errors.append(ErrorCode.none)
-                accepted[(topic, partition)] = OffsetEntry(offset, epoch, metadata or "", now)
+        errors, accepted = self._accept_offsets(offsets)
         if accepted:
             records = [
                 (offset_key(group_id, t, p), offset_value(e)) for (t, p), e in accepted.items()
@@ -145,6 +135,24 @@ class OffsetsMixin:
         elif created:
             del self.groups[group_id]
         return errors
+
+    def _accept_offsets(
+        self, offsets: Sequence[CommitOffset]
+    ) -> tuple[list[ErrorCode], dict[tuple[str, int], OffsetEntry]]:
+        """One error code per offset (OFFSET_METADATA_TOO_LARGE, UNKNOWN_TOPIC_OR_PARTITION
+        or NONE), and the entries of those accepted, stamped now."""
+        errors: list[ErrorCode] = []
+        accepted: dict[tuple[str, int], OffsetEntry] = {}
+        now = now_ms()
+        for topic, partition, offset, epoch, metadata in offsets:
+            if metadata is not None and len(metadata.encode()) > self.metadata_max_bytes:
+                errors.append(ErrorCode.offset_metadata_too_large)
+            elif not self._partition_exists(topic, partition):
+                errors.append(ErrorCode.unknown_topic_or_partition)
+            else:
+                errors.append(ErrorCode.none)
+                accepted[(topic, partition)] = OffsetEntry(offset, epoch, metadata or "", now)
+        return errors, accepted
 
     def _commit_allowed(
         self, group: Group, generation: int, member_id: str, instance_id: str | None

@@ -31,13 +31,20 @@ import base64
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kio.schema.errors import ErrorCode
 
 from kops.broker.groups.group import Group, GroupState, Member, OffsetEntry
-from kops.protocol.batch import build_batch, decode_records, parse_header
+from kops.protocol.batch import (
+    ATTR_TRANSACTIONAL,
+    CONTROL_COMMIT,
+    build_batch,
+    decode_records,
+    marker_type,
+    parse_header,
+)
 
 if TYPE_CHECKING:
     from kops.broker.cluster.view import ClusterView
@@ -59,6 +66,7 @@ OFFSETS_TOPIC_CONFIGS: Mapping[str, str] = {
 }
 
 Record = tuple[bytes, bytes | None]
+_Replayed = tuple[bytes | None, bytes | None]
 
 
 class NotCoordinatorError(RuntimeError):
@@ -209,17 +217,23 @@ class LoadedState:
 
     offsets: dict[str, dict[tuple[str, int], OffsetEntry]]
     groups: dict[str, StoredGroup]
+    # group -> producer id -> offsets of a transaction without its marker yet.
+    pending_txn: dict[str, dict[int, dict[tuple[str, int], OffsetEntry]]] = field(
+        default_factory=dict
+    )
 
     def restore_groups(self) -> dict[str, Group]:
         """Groups as the coordinator left them: Stable if they had members, else Empty."""
         restored: dict[str, Group] = {}
-        for group_id in set(self.groups) | set(self.offsets):
+        for group_id in set(self.groups) | set(self.offsets) | set(self.pending_txn):
             stored = self.groups.get(group_id)
             offsets = self.offsets.get(group_id) or {}
-            if stored is None and not offsets:
+            pending = self.pending_txn.get(group_id) or {}
+            if stored is None and not offsets and not pending:
                 continue
             group = Group(group_id)
             group.offsets = offsets
+            group.pending_txn_offsets = pending
             if stored is not None:
                 _restore_metadata(group, stored)
             restored[group_id] = group
@@ -279,9 +293,15 @@ class OffsetsTopic:
     def partition_for(self, group_id: str) -> int:
         return partition_for(group_id, self.partitions)
 
-    def write(self, group_id: str, records: Iterable[Record]) -> None:
+    def write(
+        self, group_id: str, records: Iterable[Record], producer: tuple[int, int] | None = None
+    ) -> None:
         """Append records in one batch to the group's partition; raises on failure
-        (NotCoordinatorError when this broker does not lead that partition)."""
+        (NotCoordinatorError when this broker does not lead that partition).
+
+        `producer` (id, epoch): a TxnOffsetCommit's records, in a transactional batch
+        of that producer's, so the transaction's marker ends them as it ends its data.
+        """
         batch_records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = [
             (key, value, []) for key, value in records
         ]
@@ -298,7 +318,17 @@ class OffsetsTopic:
                 f"{OFFSETS_TOPIC}-{index} is led by node {partition.leader},"
                 f" not this one ({self.broker.node_id})"
             )
-        partition.append_records(build_batch(batch_records))
+        if producer is None:
+            partition.append_records(build_batch(batch_records))
+        else:
+            partition.append_records(
+                build_batch(
+                    batch_records,
+                    producer_id=producer[0],
+                    producer_epoch=producer[1],
+                    attributes=ATTR_TRANSACTIONAL,
+                )
+            )
 
     def load_partition(self, index: int) -> LoadedState | None:
         """Replay one partition; None if this broker does not host it."""
@@ -306,22 +336,34 @@ class OffsetsTopic:
         if partition is None:
             return None
         state = LoadedState({}, {})
+        # Transactional offset records by producer, until their marker says commit or abort.
+        open_txns: dict[int, list[_Replayed]] = {}
         for _base, raw in partition.batches():
             header = parse_header(raw)
             if header.is_control:
+                pending = open_txns.pop(header.producer_id, [])
+                if marker_type(raw) == CONTROL_COMMIT:
+                    self._replay(state, index, pending)
                 continue
-            for record in decode_records(raw):
-                try:
-                    _apply(state, record.key, record.value)
-                except (ValueError, KeyError, TypeError) as exc:
-                    log.warning(
-                        "skipping unreadable %s-%d record at %d: %s",
-                        OFFSETS_TOPIC,
-                        index,
-                        record.offset,
-                        exc,
-                    )
+            records: list[_Replayed] = [(r.key, r.value) for r in decode_records(raw)]
+            if header.is_transactional:
+                open_txns.setdefault(header.producer_id, []).extend(records)
+            else:
+                self._replay(state, index, records)
+        for producer_id, pending in open_txns.items():
+            txn_state = LoadedState({}, {})
+            self._replay(txn_state, index, pending)
+            for group_id, offsets in txn_state.offsets.items():
+                state.pending_txn.setdefault(group_id, {})[producer_id] = offsets
         return state
+
+    @staticmethod
+    def _replay(state: LoadedState, index: int, records: Iterable[_Replayed]) -> None:
+        for key, value in records:
+            try:
+                _apply(state, key, value)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("skipping unreadable %s-%d record: %s", OFFSETS_TOPIC, index, exc)
 
 
 def _apply(state: LoadedState, key: bytes | None, value: bytes | None) -> None:

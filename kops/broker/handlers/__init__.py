@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from kops.broker.cluster.quorum import QuorumDriver
     from kops.broker.dynamic_config import DynamicConfigStore
     from kops.broker.topic_admin import TopicAdmin
+    from kops.broker.txn.coordinator import TransactionCoordinator
 
 __all__ = ["ApiHandler", "ApiRange", "BrokerApi", "BrokerEndpoint", "Reply", "RequestContext"]
 
@@ -118,7 +119,11 @@ class BrokerApi(ClusterView, Protocol):
         ...
 
     def group_coordinator(self, key: str) -> BrokerEndpoint | ErrorCode:
-        """FindCoordinator's answer for a group (or transactional) id."""
+        """FindCoordinator's answer for a group id."""
+        ...
+
+    def transaction_coordinator(self, key: str) -> BrokerEndpoint | ErrorCode:
+        """FindCoordinator's answer for a transactional id."""
         ...
 
     def topic_configs(self, name: str) -> dict[str, tuple[str, bool]]: ...
@@ -138,6 +143,11 @@ class BrokerApi(ClusterView, Protocol):
     def dynamic_configs(self) -> DynamicConfigStore: ...
 
     def allocate_producer_id(self) -> int: ...
+
+    @property
+    def transactions(self) -> TransactionCoordinator | None:
+        """The transaction coordinator; None where transactions are not served (a cluster)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,10 @@ broker has applied: once it reaches the broker's registration, the controller
 unfences it (is_caught_up, is_fenced false). want_shut_down is a controlled
 shutdown: leadership moves off the broker first, then should_shut_down.
 want_fence is ignored (Kafka's brokers send it only to stay fenced while their
-logs load).
+logs load). The connection a heartbeat came on is remembered: when it closes,
+the broker has two heartbeat intervals to heartbeat again before it is fenced
+(its process died and the kernel closed it; a live broker reconnects), instead
+of a whole broker.session.timeout.ms.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
             request.broker_epoch,
             request.current_metadata_offset,
             request.want_shut_down,
+            connection=ctx.peer,
         )
     except ControllerError as exc:
         return answer(exc.error_code)

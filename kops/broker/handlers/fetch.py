@@ -8,6 +8,12 @@
   whole batch (KIP-74).
 - Consumers read up to the high watermark; bytes come from the segment files
   without decoding records.
+- isolation_level 1 (READ_COMMITTED, KIP-98): consumers read up to the last
+  stable offset instead, and aborted_transactions lists the aborted
+  transactions (producer id, first offset) overlapping [fetch offset, end of
+  the batches returned), an empty list when none (and always for
+  READ_UNCOMMITTED, where Kafka answers null). last_stable_offset is the
+  partition's real one at every isolation level.
 - Fetch sessions (KIP-227) are never opened: session_id 0 means every fetch is
   a full fetch, which is always legal.
 - v9+: current_leader_epoch is checked (FENCED_LEADER_EPOCH /
@@ -40,8 +46,10 @@ from kops.broker.cluster.raft.wire import METADATA_TOPIC
 from kops.broker.handlers import ApiHandler, Reply, RequestContext
 from kops.broker.handlers.quorum import serve_peer
 from kops.broker.purgatory import DelayedOperation
+from kops.protocol.batch import batches_end_offset
 
 API_KEY = 1
+READ_COMMITTED = 1
 MIN_VERSION = 4
 MAX_VERSION = 12
 
@@ -136,6 +144,8 @@ def _read_all(
     broker = ctx.broker
     replica_id = request.replica_id
     flexible = isinstance(request, v12.FetchRequest)
+    # Followers always read uncommitted, up to the log end.
+    read_committed = replica_id < 0 and request.isolation_level == READ_COMMITTED
     budget: int = request.max_bytes
     total = 0
     had_error = False
@@ -147,7 +157,8 @@ def _read_all(
         for wanted in topic.partitions:
             code = ErrorCode.none
             records: bytes | memoryview = b""
-            hw = log_start = -1
+            hw = lso = log_start = -1
+            aborted: tuple[object, ...] = ()
             diverging: tuple[int, int] | None = None
             partition: Partition | None = None
             found = broker.leader_partition(
@@ -172,8 +183,12 @@ def _read_all(
                         wanted.fetch_offset,
                         min(wanted.partition_max_bytes, max(budget, 0)),
                         min_one_batch=first_data,
+                        read_committed=read_committed,
                     )
                     code, records = read.error, read.records
+                    if read_committed and records:
+                        aborted = _aborted(ctx, partition, wanted.fetch_offset, records)
+                lso = partition.last_stable_offset
             if code != ErrorCode.none or diverging is not None:
                 had_error = True
             if records:
@@ -193,9 +208,9 @@ def _read_all(
                     partition_index=wanted.partition,
                     error_code=code,
                     high_watermark=hw,
-                    last_stable_offset=hw,
+                    last_stable_offset=lso,
                     log_start_offset=log_start,
-                    aborted_transactions=(),
+                    aborted_transactions=aborted,
                     preferred_read_replica=-1,
                     records=records,
                     **extra,
@@ -205,6 +220,17 @@ def _read_all(
             ctx.make("FetchableTopicResponse", topic=topic.topic, partitions=tuple(partitions))
         )
     return responses, sent, total, had_error
+
+
+def _aborted(
+    ctx: RequestContext, partition: Partition, fetch_offset: int, records: bytes | memoryview
+) -> tuple[object, ...]:
+    """The aborted transactions a read_committed consumer must skip in `records`."""
+    found = partition.aborted_transactions(fetch_offset, batches_end_offset(records))
+    return tuple(
+        ctx.make("AbortedTransaction", producer_id=producer_id, first_offset=first_offset)
+        for producer_id, first_offset in found
+    )
 
 
 def _current_leader_epoch(wanted: object) -> int:

@@ -5,7 +5,9 @@
   single broker that leader is this broker. In a cluster it is whichever broker
   the metadata names, and the topic is created on first use (the client gets
   COORDINATOR_NOT_AVAILABLE and asks again meanwhile).
-- key_type 1 (transaction) uses the same placement.
+- key_type 1 (transaction): on a single broker, this broker, which creates
+  `__transaction_state` on first use (kops.broker.txn); in a cluster the same
+  placement as a group's (InitProducerId there refuses transactional ids).
 - v1+: key_type, throttle_time, error_message.
 """
 
@@ -35,7 +37,11 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
     if key_type not in (GROUP, TRANSACTION):
         code, message = ErrorCode.invalid_request, f"unknown key type {key_type}"
     else:
-        found = ctx.broker.group_coordinator(request.key)
+        found = (
+            ctx.broker.group_coordinator(request.key)
+            if key_type == GROUP
+            else ctx.broker.transaction_coordinator(request.key)
+        )
         if isinstance(found, ErrorCode):
             code = found
         else:

@@ -1,11 +1,13 @@
 """ListOffsets (key 2): v1-11.
 
-- timestamp -1 (latest) answers the high watermark (the last stable offset is
-  the same: kops has no transactions), and to a follower (replica_id >= 0)
-  the log end offset, as Kafka's; -2 (earliest) the log start offset.
+- timestamp -1 (latest) answers the high watermark, with isolation_level 1
+  (READ_COMMITTED, v2+) the last stable offset (KIP-98: no undecided
+  transaction starts below it), and to a follower (replica_id >= 0) the log
+  end offset, as Kafka's; -2 (earliest) the log start offset.
 - Any other timestamp finds the first record whose timestamp is at or after
   it (the time index finds the batch; only that batch is decoded), never at
-  or beyond the high watermark; none gives offset -1.
+  or beyond the high watermark (READ_COMMITTED: the last stable offset; -3
+  too); none gives offset -1. v1 has no isolation level: READ_UNCOMMITTED.
 - v4+: leader_epoch; current_leader_epoch is checked.
 - v7+: -3 (max timestamp, KIP-734) answers the offset and timestamp of the
   record with the largest timestamp, the earliest one on ties (Kafka 3.8+,
@@ -72,6 +74,8 @@ Response = (
 )
 REPLY: Reply[Response] = Reply(API_KEY)
 
+READ_COMMITTED = 1
+
 LATEST = -1
 EARLIEST = -2
 MAX_TIMESTAMP = -3
@@ -96,6 +100,9 @@ WITHOUT_EPOCH = (ListOffsetsPartitionV1, ListOffsetsPartitionV2, ListOffsetsPart
 
 
 async def handle(ctx: RequestContext, request: Request) -> Response:
+    # v1 predates isolation levels (KIP-98): it reads uncommitted.
+    level = 0 if isinstance(request, v1.ListOffsetsRequest) else request.isolation_level
+    read_committed = level == READ_COMMITTED
     topics = []
     for topic in request.topics:
         partitions = []
@@ -103,7 +110,7 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
             # v4+ partitions carry the epoch the client knows (KIP-320); -1 skips the check.
             known = -1 if isinstance(wanted, WITHOUT_EPOCH) else wanted.current_leader_epoch
             code, offset, timestamp, epoch = _answer(
-                ctx, topic.name, wanted.partition_index, wanted.timestamp, known
+                ctx, topic.name, wanted.partition_index, wanted.timestamp, known, read_committed
             )
             if code == ErrorCode.none and request.replica_id >= 0 and wanted.timestamp == LATEST:
                 # A follower re-syncing after OFFSET_OUT_OF_RANGE needs the log end, not the HW.
@@ -127,28 +134,34 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
 
 
 def _answer(
-    ctx: RequestContext, topic: str, index: int, timestamp: int, current_epoch: int
+    ctx: RequestContext,
+    topic: str,
+    index: int,
+    timestamp: int,
+    current_epoch: int,
+    read_committed: bool = False,
 ) -> Answer:
     if timestamp < 0 and ctx.api_version < SPECIAL_SINCE.get(timestamp, MAX_VERSION + 1):
         return ErrorCode.unsupported_version, -1, -1, -1
     found = ctx.broker.leader_partition(topic, index, current_epoch)
     if isinstance(found, ErrorCode):
         return found, -1, -1, -1
-    return _lookup(found, timestamp)
+    return _lookup(found, timestamp, read_committed)
 
 
-def _lookup(partition: Partition, timestamp: int) -> Answer:
+def _lookup(partition: Partition, timestamp: int, read_committed: bool = False) -> Answer:
     epoch = partition.leader_epoch
     if timestamp == LATEST:
-        return ErrorCode.none, partition.high_watermark, -1, epoch
+        latest = partition.last_stable_offset if read_committed else partition.high_watermark
+        return ErrorCode.none, latest, -1, epoch
     if timestamp in (EARLIEST, EARLIEST_LOCAL):
         return ErrorCode.none, partition.log_start_offset, -1, epoch
     if timestamp in (LATEST_TIERED, EARLIEST_PENDING_UPLOAD):
         return NOT_FOUND  # no tiered storage
     if timestamp == MAX_TIMESTAMP:
-        found = partition.max_timestamp()
+        found = partition.max_timestamp(read_committed=read_committed)
     else:
-        found = partition.offset_for_timestamp(timestamp)
+        found = partition.offset_for_timestamp(timestamp, read_committed=read_committed)
     if found is None:
         return NOT_FOUND
     return ErrorCode.none, found[0], found[1], epoch

@@ -83,7 +83,7 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
             offsets,
         )
         if ErrorCode.none in errors:
-            errors = await _replicated(ctx, coordinator, request.group_id, errors)
+            errors = await wait_replicated(ctx, coordinator, request.group_id, errors)
     codes = iter(errors)
     topics = []
     for topic in request.topics:
@@ -99,7 +99,7 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
     return REPLY(ctx, throttle_time=datetime.timedelta(0), topics=tuple(topics))
 
 
-async def _replicated(
+async def wait_replicated(
     ctx: RequestContext, coordinator: GroupCoordinator, group_id: str, errors: list[ErrorCode]
 ) -> list[ErrorCode]:
     """Answer a commit once its offsets partition's ISR has it (Kafka appends commits with

@@ -17,7 +17,13 @@
   passes the batch (then NOT_ENOUGH_REPLICAS_AFTER_APPEND if the ISR shrank
   under min.insync.replicas meanwhile), REQUEST_TIMED_OUT at the request's
   timeout, NOT_LEADER_OR_FOLLOWER if leadership moved while it waited.
-- Transactions are not supported: a transactional id is refused.
+- Transactional batches (KIP-98) are appended like any other: the batch's
+  transactional attribute starts the producer's transaction in the partition
+  (kops.broker.log.transactions), and the coordinator's marker ends it. Version
+  note: as in Kafka before KIP-890's verification, the partition is not checked
+  against AddPartitionsToTxn, and the request's transactional id is not used.
+  Control batches from clients are refused (INVALID_RECORD), as are writes to
+  internal topics (INVALID_TOPIC_EXCEPTION).
 """
 
 from __future__ import annotations
@@ -114,10 +120,6 @@ async def handle(ctx: RequestContext, request: Request) -> Response | None:
             found = broker.leader_partition(topic.name, data.index)
             if acks not in (0, 1, -1):
                 outcome = AppendOutcome(ErrorCode.invalid_required_acks)
-            elif request.transactional_id is not None:
-                outcome = AppendOutcome(
-                    ErrorCode.invalid_request, message="transactions are not supported by kops"
-                )
             elif isinstance(found, ErrorCode):
                 outcome = AppendOutcome(found)
             elif broker.is_internal(topic.name):

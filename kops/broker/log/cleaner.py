@@ -39,28 +39,29 @@ Batches
     record keeps its offset and the batch still spans the same offsets (the log end
     never moves). The max timestamp becomes the largest kept record's (CreateTime).
     A batch left with no records is dropped. Control and transactional batches are
-    kept whole and their keys ignored (kops has no transactions; this is safe).
+    kept whole and their keys ignored: aborted records stay (Kafka removes them),
+    and a group's aborted-transaction index is its members' entries, concatenated.
 
 Segments and the swap
     Consecutive cleanable segments are merged into groups of at most segment.bytes
     (original sizes) and a 2^31 offset span; each group is written as one segment
     named after the group's first segment, in `<base>.log.cleaned` (+ `.index`,
-    `.timeindex`), fsynced, with the newest member's modification time (retention
-    goes by it when a segment has no record timestamps). It then replaces the group
-    as Kafka does:
+    `.timeindex`, and `.txnindex` when a member has one), fsynced, with the newest
+    member's modification time (retention goes by it when a segment has no record
+    timestamps). It then replaces the group as Kafka does:
       1. trailing members left with no records are deleted outright (their records
          are all superseded by later, durable ones: deleting them is safe at any time);
-      2. `.index.cleaned` / `.timeindex.cleaned` are renamed to `.swap`, then
-         `.log.cleaned` to `.log.swap` -- the commit point;
+      2. `.index.cleaned` / `.timeindex.cleaned` (/ `.txnindex.cleaned`) are renamed
+         to `.swap`, then `.log.cleaned` to `.log.swap` -- the commit point;
       3. the other old members are deleted;
       4. the `.swap` files are renamed over `<base>.index` / `.timeindex` / `.log`.
     At open, `finish_interrupted_swaps` rolls back (deletes `.cleaned` files and index
     `.swap`s when there is no `.log.swap`) or finishes (a `.log.swap` covering offsets
     [base, next offset) replaces every segment whose base lies in that range; indexes
-    are rebuilt) an interrupted swap. A group always ends with a member that kept a
-    record, so that range covers exactly the group. The first segment of the log is
-    never deleted (it carries the log start offset): if nothing at all survives in its
-    group, it becomes an empty segment.
+    are rebuilt, the txnindex by the producer-state replay) an interrupted swap. A
+    group always ends with a member that kept a record, so that range covers exactly
+    the group. The first segment of the log is never deleted (it carries the log start
+    offset): if nothing at all survives in its group, it becomes an empty segment.
 
 Threads
     `PartitionLog.begin_compaction` (event loop) snapshots the cleanable segments,
@@ -92,6 +93,7 @@ from kops.broker.log.segment import (
     LogSegment,
     segment_name,
 )
+from kops.broker.log.transactions import AbortedTxn, write_txn_index
 from kops.errors import KopsError
 from kops.protocol.batch import (
     HEADER_SIZE,
@@ -125,7 +127,7 @@ DEFAULT_MAX_MAP_KEYS = 1_000_000
 MAX_HISTORY = 64
 READ_CHUNK = 4 * 1024 * 1024
 WRITE_CHUNK = 1024 * 1024
-_SEGMENT_EXTS = ("log", "index", "timeindex")
+_SEGMENT_EXTS = ("log", "index", "timeindex", "txnindex")
 
 # Tests replace this to stop a swap half-way, as a crash would (see _step).
 crash_hook: Callable[[str], None] | None = None
@@ -258,6 +260,7 @@ class Member:
     next_base: int  # base offset of the segment after it
     index_entries: int
     time_entries: int
+    aborted: tuple[AbortedTxn, ...] = ()  # its txnindex entries
 
     @property
     def log_path(self) -> Path:
@@ -273,6 +276,7 @@ class _Group:
     covered: int = 0
     trailing: list[Member] = field(default_factory=list)  # deleted outright
     written: int = 0
+    aborted: list[AbortedTxn] = field(default_factory=list)  # the cleaned txnindex
 
     @property
     def base(self) -> int:
@@ -608,6 +612,10 @@ class CleanJob:
         time_index.replace_all(ts_values, ts_offsets)
         time_index.flush()
         time_index.close()
+        # Markers are kept, so no trailing member had entries.
+        group.aborted = [entry for member in group.members for entry in member.aborted]
+        if group.aborted:
+            write_txn_index(paths["txnindex"], group.aborted)
 
 
 def _write_all(fd: int, data: bytes | bytearray) -> None:
@@ -662,6 +670,8 @@ def _swap_group(directory: Path, group: _Group, config: LogConfig) -> LogSegment
     swap = _paths(directory, group.base, SWAP_SUFFIX)
     os.rename(cleaned["index"], swap["index"])
     os.rename(cleaned["timeindex"], swap["timeindex"])
+    if group.aborted:
+        os.rename(cleaned["txnindex"], swap["txnindex"])
     _step("index-swap")
     os.rename(cleaned["log"], swap["log"])  # the commit point
     fsync_dir(directory)
@@ -672,6 +682,8 @@ def _swap_group(directory: Path, group: _Group, config: LogConfig) -> LogSegment
     first = group.members[0].segment
     os.replace(swap["index"], first.index.path)
     os.replace(swap["timeindex"], first.time_index.path)
+    if group.aborted:
+        os.replace(swap["txnindex"], first.txn_index.path)
     _step("index-final")
     os.replace(swap["log"], first.log_path)
     fsync_dir(directory)

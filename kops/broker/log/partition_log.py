@@ -8,7 +8,9 @@ cancel and state topics), so that cost is confined to them.
 
 Compaction (`compact`, or `begin_compaction` / `CleanJob.run` /
 `finish_compaction` to run the heavy part off the event loop) is described in
-kops.broker.log.cleaner.
+kops.broker.log.cleaner. Transactions (markers, the last stable offset, the
+aborted-transaction indexes) in kops.broker.log.transactions: markers are the
+other batches whose one record is decoded, where they are written or replayed.
 """
 
 from __future__ import annotations
@@ -49,10 +51,12 @@ from kops.broker.log.producer_state import ProducerEntry, ProducerStateManager, 
 from kops.broker.log.recovery import load_segments, rebuild_producer_state, restore_epoch_cache
 from kops.broker.log.retention import closed_below, deletable_segments
 from kops.broker.log.segment import BatchMeta, LogSegment, whole_batches
+from kops.broker.log.transactions import collect_aborted, is_marker
 from kops.protocol.batch import (
     HEADER_SIZE,
     BatchHeader,
     InvalidBatchError,
+    build_marker,
     null_key_records,
     rewrite_base_offset_and_epoch,
     set_log_append_time,
@@ -155,7 +159,7 @@ class PartitionLog:
         restore_epoch_cache(self._epochs, self._segments, loaded.first_recovered, self._log_start)
         self._epochs_synced = False
 
-        rebuild_producer_state(self._producers, self._segments, leo)
+        self._rebuild_producer_state()
         for segment in self._segments[:-1]:
             segment.close_handles()  # the rebuild scans may have opened them
 
@@ -205,6 +209,26 @@ class PartitionLog:
         """Idempotent producer state by producer id (read-only view for handlers and tests)."""
         return self._producers.producers
 
+    @property
+    def ongoing_transactions(self) -> dict[int, int]:
+        """Producer id -> first offset of its ongoing transaction here (read-only view)."""
+        return self._producers.txns.ongoing
+
+    @property
+    def last_stable_offset(self) -> int:
+        """The high watermark, or the first offset of the earliest transaction still
+        undecided there (ongoing, or its marker not below the high watermark yet);
+        never below the log start."""
+        first = self._producers.txns.first_unstable_offset(self._hw)
+        return self._hw if first is None else max(self._log_start, min(self._hw, first))
+
+    def aborted_transactions(self, fetch_offset: int, upper_bound: int) -> list[tuple[int, int]]:
+        """(producer id, first offset) of each aborted transaction with its marker at or
+        after fetch_offset and its first offset below upper_bound."""
+        i = max(0, bisect_right(self._segments, fetch_offset, key=_base) - 1)
+        indexes = (segment.txn_index for segment in self._segments[i:])
+        return collect_aborted(indexes, fetch_offset, upper_bound)
+
     # --- append -------------------------------------------------------------------------
 
     def append(
@@ -219,6 +243,8 @@ class PartitionLog:
                 f"{len(records)} bytes exceed segment.bytes {config.segment_bytes}"
             )
         for _, header in headers:
+            if header.is_control:
+                raise InvalidRecordError("clients may not write control batches")
             if header.size > config.max_message_bytes:
                 raise RecordTooLargeError(
                     f"batch of {header.size} bytes exceeds max.message.bytes {config.max_message_bytes}"
@@ -231,6 +257,7 @@ class PartitionLog:
         first_offset = next_offset = self.log_end_offset
         staged: dict[int, ProducerEntry] = {}
         metas: list[BatchMeta] = []
+        txn_starts: list[tuple[int, int]] = []
         for pos, header in headers:
             base = next_offset
             max_ts = header.max_timestamp if append_time < 0 else append_time
@@ -246,6 +273,8 @@ class PartitionLog:
                         self._log_start,
                         duplicate=True,
                     )
+            if header.is_transactional and header.producer_id >= 0:
+                txn_starts.append((header.producer_id, base))
             rewrite_base_offset_and_epoch(buf, pos, base, leader_epoch)
             if append_time >= 0:
                 set_log_append_time(buf, pos, header.size, now)
@@ -253,11 +282,15 @@ class PartitionLog:
             metas.append((pos, next_offset - 1, max_ts, header.size))
         self._write(buf, metas, first_offset, now)
         self._producers.commit(staged)
+        for producer_id, base in txn_starts:
+            self._producers.txns.begin(producer_id, base)
         if self._epochs.assign(leader_epoch, first_offset):
             self._write_epochs()
         return AppendResult(first_offset, next_offset - 1, append_time, self._log_start)
 
-    def append_as_follower(self, records: bytes | bytearray | memoryview) -> int:
+    def append_as_follower(
+        self, records: bytes | bytearray | memoryview, now_ms: int | None = None
+    ) -> int:
         """Append batches exactly as the leader stored them; returns the new LEO."""
         # Not strict: batches compacted by the leader's cleaner may be sparse.
         headers = _validate(records, strict=False)
@@ -270,14 +303,51 @@ class PartitionLog:
                 )
             expected = header.last_offset + 1
             metas.append((pos, header.last_offset, header.max_timestamp, header.size))
-        self._write(records, metas, headers[0][1].base_offset, _now_ms())
+        self._write(
+            records, metas, headers[0][1].base_offset, _now_ms() if now_ms is None else now_ms
+        )
         changed = False
-        for _, header in headers:
-            self._producers.update(header)
+        active = self._segments[-1]
+        for pos, header in headers:
+            if is_marker(header):
+                self._producers.apply_marker(
+                    header, records[pos : pos + header.size], active.txn_index
+                )
+            else:
+                self._producers.update(header)
             changed |= self._epochs.assign(header.partition_leader_epoch, header.base_offset)
         if changed:
             self._write_epochs()
         return self.log_end_offset
+
+    def append_marker(
+        self,
+        producer_id: int,
+        producer_epoch: int,
+        commit: bool,
+        coordinator_epoch: int,
+        leader_epoch: int,
+        now_ms: int | None = None,
+    ) -> int:
+        """Leader: end the producer's transaction here with a COMMIT or ABORT control
+        batch; returns its offset. A marker older than the producer's epoch raises
+        InvalidProducerEpochError; one for a producer with no transaction on here is
+        written all the same and ends nothing (as in Kafka)."""
+        now = _now_ms() if now_ms is None else now_ms
+        self._producers.check_marker_epoch(producer_id, producer_epoch)
+        offset = self.log_end_offset
+        batch = build_marker(
+            producer_id,
+            producer_epoch,
+            commit,
+            coordinator_epoch,
+            base_offset=offset,
+            leader_epoch=leader_epoch,
+            timestamp_ms=now,
+        )
+        # Stored as a follower stores it, so both build the same state from it.
+        self.append_as_follower(batch, now)
+        return offset
 
     def _write(
         self, data: bytes | bytearray | memoryview, metas: list[BatchMeta], first: int, now: int
@@ -475,7 +545,7 @@ class PartitionLog:
         leo = self.log_end_offset
         if self._epochs.truncate_from_end(leo):
             self._write_epochs()
-        rebuild_producer_state(self._producers, self._segments, leo)
+        self._rebuild_producer_state()
         self._truncate_cleaner_state(leo)
         if self._log_start > leo:
             self._log_start = leo
@@ -611,6 +681,7 @@ class PartitionLog:
                 segments[i + 1].base_offset,
                 len(segment.index),
                 len(segment.time_index),
+                tuple(segment.txn_index.entries),
             )
             for i, segment in enumerate(segments[:n])
         ]
@@ -646,6 +717,8 @@ class PartitionLog:
         kept = {id(segment) for segment in segments}
         self._unflushed = [s for s in self._unflushed if id(s) in kept]
         self._segments = segments
+        if any(segment.reindexed for segment in segments):
+            self._rebuild_producer_state()  # refills a txnindex a fallback rebuild cleared
         job.new_state.save(self.directory)
         self._cleaner_state = job.new_state
         return job.stats
@@ -662,6 +735,15 @@ class PartitionLog:
         finish_interrupted_swaps(self.directory)
         self._segments = load_segments(self.directory, self._config, recover=False).segments
         self._unflushed = list(self._segments[:-1])
+        self._rebuild_producer_state()
+
+    def _rebuild_producer_state(self) -> None:
+        """Producer and transaction state from the latest usable snapshot and a replay
+        that reaches back to the first segment whose txnindex was cleared."""
+        cleared = [s.base_offset for s in self._segments if s.reindexed]
+        rebuild_producer_state(
+            self._producers, self._segments, self.log_end_offset, min(cleared, default=None)
+        )
 
     def _truncate_cleaner_state(self, offset: int) -> None:
         if (self.directory / STATE_FILE).exists() and self.cleaner_state.truncate(offset):

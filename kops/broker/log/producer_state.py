@@ -1,7 +1,10 @@
 """Idempotent-producer state: per producer id, its epoch and last few batches.
 
 Works on batch headers only. Snapshots (`<20-digit offset>.snapshot`, JSON) record
-the state as of an offset, so a restart replays only the headers after it.
+the state as of an offset, so a restart replays only the headers after it. The
+state includes the partition's transactions (`txns`, see
+kops.broker.log.transactions): a snapshot (version 2) records the first offset of
+each ongoing transaction; a version 1 snapshot loads with none.
 """
 
 from __future__ import annotations
@@ -16,7 +19,14 @@ from typing import NamedTuple
 
 from kops.broker.log.checkpoint import write_atomic
 from kops.broker.log.config import InvalidProducerEpochError, OutOfOrderSequenceError
-from kops.protocol.batch import BatchHeader
+from kops.broker.log.transactions import AbortedTxn, TxnIndex, TxnState
+from kops.protocol.batch import (
+    CONTROL_ABORT,
+    CONTROL_COMMIT,
+    BatchHeader,
+    InvalidBatchError,
+    marker_type,
+)
 
 __all__ = ["BatchMetadata", "ProducerEntry", "ProducerStateManager"]
 
@@ -25,7 +35,8 @@ log = logging.getLogger(__name__)
 NUM_BATCHES_TO_RETAIN = 5  # Kafka's ProducerStateEntry.NUM_BATCHES_TO_RETAIN
 SEQ_MOD = 1 << 31
 SNAPSHOT_SUFFIX = ".snapshot"
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: + ongoing transactions
+_READABLE_VERSIONS = (1, 2)
 
 
 class BatchMetadata(NamedTuple):
@@ -91,6 +102,7 @@ class ProducerStateManager:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.producers: dict[int, ProducerEntry] = {}
+        self.txns = TxnState()
 
     # --- append path --------------------------------------------------------------------
 
@@ -146,7 +158,10 @@ class ProducerStateManager:
         self.producers.update(staged)
 
     def update(self, header: BatchHeader) -> None:
-        """Apply a batch already in the log (follower appends, recovery) without validation."""
+        """Apply a data batch already in the log (follower appends, recovery) without
+        validation; markers go to end_txn."""
+        if header.is_transactional and not header.is_control and header.producer_id >= 0:
+            self.txns.begin(header.producer_id, header.base_offset)
         if not tracks(header):
             return
         entry = self.producers.get(header.producer_id)
@@ -158,15 +173,69 @@ class ProducerStateManager:
             return
         entry.add(header.producer_epoch, _meta(header, header.base_offset))
 
+    def check_marker_epoch(self, producer_id: int, epoch: int) -> None:
+        """A leader's marker: refused (InvalidProducerEpochError) below the producer's epoch."""
+        entry = self.producers.get(producer_id)
+        if entry is not None and epoch < entry.epoch:
+            raise InvalidProducerEpochError(
+                f"marker for producer {producer_id} has epoch {epoch}, "
+                f"older than current epoch {entry.epoch}"
+            )
+
+    def apply_marker(
+        self, header: BatchHeader, batch: bytes | bytearray | memoryview, txn_index: TxnIndex
+    ) -> None:
+        """A stored marker (follower append, recovery replay): end the producer's
+        transaction, and index it in `txn_index` (the segment holding the marker's) if it
+        aborted one."""
+        try:
+            kind = marker_type(batch)
+        except InvalidBatchError as exc:
+            log.warning("ignoring unreadable marker at %d: %s", header.base_offset, exc)
+            return
+        if kind not in (CONTROL_ABORT, CONTROL_COMMIT):
+            log.warning("ignoring control record type %d at %d", kind, header.base_offset)
+            return
+        aborted = self.end_txn(
+            header.producer_id,
+            header.producer_epoch,
+            header.base_offset,
+            kind == CONTROL_COMMIT,
+            header.max_timestamp,
+        )
+        if aborted is not None:
+            txn_index.append(aborted)
+
+    def end_txn(
+        self, producer_id: int, epoch: int, marker_offset: int, commit: bool, timestamp: int
+    ) -> AbortedTxn | None:
+        """A marker in the log: a newer epoch becomes the producer's (its sequences start
+        over), and its transaction here ends; returns it if it was aborted."""
+        entry = self.producers.get(producer_id)
+        if entry is None:
+            entry = self.producers[producer_id] = ProducerEntry(producer_id, epoch)
+        elif epoch > entry.epoch:
+            entry.epoch = epoch
+            entry.batches.clear()
+        entry.last_timestamp = max(entry.last_timestamp, timestamp)
+        return self.txns.complete(producer_id, marker_offset, commit)
+
     def expire(self, now_ms: int, max_age_ms: int) -> int:
-        """Forget producers idle for longer than max_age_ms (Kafka's producer.id.expiration.ms)."""
-        stale = [p for p, e in self.producers.items() if now_ms - e.last_timestamp > max_age_ms]
+        """Forget producers idle for longer than max_age_ms (Kafka's producer.id.expiration.ms),
+        except those with a transaction on."""
+        ongoing = self.txns.ongoing
+        stale = [
+            p
+            for p, e in self.producers.items()
+            if now_ms - e.last_timestamp > max_age_ms and p not in ongoing
+        ]
         for pid in stale:
             del self.producers[pid]
         return len(stale)
 
     def clear(self) -> None:
         self.producers = {}
+        self.txns.clear()
 
     # --- snapshots ----------------------------------------------------------------------
 
@@ -186,7 +255,13 @@ class ProducerStateManager:
             [e.producer_id, e.epoch, e.last_timestamp, [list(b) for b in e.batches]]
             for e in self.producers.values()
         ]
-        doc = {"version": SNAPSHOT_VERSION, "offset": offset, "producers": producers}
+        txns = sorted([pid, first] for pid, first in self.txns.ongoing.items())
+        doc = {
+            "version": SNAPSHOT_VERSION,
+            "offset": offset,
+            "producers": producers,
+            "txns": txns,
+        }
         write_atomic(
             self.snapshot_path(offset), json.dumps(doc, separators=(",", ":")), fsync=fsync
         )
@@ -208,14 +283,18 @@ class ProducerStateManager:
 
     def _load(self, path: Path) -> None:
         doc = json.loads(path.read_text())
-        if doc["version"] != SNAPSHOT_VERSION:
+        if doc["version"] not in _READABLE_VERSIONS:
             raise ValueError(f"unknown snapshot version {doc['version']}")
         producers: dict[int, ProducerEntry] = {}
         for pid, epoch, last_ts, batches in doc["producers"]:
             entry = ProducerEntry(int(pid), int(epoch), last_timestamp=int(last_ts))
             entry.batches.extend(BatchMetadata(*map(int, b)) for b in batches)
             producers[entry.producer_id] = entry
+        txns = TxnState()
+        for pid, first in doc.get("txns", ()):
+            txns.ongoing[int(pid)] = int(first)
         self.producers = producers
+        self.txns = txns
 
     def delete_snapshots(self, offsets: Iterable[int]) -> None:
         for offset in offsets:

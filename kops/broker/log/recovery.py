@@ -8,9 +8,12 @@ The rest is re-validated batch by batch (size, offsets, CRC), the log cut at the
 first bad byte and any later segments deleted. Like Kafka, a trusted segment's
 batches are not CRC-checked on open; a byte corrupted on disk below the recovery
 point is served as stored, and clients that check CRCs (check.crcs) reject it.
-The leader-epoch cache and producer state are then re-derived from batch
-headers. Before anything else, an interrupted compaction swap (`.cleaned` /
-`.swap` files, see kops.broker.log.cleaner) is rolled back or finished.
+The leader-epoch cache and producer state (transactions included) are then
+re-derived from batch headers; the replay reaches back to the first segment
+whose indexes were rebuilt, to refill its aborted-transaction index (see
+kops.broker.log.transactions). Before anything else, an interrupted compaction
+swap (`.cleaned` / `.swap` files, see kops.broker.log.cleaner) is rolled back
+or finished.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from kops.broker.log.config import LogConfig
 from kops.broker.log.epoch_cache import LeaderEpochCache
 from kops.broker.log.producer_state import ProducerStateManager
 from kops.broker.log.segment import LogSegment
+from kops.broker.log.transactions import is_marker
 from kops.protocol.batch import BatchHeader
 
 __all__ = [
@@ -41,7 +45,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_SEGMENT_SUFFIXES = (".log", ".index", ".timeindex")
+_SEGMENT_SUFFIXES = (".log", ".index", ".timeindex", ".txnindex")
 
 
 def _base(segment: LogSegment) -> int:
@@ -62,7 +66,7 @@ def list_segment_bases(directory: Path) -> list[int]:
             continue
         if ext == "log":
             bases.add(int(stem))
-        elif ext in ("index", "timeindex"):
+        elif ext in ("index", "timeindex", "txnindex"):
             orphans.append((int(stem), path))
     for base, path in orphans:
         if base not in bases:
@@ -206,12 +210,33 @@ def rebuild_epoch_cache(
 
 
 def rebuild_producer_state(
-    producers: ProducerStateManager, segments: Sequence[LogSegment], log_end_offset: int
+    producers: ProducerStateManager,
+    segments: Sequence[LogSegment],
+    log_end_offset: int,
+    replay_from: int | None = None,
 ) -> None:
-    """Latest snapshot at or below the LEO, then replay the batch headers written after it."""
+    """Latest snapshot at or below the LEO (and `replay_from`), then replay the batch
+    headers written after it.
+
+    Markers are read (their one control record) to end transactions; an aborted one
+    is indexed in the marker's segment, which adds nothing where the index has it
+    already. `replay_from`: the base of the first segment whose txnindex was cleared.
+    """
     producers.delete_snapshots_after(log_end_offset)
-    snapshot = producers.load_latest(log_end_offset)
+    limit = log_end_offset if replay_from is None else min(replay_from, log_end_offset)
+    snapshot = producers.load_latest(limit)
     start = segments[0].base_offset if snapshot is None else snapshot
-    for header in iter_headers(segments, start):
-        if header.base_offset >= start:
-            producers.update(header)
+    i = max(0, bisect_right(segments, start, key=_base) - 1)
+    for j in range(i, len(segments)):
+        segment = segments[j]
+        for position, header in segment.iter_headers(segment.index.lookup(start) if j == i else 0):
+            if header.base_offset < start:
+                continue
+            if is_marker(header):
+                producers.apply_marker(
+                    header, segment.read(position, header.size), segment.txn_index
+                )
+            else:
+                producers.update(header)
+    for segment in segments:
+        segment.reindexed = False

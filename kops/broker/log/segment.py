@@ -1,4 +1,5 @@
-"""One log segment: a `.log` file of raw batches plus its offset and time indexes.
+"""One log segment: a `.log` file of raw batches plus its offset, time and
+aborted-transaction indexes (the last: kops.broker.log.transactions).
 
 The segment never decodes records. Appends are a single write of the whole
 (already offset-assigned) blob; reads are preads of byte ranges whose ends are
@@ -21,6 +22,7 @@ import crc32c
 
 from kops.broker.log.config import CorruptRecordError, KafkaStorageError, LogConfig
 from kops.broker.log.index import OffsetIndex, TimeIndex
+from kops.broker.log.transactions import TXN_INDEX_SUFFIX, TxnIndex
 from kops.protocol.batch import HEADER_SIZE, BatchHeader, parse_header
 
 __all__ = ["BatchMeta", "LogSegment", "segment_name", "whole_batches"]
@@ -88,6 +90,9 @@ class LogSegment:
         self.time_index = TimeIndex(
             directory / f"{name}.timeindex", base_offset, config.segment_index_bytes // 12
         )
+        self.txn_index = TxnIndex(directory / f"{name}{TXN_INDEX_SUFFIX}")
+        # Set by recover(): the txnindex was cleared, a producer-state replay must refill it.
+        self.reindexed = False
         self.index_interval = config.index_interval_bytes
         self.size = 0
         self.next_offset = base_offset
@@ -115,6 +120,7 @@ class LogSegment:
         os.ftruncate(fd, 0)
         self.index.replace_all(array("q"), array("q"))
         self.time_index.replace_all(array("q"), array("q"))
+        self.txn_index.clear()
 
     def close_handles(self) -> None:
         """Release file descriptors; reads reopen lazily (old segments are rarely read)."""
@@ -123,6 +129,7 @@ class LogSegment:
             self._fd = None
         self.index.close()
         self.time_index.close()
+        self.txn_index.close()
 
     def flush(self) -> None:
         if self._fd is not None:
@@ -135,12 +142,14 @@ class LogSegment:
                 os.close(fd)
         self.index.flush()
         self.time_index.flush()
+        self.txn_index.flush()
 
     def delete(self) -> None:
         self.close_handles()
         self.log_path.unlink(missing_ok=True)
         self.index.delete()
         self.time_index.delete()
+        self.txn_index.delete()
 
     @property
     def is_empty(self) -> bool:
@@ -368,7 +377,10 @@ class LogSegment:
 
         Checks each batch's length, magic, offsets (monotonic, >= min_offset, relative
         offset fits) and, when verify_crc, its CRC. Returns the number of bytes truncated.
+        The txnindex is cleared: the producer-state replay after it refills it (`reindexed`).
         """
+        self.txn_index.clear()
+        self.reindexed = True
         fd = self._file()
         end = self.size = os.fstat(fd).st_size
         idx_offsets, idx_positions = array("q"), array("q")
@@ -465,5 +477,6 @@ class LogSegment:
         self.index.truncate_to_position(position)
         # Offsets are monotonic, so every surviving batch ends before the cut batch's base.
         self.time_index.truncate_to_offset(header.base_offset)
+        self.txn_index.truncate_to(offset)
         self._scan_tail()
         return removed

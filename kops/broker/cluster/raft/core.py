@@ -141,6 +141,9 @@ class RaftNode:
             int, tuple[int, FetchRequest, int]
         ] = {}  # replica -> (src, req, deadline)
         self._begin_pending: set[int] = set()
+        # (leader, ms) of the last fetch a leader answered: when this node wins the next
+        # election, that is how long the former leader has been silent.
+        self.leader_contact: tuple[int, int] | None = None
 
     # --- public events ------------------------------------------------------
 
@@ -453,6 +456,7 @@ class RaftNode:
         ):
             return
         self._fetch_deadline = self._now + self.config.fetch_timeout_ms
+        self.leader_contact = (src, self._now)
         self._retry_at = self._now
         if resp.diverging_epoch is not None:
             self._truncate_diverging(resp.diverging_epoch)
@@ -496,6 +500,7 @@ class RaftNode:
         if self.role is not Role.FOLLOWER or resp.leader_epoch != self.epoch:
             return
         self._fetch_deadline = self._now + self.config.fetch_timeout_ms
+        self.leader_contact = (src, self._now)
         self._want_snapshot = None
         self._retry_at = self._now
         snap = Snapshot(resp.snapshot_id.offset, resp.snapshot_id.epoch, resp.state)
