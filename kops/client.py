@@ -59,6 +59,7 @@ T = TypeVar("T")
 
 # librdkafka logs every failed connection attempt; the CLI reports one clean line instead.
 _QUIET_LOGGER = logging.getLogger("kops.librdkafka")
+log = logging.getLogger("kops.client")
 _QUIET_LOGGER.addHandler(logging.NullHandler())
 _QUIET_LOGGER.propagate = False
 
@@ -318,6 +319,30 @@ def record_too_large(
 
 
 _UNKNOWN_TOPIC_OR_PARTITION = 3
+
+
+def close_consumer(consumer: Consumer, timeout: float = 10.0, *, subscribed: bool = True) -> None:
+    """Leave the group and close: unsubscribe, let poll() run the revocation, then close().
+
+    A consumer subscribed with rebalance callbacks must not have to revoke inside
+    close(): there confluent-kafka's callback asks librdkafka for the rebalance
+    protocol while holding the GIL and is never answered, which froze whole
+    processes (every Python thread, pytest-timeout's included). After the
+    revocation has run here, close() has nothing left to revoke. Records polled
+    meanwhile are dropped uncommitted: the group's next owner reads them. A consumer
+    that assign()ed its partitions (`subscribed=False`) is simply closed.
+    """
+    if not subscribed:
+        consumer.close()
+        return
+    try:
+        consumer.unsubscribe()
+        deadline = time.monotonic() + timeout
+        while consumer.assignment() and time.monotonic() < deadline:
+            consumer.poll(0.1)
+    except (KafkaException, RuntimeError) as exc:
+        log.debug("leaving the group before close: %s", exc)
+    consumer.close()
 
 
 def topics_metadata_request(names: Sequence[str]) -> Any:

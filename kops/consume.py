@@ -40,6 +40,7 @@ from kops.client import (
     ErrorWatch,
     IdleClock,
     KopsClientError,
+    close_consumer,
     fetch_metadata,
     translate_error,
 )
@@ -328,7 +329,7 @@ def consume(
             stop=stop,
         )
     finally:
-        consumer.close()
+        close_consumer(consumer, subscribed=bool(group and not partitions))
 
 
 def _poll_loop(

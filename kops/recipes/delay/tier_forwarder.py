@@ -22,7 +22,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from kops.client import ClientSettings, ErrorWatch
+from kops.client import ClientSettings, ErrorWatch, close_consumer
 from kops.produce import produce_with_room
 from kops.recipes import headers as h
 from kops.recipes.delay.cancel import CancelView
@@ -237,7 +237,7 @@ class TierForwarder:
         finally:
             self._commit_sync(list(self._committed))
             try:
-                self.consumer.close()  # leaves the group at once, so peers take over quickly
+                close_consumer(self.consumer)  # leaves the group at once: peers take over
             except KafkaException as exc:  # pragma: no cover
                 log.warning("tier %s: close: %s", self.label, exc)
 

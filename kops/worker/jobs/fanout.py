@@ -29,7 +29,7 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from kops.client import KopsClientError
+from kops.client import KopsClientError, close_consumer
 from kops.recipes.fanout.forward import BacklogFanout
 from kops.worker.jobs.call import load_callable
 from kops.worker.registry import JobContext, RecipeError, take_options
@@ -132,7 +132,7 @@ class BacklogFanoutJob:
                 try:
                     pc.run()
                 finally:
-                    pc.consumer.close()
+                    close_consumer(pc.consumer)
 
             threads.append(guarded(f"drain-{i}", drain))
         # Until stopped, a part fails, or everything ended by itself (a fan-out that caught up
