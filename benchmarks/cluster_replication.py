@@ -13,7 +13,8 @@ Three `kops broker start` processes on one machine, every one a voter:
    every record twice more on the same CPUs, not of a network.)
 2. Failover with default client and broker settings: SIGKILL of a partition leader
    while a producer writes 200 records/s, to the first record acknowledged after it
-   (necessarily by the new leader). Repeated --failovers times.
+   (necessarily by the new leader). Repeated --failovers times, every other time
+   killing a leader that is the controller too.
 3. A follower with --restart-gib of replicated log is killed, misses a little, and
    is restarted: the time until it is back in the ISR.
 
@@ -124,9 +125,20 @@ def throughput(
     return count / (time.perf_counter() - started)
 
 
-def failover(cluster: Cluster, topic: str) -> tuple[float, bool]:
-    """(seconds from SIGKILL of the leader to the first record acknowledged after it,
-    whether the killed broker was the controller too: then an election comes first)."""
+def failover(cluster: Cluster, topic: str, controller_too: bool) -> tuple[float, bool]:
+    """(seconds from SIGKILL of a partition's leader to the first record acknowledged after
+    it, whether the killed broker was the controller too: then an election comes first).
+
+    `topic` has one partition per broker; the producer writes to one led by the controller
+    (`controller_too`) or by another broker, so both cases are measured every run."""
+    client = cluster.admin()  # kept: a future outlives no AdminClient
+    controller = client.describe_cluster().result(timeout=10).controller.id
+    leaders = {p: cluster.partition(topic, p).leader for p in range(3)}
+    chosen = [p for p, leader in leaders.items() if (leader == controller) == controller_too]
+    if not chosen:  # every partition led by the controller, or none: take what there is
+        chosen = list(leaders)
+    partition = chosen[0]
+    leader = leaders[partition]
     acked: list[float] = []
     producer = Producer({"bootstrap.servers": cluster.bootstrap})
     stop = threading.Event()
@@ -134,16 +146,16 @@ def failover(cluster: Cluster, topic: str) -> tuple[float, bool]:
     def run() -> None:
         while not stop.is_set():
             producer.produce(
-                topic, b"r", on_delivery=lambda e, _m: e or acked.append(time.monotonic())
+                topic,
+                b"r",
+                partition=partition,
+                on_delivery=lambda e, _m: e or acked.append(time.monotonic()),
             )
             producer.poll(0.005)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     wait_until(lambda: len(acked) > 50, timeout=30)
-    leader = cluster.partition(topic, 0).leader
-    client = cluster.admin()  # kept: a future outlives no AdminClient
-    controller = client.describe_cluster().result(timeout=10).controller.id
     killed = time.monotonic()
     cluster.brokers[leader].kill()
     wait_until(lambda: acked and acked[-1] > killed, timeout=60)
@@ -153,7 +165,9 @@ def failover(cluster: Cluster, topic: str) -> tuple[float, bool]:
     producer.flush(30)
     cluster.brokers[leader].start()
     cluster.wait_active({1, 2, 3})
-    wait_until(lambda: len(cluster.partition(topic, 0).isrs) == 3, timeout=120)
+    wait_until(
+        lambda: all(len(cluster.partition(topic, p).isrs) == 3 for p in range(3)), timeout=120
+    )
     return took, leader == controller
 
 
@@ -197,8 +211,8 @@ def main() -> None:
                 print(f"  RF 1, acks=1:   {one:>10,.0f} records/s")
                 print(f"  RF 3, acks=all: {three:>10,.0f} records/s  (ratio {three / one:.2f})")
 
-            cluster.create("failover", 1, 3)
-            runs = [failover(cluster, "failover") for _ in range(args.failovers)]
+            cluster.create("failover", 3, 3)
+            runs = [failover(cluster, "failover", i % 2 == 1) for i in range(args.failovers)]
             times = [took for took, _ in runs]
             print(
                 f"failover, SIGKILL of the leader to the next acknowledged produce "

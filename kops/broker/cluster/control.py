@@ -185,13 +185,13 @@ class ClusterControl:
             self._controller = Controller(self.image, self.config)
             # Every session clock starts now (a controller change fences nobody), except the
             # former controller's: it has been silent since this node last fetched from it,
-            # long enough for an election, so it is treated as a closed connection too.
-            now = self.quorum.now_ms()
+            # which is when its connection counts as lost (an election took longer than the
+            # grace, so a dead one is fenced at once; one that handed over just now is not).
             contact = node.leader_contact
             former = {} if contact is None or contact[0] == node.id else dict([contact])
-            self._controller.activate(now, former)
-            for broker_id in former:
-                self._controller.connection_lost(broker_id, now)
+            self._controller.activate(self.quorum.now_ms(), former)
+            for broker_id, silent_since in former.items():
+                self._controller.connection_lost(broker_id, silent_since)
         return self._controller
 
     async def _commit(self, records: Sequence[MetadataRecord]) -> None:
