@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
+import importlib
 import time
+from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
+from kops.protocol.messages import build
 
 
 def create_topic(
@@ -61,3 +66,39 @@ def consume_all(
         messages.append(msg)
     consumer.close()
     return messages
+
+
+def fetch_request(
+    topic: str,
+    version: int = 12,
+    *,
+    offset: int = 0,
+    isolation: int = 0,
+    max_wait_ms: int = 100,
+) -> Any:
+    """A consumer's Fetch of `version` for partition 0 of `topic` (kio; build() drops the
+    fields a version lacks)."""
+    schema = importlib.import_module(f"kio.schema.fetch.v{version}.request")
+    partition = build(
+        schema.FetchPartition,
+        partition=0,
+        current_leader_epoch=-1,
+        fetch_offset=offset,
+        last_fetched_epoch=-1,
+        log_start_offset=-1,
+        partition_max_bytes=1 << 20,
+    )
+    return build(
+        schema.FetchRequest,
+        replica_id=-1,
+        max_wait=datetime.timedelta(milliseconds=max_wait_ms),
+        min_bytes=1,
+        max_bytes=1 << 24,
+        isolation_level=isolation,
+        session_id=0,
+        session_epoch=-1,
+        topics=(schema.FetchTopic(topic=topic, partitions=(partition,)),),
+        forgotten_topics_data=(),
+        rack_id="",
+        cluster_id=None,
+    )

@@ -2,43 +2,18 @@
 
 from __future__ import annotations
 
-import datetime
-import importlib
 from typing import Any
 
 import pytest
 from kio.schema.errors import ErrorCode
 
-from kops.protocol.messages import build
-from tests.broker.clients import create_topic, produce
+from tests.broker.clients import create_topic, fetch_request, produce
 from tests.broker.groups.group_helpers import send_once
 
 
 def _fetch(bootstrap: str, version: int, topic: str, max_wait_ms: int = 100) -> Any:
     """Fetch partition 0 of `topic` from offset 0 with Fetch `version`."""
-    schema = importlib.import_module(f"kio.schema.fetch.v{version}.request")
-    # build() drops the fields a version lacks.
-    partition = build(
-        schema.FetchPartition,
-        partition=0,
-        current_leader_epoch=-1,
-        fetch_offset=0,
-        last_fetched_epoch=-1,
-        log_start_offset=-1,
-        partition_max_bytes=1 << 20,
-    )
-    request = build(
-        schema.FetchRequest,
-        max_wait=datetime.timedelta(milliseconds=max_wait_ms),
-        min_bytes=1,
-        session_id=0,
-        session_epoch=-1,
-        topics=(schema.FetchTopic(topic=topic, partitions=(partition,)),),
-        forgotten_topics_data=(),
-        rack_id="",
-        cluster_id=None,
-    )
-    return send_once(bootstrap, request)
+    return send_once(bootstrap, fetch_request(topic, version, max_wait_ms=max_wait_ms))
 
 
 @pytest.mark.parametrize("version", [4, 8, 9, 11, 12])

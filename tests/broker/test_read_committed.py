@@ -24,7 +24,7 @@ from kops.protocol.batch import ATTR_TRANSACTIONAL, build_batch, decode_records,
 from kops.protocol.client import send_request
 from kops.protocol.messages import build
 from kops.testing import TEST_CONFIG, wait_until
-from tests.broker.clients import create_topic
+from tests.broker.clients import create_topic, fetch_request
 
 READ_UNCOMMITTED, READ_COMMITTED = 0, 1
 T0 = 1_700_000_000_000
@@ -109,29 +109,8 @@ def fetch(
     version: int = 12,
     max_wait_ms: int = 0,
 ) -> Any:
-    schema = importlib.import_module(f"kio.schema.fetch.v{version}.request")
-    partition = build(
-        schema.FetchPartition,
-        partition=0,
-        current_leader_epoch=-1,
-        fetch_offset=offset,
-        last_fetched_epoch=-1,
-        log_start_offset=-1,
-        partition_max_bytes=1 << 20,
-    )
-    request = build(
-        schema.FetchRequest,
-        replica_id=-1,
-        max_wait=datetime.timedelta(milliseconds=max_wait_ms),
-        min_bytes=1,
-        max_bytes=1 << 24,
-        isolation_level=isolation,
-        session_id=0,
-        session_epoch=-1,
-        topics=(schema.FetchTopic(topic=topic, partitions=(partition,)),),
-        forgotten_topics_data=(),
-        rack_id="",
-        cluster_id=None,
+    request = fetch_request(
+        topic, version, offset=offset, isolation=isolation, max_wait_ms=max_wait_ms
     )
     host, port = bootstrap.rsplit(":", 1)
     response = send_request(host, int(port), request, timeout=15)
@@ -274,9 +253,14 @@ def test_a_parked_read_committed_fetch_wakes_on_the_marker(
             fetch(bootstrap, topic, 0, READ_COMMITTED, max_wait_ms=10_000)
         )
     )
+    runner = broker[0]
     started = time.monotonic()
     waiter.start()
-    time.sleep(0.5)
+    wait_until(
+        lambda: runner.call(lambda: runner.broker.fetches.watched((topic, 0))) == 1,
+        10,
+        message="the read_committed fetch parked",
+    )
     assert not answers  # parked: nothing is committed yet
     write_marker(broker, topic, 2001, commit=True)
     waiter.join(10)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from apscheduler.schedulers.base import STATE_STOPPED
 
 from kops.client import ClientSettings
 from kops.testing import wait_until
@@ -181,8 +182,8 @@ def test_registry_long_running_periodic_restart_and_stop() -> None:
 
 
 def test_stop_waits_for_a_periodic_run_that_ends_after_it_was_asked_to() -> None:
-    """SIGTERM while a periodic job runs: the run finishes (here 0.3 s after the stop
-    request, as a job finishing its work would) and stop() returns. apscheduler's own
+    """SIGTERM while a periodic job runs: the run finishes after the scheduler began to
+    shut down, as a job finishing its work would, and stop() returns. apscheduler's own
     waiting shutdown held its job-store lock while the finishing run needed it."""
     kind = f"slow-tick-{uuid.uuid4().hex[:6]}"
     running = threading.Event()
@@ -194,7 +195,10 @@ def test_stop_waits_for_a_periodic_run_that_ends_after_it_was_asked_to() -> None
         def run() -> None:
             running.set()
             ctx.stop.wait(30)
-            time.sleep(0.3)  # the run's own work after the stop request, not a test wait
+            # Finish only once the scheduler is shutting down, as a run still busy when
+            # SIGTERM arrives does: the moment apscheduler's waiting shutdown held its lock.
+            scheduler = worker._scheduler
+            wait_until(lambda: scheduler is not None and scheduler.state == STATE_STOPPED, 10)
             finished.append(True)
 
         return run

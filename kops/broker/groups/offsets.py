@@ -119,22 +119,37 @@ class OffsetsMixin:
         if error:
             return [error] * len(offsets)
         assert group is not None
+        errors, stored = self._store_offsets(group, created, offsets)
+        group.offsets.update(stored)
+        return errors
+
+    def _store_offsets(
+        self,
+        group: Group,
+        created: bool,
+        offsets: Sequence[CommitOffset],
+        producer: tuple[int, int] | None = None,
+    ) -> tuple[list[ErrorCode], dict[tuple[str, int], OffsetEntry]]:
+        """Check `offsets` and write those accepted to the group's partition (in a
+        transactional batch of `producer`'s, when given). Returns one error code per
+        offset and the entries written, none if the write failed; a group created for
+        this commit that ends up with nothing written is dropped again."""
         errors, accepted = self._accept_offsets(offsets)
         if accepted:
             records = [
-                (offset_key(group_id, t, p), offset_value(e)) for (t, p), e in accepted.items()
+                (offset_key(group.group_id, t, p), offset_value(e))
+                for (t, p), e in accepted.items()
             ]
             try:
-                self.store.write(group_id, records)
+                self.store.write(group.group_id, records, producer=producer)
             except Exception as exc:
-                failed = write_error(exc, f"store offsets of group {group_id}")
-                if created and not group.offsets:
-                    del self.groups[group_id]
-                return [failed if e == ErrorCode.none else e for e in errors]
-            group.offsets.update(accepted)
-        elif created:
-            del self.groups[group_id]
-        return errors
+                what = "transactional offsets" if producer is not None else "offsets"
+                failed = write_error(exc, f"store {what} of group {group.group_id}")
+                errors = [failed if e == ErrorCode.none else e for e in errors]
+                accepted = {}
+        if created and not accepted:
+            del self.groups[group.group_id]
+        return errors, accepted
 
     def _accept_offsets(
         self, offsets: Sequence[CommitOffset]

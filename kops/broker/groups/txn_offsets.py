@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 from kio.schema.errors import ErrorCode
 
 from kops.broker.groups.group import Group, OffsetEntry
-from kops.broker.groups.storage import offset_key, offset_value, write_error
 
 if TYPE_CHECKING:
     from kops.broker.groups.offsets import CommitOffset
@@ -48,8 +47,12 @@ class TxnOffsetsMixin:
             self, group: Group, generation: int, member_id: str, instance_id: str | None
         ) -> ErrorCode: ...
 
-        def _accept_offsets(
-            self, offsets: Sequence[CommitOffset]
+        def _store_offsets(
+            self,
+            group: Group,
+            created: bool,
+            offsets: Sequence[CommitOffset],
+            producer: tuple[int, int] | None = None,
         ) -> tuple[list[ErrorCode], dict[tuple[str, int], OffsetEntry]]: ...
 
     def commit_transactional_offsets(
@@ -77,21 +80,11 @@ class TxnOffsetsMixin:
                 del self.groups[group_id]
             return [error] * len(offsets)
         assert group is not None
-        errors, accepted = self._accept_offsets(offsets)
-        if accepted:
-            records = [
-                (offset_key(group_id, t, p), offset_value(e)) for (t, p), e in accepted.items()
-            ]
-            try:
-                self.store.write(group_id, records, producer=(producer_id, producer_epoch))
-            except Exception as exc:
-                failed = write_error(exc, f"store transactional offsets of group {group_id}")
-                if created:
-                    del self.groups[group_id]
-                return [failed if e == ErrorCode.none else e for e in errors]
-            group.pending_txn_offsets.setdefault(producer_id, {}).update(accepted)
-        elif created:
-            del self.groups[group_id]
+        errors, stored = self._store_offsets(
+            group, created, offsets, producer=(producer_id, producer_epoch)
+        )
+        if stored:
+            group.pending_txn_offsets.setdefault(producer_id, {}).update(stored)
         return errors
 
     def transaction_completed(self, index: int, producer_id: int, commit: bool) -> None:
