@@ -10,13 +10,18 @@ from __future__ import annotations
 
 from kio.schema.errors import ErrorCode
 
-__all__ = ["ApiError", "KopsError"]
+__all__ = ["ApiError", "KopsError", "Unsupported"]
 
 
 class KopsError(Exception):
     """Base of kops's exceptions. Subclasses set `retriable` where retrying can help."""
 
     retriable: bool = False
+
+
+class Unsupported(KopsError):
+    """The cluster lacks what was asked of it (transactions, say): retrying cannot help,
+    so a worker job raising it stops for good instead of restarting."""
 
 
 class ApiError(KopsError):

@@ -368,6 +368,12 @@ def status(
     show_default=True,
     help="How often lateness stats are published.",
 )
+@click.option(
+    "--exactly-once",
+    is_flag=True,
+    help="Forward and commit each round in one transaction: never forwarded twice "
+    "(needs brokers with transactions; use --instance-id for instant takeover after a crash).",
+)
 @metrics_option
 @logging_options("INFO")
 @tier_options
@@ -381,6 +387,7 @@ def worker(
     stats_topic: str,
     dlq_topic: str,
     stats_interval: float,
+    exactly_once: bool,
     log_level: str,
     tiers: DelayTiers,
     settings: ClientSettings,
@@ -410,6 +417,8 @@ def worker(
     }
     if instance_id:
         options["instance_id"] = instance_id
+    if exactly_once:
+        options["exactly_once"] = True
     w = Worker(
         [JobSpec("delay-forwarders", "delay-forwarders", Schedule(), options)],
         settings,

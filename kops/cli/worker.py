@@ -117,6 +117,8 @@ def serve(
             if on_started is not None:
                 on_started(worker)
             while not stop.wait(0.5):
+                if problem := _failed_for_good(worker):
+                    break
                 if still_ok is not None and (problem := still_ok()):
                     break
                 if on_tick is not None:
@@ -126,6 +128,15 @@ def serve(
     if problem:
         raise click.ClickException(problem)
     return stop.exit_code
+
+
+def _failed_for_good(worker: Worker) -> str | None:
+    """A job that stopped because the cluster lacks what it needs (it is not restarted):
+    the command says so and exits 1 rather than run on without it."""
+    for state in worker.jobs:
+        if state.status == "failed":
+            return f"job {state.spec.name} stopped: {state.last_error}"
+    return None
 
 
 def recipe_files(files: Iterable[Path]) -> list[Path]:

@@ -28,6 +28,7 @@ from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from kops.client import ClientSettings
+from kops.errors import Unsupported
 from kops.worker.recipe import JobSpec, Recipe, Schedule
 from kops.worker.registry import JobContext, LongRunningJob, RecipeError, job_factory
 
@@ -267,6 +268,12 @@ class Worker:
                     if self.stop_event.is_set():
                         break
                     log.warning("job %s returned; restarting it", state.spec.name)
+                except Unsupported as exc:
+                    # Restarting cannot help (the cluster lacks what the job needs).
+                    state.last_error = f"{type(exc).__name__}: {exc}"
+                    log.error("job %s stopped: %s", state.spec.name, exc)
+                    state.status = "failed"
+                    return
                 except Exception as exc:
                     state.last_error = f"{type(exc).__name__}: {exc}"
                     log.exception("job %s failed; restarting in %.0fs", state.spec.name, delay)

@@ -45,6 +45,7 @@ class Round:
     """Acks of one produce round; callbacks may run on any thread polling the producer."""
 
     def __init__(self, n: int):
+        self.total = n
         self.left = n
         self.errors: dict[int, KafkaError] = {}  # index in the round -> error
         self.acked: set[int] = set()  # indexes with a delivery report (success or error)

@@ -23,6 +23,12 @@ due time (never early), and a record with less than T left (only in the smallest
 not held longer than it needs. Before anything is delivered to its target the forwarder
 catches up with the cancel topic, so a cancel acknowledged before the due time always wins.
 
+With ``exactly_once`` each tier forwards and commits a round in one transaction (its own
+transactional producer, read_committed tiers; :mod:`kops.recipes.exactly_once`): a crash,
+a revoke or a broker outage never forwards a record twice, and target readers with
+``isolation.level=read_committed`` see each record once. The cluster must serve
+transactions; one that refuses them stops the forwarders with an error.
+
 Lateness (delivery time - due time, in ms) is kept per tier in memory and published every
 ``stats_interval`` seconds to the compacted stats topic (see :mod:`kops.recipes.delay.status`).
 """
@@ -54,7 +60,8 @@ from kops.recipes.delay.cancel import CancelView
 from kops.recipes.delay.delivery import TargetCache
 from kops.recipes.delay.status import SAMPLES_PUBLISHED, LatenessStats
 from kops.recipes.delay.tier_forwarder import ForwarderOptions, TierForwarder
-from kops.recipes.delay.tiers import ensure_tier_topics
+from kops.recipes.delay.tiers import ensure_tier_topics, format_tier
+from kops.recipes.exactly_once import transactional_id, transactional_producer
 from kops.recipes.metrics import DELAY_PARKED
 
 __all__ = ["CancelView", "DelayForwarders", "ForwarderOptions", "LatenessStats", "TierForwarder"]
@@ -157,8 +164,18 @@ class DelayForwarders:
         self._failed: list[str] = []
         threads = []
         try:
+            txn_producers = self._transactional_producers(stop)
             self.forwarders = [
-                TierForwarder(self.settings, opts, s, producer, self.cancels, self.stats, targets)
+                TierForwarder(
+                    self.settings,
+                    opts,
+                    s,
+                    producer,
+                    self.cancels,
+                    self.stats,
+                    targets,
+                    txn_producer=txn_producers.get(s),
+                )
                 for s in opts.tiers.seconds
             ]
             for fw in self.forwarders:
@@ -194,6 +211,22 @@ class DelayForwarders:
         if self._failed:
             # Raised to the worker, which builds the job again after a backoff.
             raise RuntimeError(f"tier forwarder failed: {self._failed[0]}")
+
+    def _transactional_producers(self, stop: threading.Event) -> dict[float, Producer]:
+        """With exactly_once, one transactional producer per tier (a transaction carries
+        one consumer's offsets). Its id is stable when ``instance_id`` is: a restarted
+        worker then fences its predecessor and aborts what it left open at once."""
+        if not self.options.exactly_once:
+            return {}
+        out: dict[float, Producer] = {}
+        for s in self.options.tiers.seconds:
+            txn_id = transactional_id("delay", self.options.group, format_tier(s), self.instance)
+            out[s] = _retry_transient(stop)(transactional_producer)(
+                self.settings, txn_id,
+                watch=ErrorWatch(self.settings.bootstrap, log=log, what=f"tier {format_tier(s)}"),
+                timeout_ms=self.options.transaction_timeout_ms, **{"linger.ms": 2},
+            )  # fmt: skip
+        return out
 
     def update_parked(self, admin: AdminSession) -> None:
         """Set ``kops_delay_parked_records`` per tier: end offset minus this process's

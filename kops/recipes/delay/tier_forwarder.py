@@ -43,6 +43,11 @@ from kops.recipes.delay.tiers import (
     DelayTiers,
     format_tier,
 )
+from kops.recipes.exactly_once import (
+    DEFAULT_TRANSACTION_TIMEOUT_MS,
+    TransactionalSender,
+    read_committed,
+)
 from kops.recipes.metrics import DLQ_DEAD_LETTERED, cause_of
 
 __all__ = ["ForwarderOptions", "TierForwarder"]
@@ -79,6 +84,13 @@ class ForwarderOptions:
     max_batch: int = 2000
     #: Most fetched records the smallest tier holds in memory before pausing.
     max_buffer: int = 20000
+    #: Forward and commit each round in one transaction (read_committed tiers): a crash or
+    #: an outage never forwards a record twice. A tier partition is then forwarded in offset
+    #: order, so in the smallest tier a record with less than a tier left can wait behind
+    #: the head, by less than that tier (never early).
+    exactly_once: bool = False
+    #: ``transaction.timeout.ms`` of each tier's transactional producer.
+    transaction_timeout_ms: int = DEFAULT_TRANSACTION_TIMEOUT_MS
 
 
 @dataclass
@@ -124,6 +136,7 @@ class TierForwarder:
         cancels: CancelView | None,
         stats: LatenessStats,
         targets: TargetCache | None = None,
+        txn_producer: Producer | None = None,
     ):
         self.settings = settings
         self.options = options
@@ -132,10 +145,13 @@ class TierForwarder:
         self.label = format_tier(tier_seconds)
         self.topic = self.tiers.topic(tier_seconds)
         self.smallest = tier_seconds == self.tiers.seconds[0]
-        self.producer = producer
+        # With exactly_once the tier's records go out on its own transactional producer;
+        # the shared one still answers metadata (the target cache).
+        self.producer = txn_producer or producer
         self.cancels = cancels
         self.stats = stats
         self.targets = targets or TargetCache(producer)
+        self.txn: TransactionalSender | None = None
         self.parts: dict[int, _PartState] = {}
         self._committed: dict[int, int] = {}  # partition -> offset last committed
         # partition -> offset after the records this process forwarded (a contiguous prefix).
@@ -155,7 +171,10 @@ class TierForwarder:
         if options.instance_id:
             extra["group.instance.id"] = f"{options.instance_id}.{self.label}"
         watch = ErrorWatch(settings.bootstrap, log=log, what=f"tier {self.label}")
-        self.consumer = Consumer(settings.consumer_config(options.group, watch, **extra))
+        config = settings.consumer_config(options.group, watch, **extra)
+        self.consumer = Consumer(read_committed(config) if txn_producer else config)
+        if txn_producer is not None:
+            self.txn = TransactionalSender(txn_producer, self.consumer, what=f"tier {self.label}")
 
     # -- group membership
 
@@ -192,6 +211,8 @@ class TierForwarder:
         log.warning("tier %s: lost partitions %s", self.label, [tp.partition for tp in partitions])
 
     def _commit_sync(self, partitions: Iterable[int]) -> None:
+        if self.txn is not None:
+            return  # every round committed its offsets in its transaction
         offsets = [
             TopicPartition(self.topic, p, self._committed[p])
             for p in partitions
@@ -223,6 +244,8 @@ class TierForwarder:
 
     def run(self, stop: threading.Event) -> None:
         self._stop = stop
+        if self.txn is not None:
+            self.txn.stop = stop
         self.consumer.subscribe(
             [self.topic],
             on_assign=self._on_assign,
@@ -236,6 +259,8 @@ class TierForwarder:
                 self._pause_or_resume()
         finally:
             self._commit_sync(list(self._committed))
+            if self.txn is not None:
+                self.txn.close()
             try:
                 close_consumer(self.consumer)  # leaves the group at once: peers take over
             except KafkaException as exc:  # pragma: no cover
@@ -270,6 +295,10 @@ class TierForwarder:
             if m.offset() < st.skip_below:
                 continue  # forwarded by this process before the partition was revoked
             item = self._pending(m)
+            if self.txn is not None and st.buffer:
+                # One committed offset per partition: with transactions nothing may leave
+                # ahead of a record still waiting, or a crash would send it again.
+                item.release_ms = max(item.release_ms, st.buffer[-1].release_ms)
             st.buffer.append(item)
             heapq.heappush(st.heap, (item.release_ms, m.offset(), item))
 
@@ -327,6 +356,8 @@ class TierForwarder:
         plan = [(p, it, self._destination(p, it, now)) for p, it in batch]
         sends = [(i, it, dest) for i, (_p, it, dest) in enumerate(plan) if dest is not None]
         rnd = Round(len(sends))
+        if self.txn is not None:
+            self.txn.begin()
         for i, it, dest in sends:
             kwargs: dict[str, Any] = {"on_delivery": rnd.callback(i)}
             if it.msg.key() is not None:
@@ -343,7 +374,52 @@ class TierForwarder:
                 kwargs["timestamp"] = sent_at
             produce_with_room(self.producer, dest, it.msg.value(), poll_timeout=0.05, **kwargs)
         self._wait_round(rnd)
+        if self.txn is not None and not self._commit_transaction(plan, rnd, sent_at):
+            return
         self._settle(plan, rnd, sent_at)
+
+    def _commit_transaction(
+        self, plan: list[tuple[int, _Pending, str | None]], rnd: Round, now: int
+    ) -> bool:
+        """Commit the round's transaction with the offsets it advances; False: aborted, and
+        every record of the round is back in its queue (nothing of it is visible)."""
+        assert self.txn is not None
+        complete = not rnd.errors and len(rnd.acked) == rnd.total
+        if complete and self.txn.commit(self._offsets_after(plan)):
+            return True
+        if not complete:  # (a failed commit has aborted already)
+            self.txn.abort()
+        again: list[tuple[int, _Pending]] = []
+        for i, (p, it, dest) in enumerate(plan):
+            if dest is None:
+                it.done = True  # nothing to send (invalid, cancelled): committed next round
+                continue
+            err = rnd.errors.get(i)
+            if err is not None and is_permanent(err) and it.dead is None and self.options.dlq_topic:
+                it.dead = delivery_exception(err, dest)
+                it.first_failure_ms = now
+                self.targets.forget(dest)
+            again.append((p, it))
+        transient = any(not is_permanent(e) for e in rnd.errors.values()) or complete
+        self._requeue(again, _now_ms() + 500 if transient else 0)
+        return False
+
+    def _offsets_after(self, plan: list[tuple[int, _Pending, str | None]]) -> list[TopicPartition]:
+        """The partitions' next offsets once every record of ``plan`` is done."""
+        in_round = {id(it) for _p, it, _d in plan}
+        offsets = []
+        for p in {p for p, _it, _d in plan}:
+            st = self.parts.get(p)
+            if st is None:
+                continue
+            last = None
+            for item in st.buffer:
+                if not (item.done or id(item) in in_round):
+                    break
+                last = item.msg.offset()
+            if last is not None:
+                offsets.append(TopicPartition(self.topic, p, last + 1))
+        return offsets
 
     def _destination(self, p: int, it: _Pending, now: int) -> str | None:
         """Where a released record goes now; None: nowhere (invalid or cancelled)."""
@@ -458,7 +534,7 @@ class TierForwarder:
                 offsets.append(TopicPartition(self.topic, p, last + 1))
                 self._committed[p] = last + 1
                 self._forwarded[p] = last + 1
-        if offsets:
+        if offsets and self.txn is None:
             try:
                 # Asynchronous: the records are already safe in their destination; a lost
                 # commit only means a duplicate (same message id) after a crash.

@@ -22,6 +22,7 @@ from kops.recipes.delay import (
     DelayTiers,
 )
 from kops.recipes.delay.forwarder import DelayForwarders, ForwarderOptions
+from kops.recipes.exactly_once import DEFAULT_TRANSACTION_TIMEOUT_MS
 from kops.worker.registry import JobContext, RecipeError, take_options
 
 __all__ = ["delay_forwarders", "delay_status_report", "tiers_from_options"]
@@ -57,6 +58,8 @@ def delay_forwarders(options: dict[str, Any], context: JobContext) -> DelayForwa
             "instance_id",
             "create_topics",
             "session_timeout_ms",
+            "exactly_once",
+            "transaction_timeout_ms",
         },
         context.kind,
     )
@@ -78,6 +81,10 @@ def delay_forwarders(options: dict[str, Any], context: JobContext) -> DelayForwa
             instance_id=opts.get("instance_id") or None,
             create_topics=bool(opts.get("create_topics", True)),
             session_timeout_ms=int(opts.get("session_timeout_ms", 10000)),
+            exactly_once=bool(opts.get("exactly_once", False)),
+            transaction_timeout_ms=int(
+                opts.get("transaction_timeout_ms", DEFAULT_TRANSACTION_TIMEOUT_MS)
+            ),
         ),
     )
 
