@@ -262,7 +262,7 @@ class PartitionLog:
             base = next_offset
             max_ts = header.max_timestamp if append_time < 0 else append_time
             if tracks(header):
-                duplicate = self._producers.check(header, base, staged, max_ts)
+                duplicate = self._producers.check(header, base, staged, max_ts, txn_starts)
                 if duplicate is not None:
                     if len(headers) > 1:
                         raise DuplicateSequenceError("duplicate batch inside a multi-batch append")

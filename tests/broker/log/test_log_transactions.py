@@ -11,7 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kops.broker.log import InvalidProducerEpochError, InvalidRecordError, LogConfig, PartitionLog
+from kops.broker.log import (
+    InvalidProducerEpochError,
+    InvalidRecordError,
+    InvalidTxnStateError,
+    LogConfig,
+    PartitionLog,
+)
 from kops.broker.log import cleaner as cleaner_mod
 from kops.broker.log.transactions import AbortedTxn, is_marker
 from kops.protocol.batch import (
@@ -202,6 +208,42 @@ def test_marker_epochs(tmp_path: Path) -> None:
     assert log.producers[77].epoch == 0
     assert everything(log) == [(4, 0)]
     assert log.ongoing_transactions == {4: 3}
+
+
+def test_a_plain_batch_inside_the_producers_transaction_is_refused(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    p, other = Producer(6, epoch=1), Producer(7)
+    log.append(p.batch(txn=False), 0)  # 0-1: idempotent, no transaction yet
+    log.append(p.batch(), 0)  # 2-3: the transaction begins
+    log.append(other.batch(txn=False), 0)  # 4-5: another producer is not concerned
+    with pytest.raises(InvalidTxnStateError) as refused:
+        log.append(p.batch(txn=False), 0)
+    assert refused.value.error_code == 48  # INVALID_TXN_STATE
+    assert log.log_end_offset == 6 and log.producers[6].last_seq == 3  # nothing staged
+    # A retry of the refused batch is refused again, not taken for a duplicate.
+    p.seq -= 2
+    with pytest.raises(InvalidTxnStateError):
+        log.append(p.batch(txn=False), 0)
+    p.seq -= 2
+    # Epoch and sequence are checked first (Kafka's order): an old epoch is fenced.
+    stale = Producer(6, epoch=0)
+    stale.seq = 4
+    with pytest.raises(InvalidProducerEpochError):
+        log.append(stale.batch(txn=False), 0)
+    # Once the marker ends the transaction, the producer may write plain batches again.
+    marker(log, 6, commit=True, epoch=1)
+    assert log.append(p.batch(txn=False), 0).base_offset == 7
+
+
+def test_a_plain_batch_after_a_transactional_one_in_one_append_is_refused(
+    tmp_path: Path,
+) -> None:
+    log = open_log(tmp_path)
+    p = Producer(8)
+    records = p.batch() + p.batch(txn=False)
+    with pytest.raises(InvalidTxnStateError):
+        log.append(records, 0)
+    assert log.log_end_offset == 0 and log.ongoing_transactions == {}
 
 
 # --- restarts -------------------------------------------------------------------------------
@@ -490,6 +532,14 @@ def run_ops(log: PartitionLog, ops: list[Op]) -> tuple[Model, int]:
     hw = 0
     for kind, pid, flag in ops:
         if kind == "data":
+            if not flag and pid in model.ongoing:
+                # A plain batch inside the producer's transaction: refused, nothing written.
+                producer, leo = producers[pid], log.log_end_offset
+                with pytest.raises(InvalidTxnStateError):
+                    log.append(producer.batch(1 + pid, txn=False), 0)
+                producer.seq -= 1 + pid
+                assert log.log_end_offset == leo
+                continue
             offset = log.append(producers[pid].batch(1 + pid, txn=flag), 0).base_offset
             if flag:
                 model.ongoing.setdefault(pid, offset)
