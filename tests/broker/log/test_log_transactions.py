@@ -18,7 +18,6 @@ from kops.broker.log import (
     LogConfig,
     PartitionLog,
 )
-from kops.broker.log import cleaner as cleaner_mod
 from kops.broker.log.transactions import AbortedTxn, is_marker
 from kops.protocol.batch import (
     ATTR_TRANSACTIONAL,
@@ -405,72 +404,7 @@ def test_lso_never_below_log_start(tmp_path: Path) -> None:
     assert log.last_stable_offset == 2
 
 
-# --- compaction -----------------------------------------------------------------------------
-
-
-def compacted_history(tmp_path: Path) -> PartitionLog:
-    log = open_log(tmp_path, segment_bytes=300, cleanup_policy="compact")
-    a, b = Producer(1), Producer(2)
-    for i in range(6):
-        log.append(build_batch([(b"k", b"v%d" % i, [])], timestamp_ms=1_000), 0)
-        log.append(a.batch(1), 0)
-        log.append(b.batch(1), 0)
-        marker(log, 1, commit=i % 2 == 0)
-        marker(log, 2, commit=False)
-    log.append(a.batch(1), 0)  # open
-    settle(log)
-    log.roll()
-    # Bigger segments from now on: the pass merges the small ones, and their txnindexes.
-    log.update_config(
-        LogConfig(segment_bytes=1 << 20, index_interval_bytes=0, cleanup_policy="compact")
-    )
-    return log
-
-
-def test_compaction_keeps_txn_batches_and_index(tmp_path: Path) -> None:
-    log = compacted_history(tmp_path)
-    before = state(log)
-    assert len(before[3]) == 9  # type: ignore[arg-type]
-    segments = len(log.segment_base_offsets)
-    indexed = len(txnindex_files(tmp_path))
-    stats = log.compact(now_ms=10_000, force=True)
-    assert stats.records_removed > 0 and len(log.segment_base_offsets) < segments
-    assert len(txnindex_files(tmp_path)) < indexed  # merged
-    assert state(log) == before
-    entries = [e for s in log._segments for e in s.txn_index.entries]
-    assert [(e.producer_id, e.first_offset) for e in entries] == before[3]
-    log.close()
-    log = open_log(tmp_path, segment_bytes=300, cleanup_policy="compact")
-    assert state(log) == before
-
-
-STEPS = ["cleaned", "trailing-deleted", "index-swap", "log-swap", "old-deleted",
-         "index-final", "swapped"]  # fmt: skip
-
-
-class SimulatedCrash(BaseException):
-    pass
-
-
-@pytest.mark.parametrize("step", STEPS)
-def test_crash_during_the_swap_keeps_the_index(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
-) -> None:
-    log = compacted_history(tmp_path)
-    before = state(log)
-
-    def hook(at: str) -> None:
-        if at == step:
-            raise SimulatedCrash(at)
-
-    monkeypatch.setattr(cleaner_mod, "crash_hook", hook)
-    with pytest.raises(SimulatedCrash):
-        log.compact(now_ms=10_000, force=True)
-    log.close_handles()
-    monkeypatch.setattr(cleaner_mod, "crash_hook", None)
-    # Everything had reached the page cache: the open trusts the segments.
-    log = open_log(tmp_path, segment_bytes=300, cleanup_policy="compact", recover=False)
-    assert state(log) == before
+# Compaction of transactional data: tests/broker/log/test_log_txn_compaction.py.
 
 
 # --- followers ------------------------------------------------------------------------------
