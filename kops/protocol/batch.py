@@ -47,11 +47,13 @@ __all__ = [
     "marker_type",
     "null_key_records",
     "parse_header",
+    "read_varint",
     "rebuild_batch",
     "records_body",
     "rewrite_base_offset_and_epoch",
     "set_log_append_time",
     "validate_batches",
+    "write_varint",
 ]
 
 HEADER_SIZE = 61
@@ -279,6 +281,10 @@ def _read_varint(buf: bytes | memoryview, pos: int) -> tuple[int, int]:
         if shift > 63:
             raise InvalidBatchError(CORRUPT_MESSAGE, "varint too long")
     return (raw >> 1) ^ -(raw & 1), pos
+
+
+# For code that re-encodes a record field (the cleaner's delete horizon).
+read_varint, write_varint = _read_varint, _write_varint
 
 
 def _write_bytes(out: bytearray, data: bytes | None) -> None:

@@ -54,7 +54,15 @@ class TxnProducer:
     def __init__(self, bootstrap: str, topic: str, producer_id: int) -> None:
         self.bootstrap, self.topic, self.producer_id, self.seq = bootstrap, topic, producer_id, 0
 
-    def send(self, *values: bytes, txn: bool = True, timestamp: int = T0) -> int:
+    def send(
+        self,
+        *values: bytes,
+        txn: bool = True,
+        timestamp: int = T0,
+        expect: ErrorCode = ErrorCode.none,
+    ) -> int:
+        """The batch's base offset; with `expect` an error, asserts the broker refused
+        it so (and its sequence numbers stay unused)."""
         batch = build_batch(
             [(None, value, []) for value in values],
             timestamp_ms=timestamp,
@@ -78,7 +86,9 @@ class TxnProducer:
         )
         response = send_request(host, int(port), request)
         answer = response.responses[0].partition_responses[0]
-        assert answer.error_code == ErrorCode.none, answer
+        assert answer.error_code == expect, answer
+        if expect:
+            self.seq -= len(values)
         return int(answer.base_offset)
 
 
@@ -291,3 +301,22 @@ def test_list_offsets_by_time_stays_below_the_lso(
     write_marker(broker, topic, 3001, commit=False)
     assert list_offset(bootstrap, topic, -1, READ_COMMITTED) == 4
     assert list_offset(bootstrap, topic, T0 + 2_000, READ_COMMITTED) == 1
+
+
+def test_a_plain_batch_inside_the_producers_open_transaction_is_refused(
+    broker: tuple[BrokerThread, str], topic: str
+) -> None:
+    """Kafka's ProducerAppendInfo: "Expected transactional write from producer"."""
+    bootstrap = broker[1]
+    producer = TxnProducer(bootstrap, topic, 4001)
+    other = TxnProducer(bootstrap, topic, 4002)
+    assert producer.send(b"before", txn=False) == 0  # idempotent, no transaction yet
+    assert producer.send(b"t1") == 1  # the transaction begins here
+    assert other.send(b"other", txn=False) == 2  # not this producer's transaction
+    assert producer.send(b"plain", txn=False, expect=ErrorCode.invalid_txn_state) == -1
+    assert producer.send(b"t2") == 3  # the transaction carries on, sequence unbroken
+    write_marker(broker, topic, 4001, commit=True)  # 4
+    assert producer.send(b"after", txn=False) == 5
+    data = fetch(bootstrap, topic, 0, READ_UNCOMMITTED)
+    values = [v for _, control, vs in batches(data) if not control for v in vs]
+    assert values == [b"before", b"t1", b"other", b"t2", b"after"]

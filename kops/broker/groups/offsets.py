@@ -191,20 +191,38 @@ class OffsetsMixin:
 
     # ---- OffsetFetch --------------------------------------------------------------
     def fetch_offsets(
-        self, group_id: str, topics: Sequence[tuple[str, Sequence[int]]] | None
+        self,
+        group_id: str,
+        topics: Sequence[tuple[str, Sequence[int]]] | None,
+        *,
+        require_stable: bool = False,
     ) -> tuple[ErrorCode, list[FetchedOffset]]:
-        """Committed offsets of the given partitions, or of all (topics None)."""
+        """Committed offsets of the given partitions, or of all (topics None).
+
+        With `require_stable` (OffsetFetch v7+, KIP-447), a partition for which
+        an open transaction holds an offset (TxnOffsetCommit) answers
+        UNSTABLE_OFFSET_COMMIT and no offset, so a read_committed consumer
+        retries instead of starting from the offset that transaction replaces.
+        "All" lists the committed partitions only, as Kafka's does.
+        """
         error = self.precheck(group_id, allow_empty=True)
         if error:
             return error, []
         group = self.groups.get(group_id)
         offsets = group.offsets if group is not None else {}
+        unstable: set[tuple[str, int]] = set()
+        if require_stable and group is not None:
+            for pending in group.pending_txn_offsets.values():
+                unstable.update(pending)
         if topics is None:
-            return ErrorCode.none, [FetchedOffset(t, p, e) for (t, p), e in sorted(offsets.items())]
+            wanted = sorted(offsets)
+        else:
+            wanted = [(topic, p) for topic, partitions in topics for p in partitions]
         return ErrorCode.none, [
-            FetchedOffset(topic, partition, offsets.get((topic, partition)))
-            for topic, partitions in topics
-            for partition in partitions
+            FetchedOffset(t, p, None, ErrorCode.unstable_offset_commit)
+            if (t, p) in unstable
+            else FetchedOffset(t, p, offsets.get((t, p)))
+            for t, p in wanted
         ]
 
     # ---- OffsetDelete ---------------------------------------------------------------

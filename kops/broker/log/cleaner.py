@@ -1,7 +1,8 @@
 """Log compaction for `cleanup.policy=compact` (Kafka's LogCleaner, simplified).
 
 What a pass does
-    Only closed segments lying wholly below the high watermark are cleanable; the
+    Only closed segments lying wholly below the last stable offset (so below the high
+    watermark, and holding only decided transactions) are cleanable; the
     active segment is never read or written. A pass builds an offset map (key ->
     latest offset) from the *dirty* part of that range (offsets at or after the
     first dirty offset, i.e. not yet seen by a pass) and rewrites every cleanable
@@ -38,19 +39,26 @@ Batches
     producer id/epoch/sequence and leader epoch stay as they were, so every kept
     record keeps its offset and the batch still spans the same offsets (the log end
     never moves). The max timestamp becomes the largest kept record's (CreateTime).
-    A batch left with no records is dropped. Control and transactional batches are
-    kept whole and their keys ignored: aborted records stay (Kafka removes them),
-    and a group's aborted-transaction index is its members' entries, concatenated.
+    A batch left with no records is dropped, unless it holds an active producer's
+    last data offset: then it stays empty (kops.broker.log.txn_cleaning).
+
+Transactions (kops.broker.log.txn_cleaning)
+    Aborted transactions' records are removed and never enter the offset map;
+    committed ones are compacted by key like the rest. A marker goes once no batch
+    of its transaction is left and its delete horizon has passed; a group's
+    aborted-transaction index keeps its members' entries of the transactions the
+    pass left a batch of.
 
 Segments and the swap
     Consecutive cleanable segments are merged into groups of at most segment.bytes
     (original sizes) and a 2^31 offset span; each group is written as one segment
     named after the group's first segment, in `<base>.log.cleaned` (+ `.index`,
-    `.timeindex`, and `.txnindex` when a member has one), fsynced, with the newest
+    `.timeindex`, and `.txnindex` when an entry stays), fsynced, with the newest
     member's modification time (retention goes by it when a segment has no record
     timestamps). It then replaces the group as Kafka does:
-      1. trailing members left with no records are deleted outright (their records
-         are all superseded by later, durable ones: deleting them is safe at any time);
+      1. trailing members left with no batch are deleted outright (their records are
+         superseded by later, durable ones, or aborted, their markers past their
+         horizon: deleting them is safe at any time);
       2. `.index.cleaned` / `.timeindex.cleaned` (/ `.txnindex.cleaned`) are renamed
          to `.swap`, then `.log.cleaned` to `.log.swap` -- the commit point;
       3. the other old members are deleted;
@@ -59,7 +67,7 @@ Segments and the swap
     `.swap`s when there is no `.log.swap`) or finishes (a `.log.swap` covering offsets
     [base, next offset) replaces every segment whose base lies in that range; indexes
     are rebuilt, the txnindex by the producer-state replay) an interrupted swap. A
-    group always ends with a member that kept a record, so that range covers exactly
+    group always ends with a member that kept a batch, so that range covers exactly
     the group. The first segment of the log is never deleted (it carries the log start
     offset): if nothing at all survives in its group, it becomes an empty segment.
 
@@ -74,17 +82,16 @@ Threads
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import threading
 from array import array
-from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from kops.broker.log.checkpoint import fsync_dir, write_atomic
+from kops.broker.log.checkpoint import fsync_dir
+from kops.broker.log.cleaner_state import STATE_FILE, CleanerState
 from kops.broker.log.config import CorruptRecordError, LogConfig
 from kops.broker.log.index import OffsetIndex, TimeIndex
 from kops.broker.log.segment import (
@@ -94,6 +101,7 @@ from kops.broker.log.segment import (
     segment_name,
 )
 from kops.broker.log.transactions import AbortedTxn, write_txn_index
+from kops.broker.log.txn_cleaning import TxnCleaning, empty_batch
 from kops.errors import KopsError
 from kops.protocol.batch import (
     HEADER_SIZE,
@@ -119,12 +127,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "cleaner-state.json"
-STATE_VERSION = 1
 CLEANED_SUFFIX = ".cleaned"
 SWAP_SUFFIX = ".swap"
 DEFAULT_MAX_MAP_KEYS = 1_000_000
-MAX_HISTORY = 64
 READ_CHUNK = 4 * 1024 * 1024
 WRITE_CHUNK = 1024 * 1024
 _SEGMENT_EXTS = ("log", "index", "timeindex", "txnindex")
@@ -151,102 +156,13 @@ class CleanStats:
     tombstones_removed: int = 0
     batches_rewritten: int = 0
     batches_removed: int = 0
+    aborted_records_removed: int = 0  # records of aborted transactions (also in records_removed)
+    markers_removed: int = 0
 
     def add(self, other: CleanStats) -> CleanStats:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         return self
-
-
-@dataclass
-class CleanerState:
-    """Per-partition cleaner bookkeeping, persisted as `cleaner-state.json`.
-
-    dirty_offset: offsets below it have been deduplicated by some pass.
-    ends/times: offsets in [ends[i-1], ends[i]) were first cleaned at times[i]
-    (both ascending; offsets below ends[0] count as cleaned at times[0]).
-    tombstone_due_ms: when the earliest kept tombstone becomes removable.
-    """
-
-    dirty_offset: int = 0
-    ends: list[int] = field(default_factory=list)
-    times: list[int] = field(default_factory=list)
-    tombstone_due_ms: int | None = None
-
-    @classmethod
-    def load(cls, directory: Path) -> CleanerState:
-        path = directory / STATE_FILE
-        try:
-            doc = json.loads(path.read_text())
-            if doc["version"] != STATE_VERSION:
-                raise ValueError(f"unknown version {doc['version']}")
-            ends = [int(e) for e in doc["ends"]]
-            times = [int(t) for t in doc["times"]]
-            if len(ends) != len(times):
-                raise ValueError("ends and times differ in length")
-            due = doc.get("tombstone_due_ms")
-            return cls(int(doc["dirty_offset"]), ends, times, None if due is None else int(due))
-        except FileNotFoundError:
-            return cls()
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            # Starting over only makes the next pass re-clean and keep tombstones longer.
-            log.warning("ignoring unreadable %s: %s", path, exc)
-            return cls()
-
-    def save(self, directory: Path) -> None:
-        doc = {
-            "version": STATE_VERSION,
-            "dirty_offset": self.dirty_offset,
-            "ends": self.ends,
-            "times": self.times,
-            "tombstone_due_ms": self.tombstone_due_ms,
-        }
-        write_atomic(directory / STATE_FILE, json.dumps(doc, separators=(",", ":")), fsync=True)
-
-    def copy(self) -> CleanerState:
-        return CleanerState(
-            self.dirty_offset, list(self.ends), list(self.times), self.tombstone_due_ms
-        )
-
-    def first_cleaned_ms(self, offset: int) -> int | None:
-        """When a pass first cleaned `offset`; None when unknown (treat as now)."""
-        i = bisect_right(self.ends, offset)
-        return self.times[i] if i < len(self.times) else None
-
-    def horizon(self, now_ms: int, delete_retention_ms: int) -> int:
-        """Tombstones at offsets below this were first cleaned >= delete_retention_ms ago."""
-        k = bisect_right(self.times, now_ms - delete_retention_ms) - 1
-        return self.ends[k] if k >= 0 else -1
-
-    def record_pass(self, end: int, now_ms: int, delete_retention_ms: int) -> None:
-        """A pass cleaned everything below `end` at `now_ms`."""
-        if end > (self.ends[-1] if self.ends else -1) and end > self.dirty_offset:
-            now_ms = max(now_ms, self.times[-1] if self.times else now_ms)
-            self.ends.append(end)
-            self.times.append(now_ms)
-        self.dirty_offset = max(self.dirty_offset, end)
-        # Entries already past the horizon add nothing beyond the newest of them.
-        k = bisect_right(self.times, now_ms - delete_retention_ms) - 1
-        if k > 0:
-            del self.ends[:k], self.times[:k]
-        # Merging the oldest entries moves their time later: tombstones only live longer.
-        while len(self.ends) > MAX_HISTORY:
-            del self.ends[0], self.times[0]
-
-    def truncate(self, offset: int) -> bool:
-        """The log was cut at `offset`: offsets from there on will be new data."""
-        changed = False
-        if self.dirty_offset > offset:
-            self.dirty_offset = offset
-            changed = True
-        while self.ends and self.ends[-1] > offset:
-            prev = self.ends[-2] if len(self.ends) > 1 else 0
-            if prev >= offset:
-                del self.ends[-1], self.times[-1]
-            else:
-                self.ends[-1] = offset
-            changed = True
-        return changed
 
 
 @dataclass(frozen=True)
@@ -265,6 +181,19 @@ class Member:
     @property
     def log_path(self) -> Path:
         return self.segment.log_path
+
+    @classmethod
+    def of(cls, segment: LogSegment, next_base: int) -> Member:
+        return cls(
+            segment,
+            segment.base_offset,
+            segment.size,
+            segment.next_offset,
+            next_base,
+            len(segment.index),
+            len(segment.time_index),
+            tuple(segment.txn_index.entries),
+        )
 
 
 @dataclass
@@ -337,9 +266,11 @@ class CleanJob:
         config: LogConfig,
         now_ms: int,
         *,
+        txns: TxnCleaning,
         max_map_keys: int = DEFAULT_MAX_MAP_KEYS,
     ) -> None:
         self.directory = directory
+        self.txns = txns
         self.members = list(members)
         self.state = state
         self.config = config
@@ -415,7 +346,9 @@ class CleanJob:
             self._write_group(group, offset_map, horizon)
         state = self.state.copy()
         state.record_pass(self.members[self.end_index - 1].next_base, self.now_ms, retention)
-        state.tombstone_due_ms = self._due
+        dues = [due for due in (self._due, self.txns.due) if due is not None]
+        state.tombstone_due_ms = min(dues, default=None)
+        self.stats.markers_removed = self.txns.markers_removed
         self.new_state = state
 
     def _build_map(self) -> dict[bytes, int]:
@@ -426,7 +359,7 @@ class CleanJob:
                 continue
             for _, header, raw in self._batches(member):
                 self._check_cancel()
-                if header.is_control or header.is_transactional or header.last_offset < dirty:
+                if header.is_control or header.last_offset < dirty or self.txns.is_aborted(header):
                     continue
                 try:
                     body = decompress(header.compression, memoryview(raw)[HEADER_SIZE:])
@@ -483,9 +416,15 @@ class CleanJob:
     ) -> bytes | None:
         """The batch as it should be written after cleaning; None when nothing stays."""
         stats = self.stats
-        if header.is_control or header.is_transactional:
+        if header.is_control:
             stats.records_read += max(header.records_count, 0)
-            return raw
+            return self.txns.marker(header, raw, self.now_ms, self.config.delete_retention_ms)
+        if self.txns.is_aborted(header):
+            count = max(header.records_count, 0)
+            stats.records_read += count
+            stats.records_removed += count
+            stats.aborted_records_removed += count
+            return self._emptied(header, raw)
         try:
             body = decompress(header.compression, memoryview(raw)[HEADER_SIZE:])
             records = list(iter_raw_records(body, header.records_count))
@@ -525,15 +464,25 @@ class CleanJob:
             kept.append(body[rec.start : rec.end])
             max_ts = max(max_ts, header.base_timestamp + rec.timestamp_delta)
         stats.records_removed += removed
+        if not kept:
+            return self._emptied(header, raw)
         if not removed:
             return raw
-        if not kept:
-            stats.batches_removed += 1
-            return None
         stats.batches_rewritten += 1
         if header.log_append_time:
             max_ts = header.max_timestamp
         return rebuild_batch(header, b"".join(kept), len(kept), max_ts)
+
+    def _emptied(self, header: BatchHeader, raw: bytes) -> bytes | None:
+        """A batch left without records: dropped, unless it is an active producer's last
+        (kept empty, for the producer state a replay rebuilds)."""
+        if not self.txns.is_producer_tail(header):
+            self.stats.batches_removed += 1
+            return None
+        if header.records_count == 0:
+            return raw
+        self.stats.batches_rewritten += 1
+        return empty_batch(header)
 
     def _write_group(self, group: _Group, offset_map: dict[bytes, int], horizon: int) -> None:
         paths = _paths(self.directory, group.base, CLEANED_SUFFIX)
@@ -557,6 +506,8 @@ class CleanJob:
                         group.changed = True
                     if out is None:
                         continue
+                    if header.is_transactional and not header.is_control:
+                        self.txns.written(header)
                     group.has_output[i] = True
                     out_header = header if out is raw else parse_header(out)
                     last_offset = out_header.last_offset
@@ -612,8 +563,8 @@ class CleanJob:
         time_index.replace_all(ts_values, ts_offsets)
         time_index.flush()
         time_index.close()
-        # Markers are kept, so no trailing member had entries.
-        group.aborted = [entry for member in group.members for entry in member.aborted]
+        # A trailing member kept no marker, so none of its entries stays.
+        group.aborted = self.txns.kept_entries(e for m in group.members for e in m.aborted)
         if group.aborted:
             write_txn_index(paths["txnindex"], group.aborted)
 
@@ -684,6 +635,8 @@ def _swap_group(directory: Path, group: _Group, config: LogConfig) -> LogSegment
     os.replace(swap["timeindex"], first.time_index.path)
     if group.aborted:
         os.replace(swap["txnindex"], first.txn_index.path)
+    else:  # its entries, if any, went with their markers' transactions' data
+        first.txn_index.path.unlink(missing_ok=True)
     _step("index-final")
     os.replace(swap["log"], first.log_path)
     fsync_dir(directory)

@@ -16,6 +16,7 @@ __all__ = [
     "DuplicateSequenceError",
     "InvalidProducerEpochError",
     "InvalidRecordError",
+    "InvalidTxnStateError",
     "KafkaStorageError",
     "LogConfig",
     "LogError",
@@ -174,6 +175,7 @@ class StorageError(enum.Enum):
     OUT_OF_ORDER_SEQUENCE = ("out of order sequence", ErrorCode.out_of_order_sequence_number)
     DUPLICATE_SEQUENCE = ("duplicate sequence", ErrorCode.duplicate_sequence_number)
     INVALID_PRODUCER_EPOCH = ("invalid producer epoch", ErrorCode.invalid_producer_epoch)
+    INVALID_TXN_STATE = ("invalid transaction state", ErrorCode.invalid_txn_state)
     STORAGE_FAILURE = ("storage failure", ErrorCode.kafka_storage_error)
     INVALID_RECORD = ("invalid record", ErrorCode.invalid_record)
     # A follower append that goes backwards; the replica fetcher must truncate first.
@@ -229,6 +231,12 @@ class DuplicateSequenceError(LogError):
 
 class InvalidProducerEpochError(LogError):
     kind = StorageError.INVALID_PRODUCER_EPOCH
+
+
+class InvalidTxnStateError(LogError):
+    """A producer's non-transactional batch while its transaction is on in the partition."""
+
+    kind = StorageError.INVALID_TXN_STATE
 
 
 class KafkaStorageError(LogError):

@@ -52,6 +52,7 @@ from kops.broker.log.recovery import load_segments, rebuild_producer_state, rest
 from kops.broker.log.retention import closed_below, deletable_segments
 from kops.broker.log.segment import BatchMeta, LogSegment, whole_batches
 from kops.broker.log.transactions import collect_aborted, is_marker
+from kops.broker.log.txn_cleaning import TxnCleaning
 from kops.protocol.batch import (
     HEADER_SIZE,
     BatchHeader,
@@ -262,7 +263,7 @@ class PartitionLog:
             base = next_offset
             max_ts = header.max_timestamp if append_time < 0 else append_time
             if tracks(header):
-                duplicate = self._producers.check(header, base, staged, max_ts)
+                duplicate = self._producers.check(header, base, staged, max_ts, txn_starts)
                 if duplicate is not None:
                     if len(headers) > 1:
                         raise DuplicateSequenceError("duplicate batch inside a multi-batch append")
@@ -657,7 +658,7 @@ class PartitionLog:
         if self._closed or self._cleaning is not None or not self._config.compact_enabled:
             return None
         segments = self._segments
-        n = closed_below(segments, self._hw)
+        n = closed_below(segments, self.last_stable_offset)  # decided transactions only
         if n == 0:
             return None
         state = self.cleaner_state
@@ -672,25 +673,14 @@ class PartitionLog:
             force or due or (dirty > 0 and ratio >= self._config.min_cleanable_dirty_ratio)
         ):
             return None
-        members = [
-            Member(
-                segment,
-                segment.base_offset,
-                segment.size,
-                segment.next_offset,
-                segments[i + 1].base_offset,
-                len(segment.index),
-                len(segment.time_index),
-                tuple(segment.txn_index.entries),
-            )
-            for i, segment in enumerate(segments[:n])
-        ]
+        members = [Member.of(s, segments[i + 1].base_offset) for i, s in enumerate(segments[:n])]
         job = CleanJob(
             self.directory,
             members,
             state.copy(),
             self._config,
             now_ms,
+            txns=TxnCleaning.plan(segments, n, self._producers.producers),
             max_map_keys=max_map_keys,
         )
         self._cleaning = job

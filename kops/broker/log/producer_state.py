@@ -18,7 +18,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from kops.broker.log.checkpoint import write_atomic
-from kops.broker.log.config import InvalidProducerEpochError, OutOfOrderSequenceError
+from kops.broker.log.config import (
+    InvalidProducerEpochError,
+    InvalidTxnStateError,
+    OutOfOrderSequenceError,
+)
 from kops.broker.log.transactions import AbortedTxn, TxnIndex, TxnState
 from kops.protocol.batch import (
     CONTROL_ABORT,
@@ -112,11 +116,15 @@ class ProducerStateManager:
         base_offset: int,
         staged: dict[int, ProducerEntry],
         timestamp: int | None = None,
+        txn_starts: Iterable[tuple[int, int]] = (),
     ) -> BatchMetadata | None:
         """Validate one leader-path batch against current + staged state and stage its update.
 
         Returns the retained metadata when the batch is a duplicate (nothing staged).
-        Raises InvalidProducerEpochError / OutOfOrderSequenceError.
+        Raises InvalidProducerEpochError / OutOfOrderSequenceError, then
+        InvalidTxnStateError for a non-transactional batch of a producer whose
+        transaction is on here, or began earlier in this append (`txn_starts`:
+        (producer id, first offset)), as Kafka's ProducerAppendInfo does.
         """
         pid = header.producer_id
         entry = staged.get(pid)
@@ -147,6 +155,13 @@ class ProducerStateManager:
                     f"producer {pid} epoch {epoch}: expected sequence "
                     f"{(last_seq + 1) % SEQ_MOD}, got {header.base_sequence}"
                 )
+        if not header.is_transactional and (
+            pid in self.txns.ongoing or any(p == pid for p, _ in txn_starts)
+        ):
+            raise InvalidTxnStateError(
+                f"expected a transactional write from producer {pid}: "
+                "its transaction is on in this partition"
+            )
         meta = _meta(header, base_offset)
         if timestamp is not None:
             meta = meta._replace(timestamp=timestamp)

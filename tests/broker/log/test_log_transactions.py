@@ -11,8 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kops.broker.log import InvalidProducerEpochError, InvalidRecordError, LogConfig, PartitionLog
-from kops.broker.log import cleaner as cleaner_mod
+from kops.broker.log import (
+    InvalidProducerEpochError,
+    InvalidRecordError,
+    InvalidTxnStateError,
+    LogConfig,
+    PartitionLog,
+)
 from kops.broker.log.transactions import AbortedTxn, is_marker
 from kops.protocol.batch import (
     ATTR_TRANSACTIONAL,
@@ -204,6 +209,42 @@ def test_marker_epochs(tmp_path: Path) -> None:
     assert log.ongoing_transactions == {4: 3}
 
 
+def test_a_plain_batch_inside_the_producers_transaction_is_refused(tmp_path: Path) -> None:
+    log = open_log(tmp_path)
+    p, other = Producer(6, epoch=1), Producer(7)
+    log.append(p.batch(txn=False), 0)  # 0-1: idempotent, no transaction yet
+    log.append(p.batch(), 0)  # 2-3: the transaction begins
+    log.append(other.batch(txn=False), 0)  # 4-5: another producer is not concerned
+    with pytest.raises(InvalidTxnStateError) as refused:
+        log.append(p.batch(txn=False), 0)
+    assert refused.value.error_code == 48  # INVALID_TXN_STATE
+    assert log.log_end_offset == 6 and log.producers[6].last_seq == 3  # nothing staged
+    # A retry of the refused batch is refused again, not taken for a duplicate.
+    p.seq -= 2
+    with pytest.raises(InvalidTxnStateError):
+        log.append(p.batch(txn=False), 0)
+    p.seq -= 2
+    # Epoch and sequence are checked first (Kafka's order): an old epoch is fenced.
+    stale = Producer(6, epoch=0)
+    stale.seq = 4
+    with pytest.raises(InvalidProducerEpochError):
+        log.append(stale.batch(txn=False), 0)
+    # Once the marker ends the transaction, the producer may write plain batches again.
+    marker(log, 6, commit=True, epoch=1)
+    assert log.append(p.batch(txn=False), 0).base_offset == 7
+
+
+def test_a_plain_batch_after_a_transactional_one_in_one_append_is_refused(
+    tmp_path: Path,
+) -> None:
+    log = open_log(tmp_path)
+    p = Producer(8)
+    records = p.batch() + p.batch(txn=False)
+    with pytest.raises(InvalidTxnStateError):
+        log.append(records, 0)
+    assert log.log_end_offset == 0 and log.ongoing_transactions == {}
+
+
 # --- restarts -------------------------------------------------------------------------------
 
 
@@ -363,72 +404,7 @@ def test_lso_never_below_log_start(tmp_path: Path) -> None:
     assert log.last_stable_offset == 2
 
 
-# --- compaction -----------------------------------------------------------------------------
-
-
-def compacted_history(tmp_path: Path) -> PartitionLog:
-    log = open_log(tmp_path, segment_bytes=300, cleanup_policy="compact")
-    a, b = Producer(1), Producer(2)
-    for i in range(6):
-        log.append(build_batch([(b"k", b"v%d" % i, [])], timestamp_ms=1_000), 0)
-        log.append(a.batch(1), 0)
-        log.append(b.batch(1), 0)
-        marker(log, 1, commit=i % 2 == 0)
-        marker(log, 2, commit=False)
-    log.append(a.batch(1), 0)  # open
-    settle(log)
-    log.roll()
-    # Bigger segments from now on: the pass merges the small ones, and their txnindexes.
-    log.update_config(
-        LogConfig(segment_bytes=1 << 20, index_interval_bytes=0, cleanup_policy="compact")
-    )
-    return log
-
-
-def test_compaction_keeps_txn_batches_and_index(tmp_path: Path) -> None:
-    log = compacted_history(tmp_path)
-    before = state(log)
-    assert len(before[3]) == 9  # type: ignore[arg-type]
-    segments = len(log.segment_base_offsets)
-    indexed = len(txnindex_files(tmp_path))
-    stats = log.compact(now_ms=10_000, force=True)
-    assert stats.records_removed > 0 and len(log.segment_base_offsets) < segments
-    assert len(txnindex_files(tmp_path)) < indexed  # merged
-    assert state(log) == before
-    entries = [e for s in log._segments for e in s.txn_index.entries]
-    assert [(e.producer_id, e.first_offset) for e in entries] == before[3]
-    log.close()
-    log = open_log(tmp_path, segment_bytes=300, cleanup_policy="compact")
-    assert state(log) == before
-
-
-STEPS = ["cleaned", "trailing-deleted", "index-swap", "log-swap", "old-deleted",
-         "index-final", "swapped"]  # fmt: skip
-
-
-class SimulatedCrash(BaseException):
-    pass
-
-
-@pytest.mark.parametrize("step", STEPS)
-def test_crash_during_the_swap_keeps_the_index(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
-) -> None:
-    log = compacted_history(tmp_path)
-    before = state(log)
-
-    def hook(at: str) -> None:
-        if at == step:
-            raise SimulatedCrash(at)
-
-    monkeypatch.setattr(cleaner_mod, "crash_hook", hook)
-    with pytest.raises(SimulatedCrash):
-        log.compact(now_ms=10_000, force=True)
-    log.close_handles()
-    monkeypatch.setattr(cleaner_mod, "crash_hook", None)
-    # Everything had reached the page cache: the open trusts the segments.
-    log = open_log(tmp_path, segment_bytes=300, cleanup_policy="compact", recover=False)
-    assert state(log) == before
+# Compaction of transactional data: tests/broker/log/test_log_txn_compaction.py.
 
 
 # --- followers ------------------------------------------------------------------------------
@@ -490,6 +466,14 @@ def run_ops(log: PartitionLog, ops: list[Op]) -> tuple[Model, int]:
     hw = 0
     for kind, pid, flag in ops:
         if kind == "data":
+            if not flag and pid in model.ongoing:
+                # A plain batch inside the producer's transaction: refused, nothing written.
+                producer, leo = producers[pid], log.log_end_offset
+                with pytest.raises(InvalidTxnStateError):
+                    log.append(producer.batch(1 + pid, txn=False), 0)
+                producer.seq -= 1 + pid
+                assert log.log_end_offset == leo
+                continue
             offset = log.append(producers[pid].batch(1 + pid, txn=flag), 0).base_offset
             if flag:
                 model.ongoing.setdefault(pid, offset)
