@@ -83,6 +83,10 @@ BROKER_DEFAULTS: dict[str, str] = {
     "transaction.state.log.num.partitions": "50",
     "transaction.max.timeout.ms": "900000",
     "transaction.abort.timed.out.transaction.cleanup.interval.ms": "10000",
+    # kops's own switch (no Kafka name exists): false refuses transactional producers
+    # as Kafka does one its ACLs deny (TRANSACTIONAL_ID_AUTHORIZATION_FAILED), for a
+    # broker that must behave like a cluster without transactions.
+    "kops.transactions.enable": "true",
     # A follower that has not caught up for this long leaves the ISR (Kafka's default).
     "replica.lag.time.max.ms": "30000",
     "replica.fetch.backoff.ms": "1000",

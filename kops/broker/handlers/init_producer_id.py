@@ -8,6 +8,8 @@
   transactional id; an open transaction of the id is aborted first and the client
   gets CONCURRENT_TRANSACTIONS until the abort is written. A timeout above
   transaction.max.timeout.ms gets INVALID_TRANSACTION_TIMEOUT.
+- With kops.transactions.enable=false a transactional id is refused as Kafka
+  refuses one its ACLs deny (TRANSACTIONAL_ID_AUTHORIZATION_FAILED, fatal).
 - In a cluster a transactional id is refused (TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
   fatal for the client): the coordinator's state is not replicated yet.
 - v2+: flexible. v3+: producer_id/producer_epoch the client holds (KIP-360); a
@@ -53,6 +55,12 @@ log = logging.getLogger("kops.broker.producers")
 async def handle(ctx: RequestContext, request: Request) -> Response:
     if request.transactional_id is None:
         code, producer_id, epoch = ErrorCode.none, ctx.broker.allocate_producer_id(), 0
+    elif not ctx.broker.config.bool("kops.transactions.enable"):
+        log.warning(
+            "refusing transactional producer %r: kops.transactions.enable is false",
+            request.transactional_id,
+        )
+        code, producer_id, epoch = ErrorCode.transactional_id_authorization_failed, -1, -1
     elif (transactions := ctx.broker.transactions) is None:
         log.warning(
             "refusing transactional producer %r: transactions need a single broker for now",
