@@ -3,6 +3,11 @@
     .venv/bin/python benchmarks/delay_forwarding.py                    # 1,000 and 10,000 rec/s
     .venv/bin/python benchmarks/delay_forwarding.py --rates 2000 --seconds 10
     .venv/bin/python benchmarks/delay_forwarding.py --bootstrap HOST:PORT  # an existing cluster
+    .venv/bin/python benchmarks/delay_forwarding.py --exactly-once on   # only transactional
+
+By default every run is made twice in the same invocation, at-least-once and then with
+``--exactly-once`` forwarders (new tiers, group and target each), and a last table puts the
+two side by side: delivered rate, lateness p99 per delay, burst drain rate.
 
 Set-up: the bundled broker in a child process (unless --bootstrap), the forwarders as
 ``kops delay worker`` in another child process (tiers 1s,2s,5s), and this process as load
@@ -52,11 +57,14 @@ def start_broker(data_dir: str) -> tuple[subprocess.Popen[str], str]:
     return proc, m.group(1)
 
 
-def start_forwarders(bootstrap: str, tiers: DelayTiers, group: str) -> subprocess.Popen[str]:
+def start_forwarders(
+    bootstrap: str, tiers: DelayTiers, group: str, exactly_once: bool
+) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "kops", "delay", "worker", "--tiers", tiers.describe(),
          "--template", tiers.template, "--group", group, "--stats-interval", "1s",
-         "--log-level", "INFO"],
+         "-v", "--instance-id", group,  # -v: the assignment lines waited for below
+         *(["--exactly-once"] if exactly_once else [])],
         env={**os.environ, "KOPS_BOOTSTRAP": bootstrap},
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -78,7 +86,8 @@ class Collector:
     def __init__(self, bootstrap: str, topic: str):
         self.consumer = Consumer(
             {"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
-             "auto.offset.reset": "latest", "fetch.wait.max.ms": 50}
+             "auto.offset.reset": "latest", "fetch.wait.max.ms": 50,
+             "isolation.level": "read_committed"}
         )  # fmt: skip
         self.consumer.subscribe([topic])
         self.lateness: dict[str, list[int]] = defaultdict(list)
@@ -118,7 +127,7 @@ class Collector:
 
 def offered_run(
     bootstrap: str, tiers: DelayTiers, target: str, rate: int, seconds: float, col: Collector
-) -> None:
+) -> dict[str, object]:
     producer = Producer(
         {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
     )
@@ -157,10 +166,13 @@ def offered_run(
     print(
         f"  {'delay':>6}  {'records':>8}  {'p50 ms':>7}  {'p99 ms':>7}  {'max ms':>7}  (target consumer)"
     )
+    p99: dict[str, object] = {}
     for delay in sorted(col.lateness, key=lambda d: float(d.rstrip("s"))):
         pct = percentiles(col.lateness[delay])
+        p99[delay] = pct["p99_ms"]
         print(f"  {delay:>6}  {len(col.lateness[delay]):>8,}  {pct['p50_ms']:>7}  "
               f"{pct['p99_ms']:>7}  {pct['max_ms']:>7}")  # fmt: skip
+    return {"rate": rate_sum, "delivered": col.count(), "sent": total, "p99": p99}
 
 
 def forwarder_view(bootstrap: str, tiers: DelayTiers, group: str) -> None:
@@ -172,7 +184,9 @@ def forwarder_view(bootstrap: str, tiers: DelayTiers, group: str) -> None:
               f"{st.lateness_p50_ms!s:>7}  {st.lateness_p99_ms!s:>7}")  # fmt: skip
 
 
-def burst_run(bootstrap: str, tiers: DelayTiers, target: str, n: int, col: Collector) -> None:
+def burst_run(
+    bootstrap: str, tiers: DelayTiers, target: str, n: int, col: Collector
+) -> dict[str, object]:
     producer = Producer(
         {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20}
     )
@@ -199,13 +213,64 @@ def burst_run(bootstrap: str, tiers: DelayTiers, target: str, n: int, col: Colle
     arrivals = sorted(col.arrivals)
     if not arrivals:
         print("\nburst: nothing delivered")
-        return
+        return {}
     drain = arrivals[-1] - at
     pct = percentiles(col.lateness["burst"])
     print(f"\nburst: {n:,} records due at the same moment (loaded in {loaded:.1f}s, all via the "
           f"5s tier): delivered {len(arrivals):,}, early {col.early}; drained in {drain:.2f}s "
           f"after due = {len(arrivals) / max(drain, 1e-9):,.0f} rec/s; lateness p50 "
           f"{pct['p50_ms']} ms p99 {pct['p99_ms']} ms")  # fmt: skip
+    return {"drain_rate": len(arrivals) / max(drain, 1e-9), "p99": pct["p99_ms"]}
+
+
+def run_mode(bootstrap: str, args: argparse.Namespace, exactly_once: bool) -> dict[str, object]:
+    """Every offered run and the burst against forwarders of one mode."""
+    tag = uuid.uuid4().hex[:6]
+    tiers = DelayTiers.parse("1s,2s,5s", template=f"bench{tag}.{{tier}}")
+    group = f"bench-{tag}"
+    target = f"bench-target-{tag}"
+    admin.create_topic(bootstrap, target, 3)
+    ensure_tier_topics(bootstrap, tiers)
+    forwarders = start_forwarders(bootstrap, tiers, group, exactly_once)
+    col = Collector(bootstrap, target)
+    col.thread.start()
+    time.sleep(2)  # the collector joins its group
+    mode = "exactly_once" if exactly_once else "at-least-once"
+    print(f"\n=== {mode}: tiers {tiers.describe()} (1 partition each); target 3 partitions")
+    out: dict[str, object] = {}
+    try:
+        for rate in (int(r) for r in args.rates.split(",")):
+            out[f"rate {rate}"] = offered_run(bootstrap, tiers, target, rate, args.seconds, col)
+            forwarder_view(bootstrap, tiers, group)
+        if args.burst:
+            out["burst"] = burst_run(bootstrap, tiers, target, args.burst, col)
+    finally:
+        col.stop.set()
+        col.thread.join(5)
+        forwarders.terminate()
+        forwarders.wait(30)
+    return out
+
+
+def compare(results: dict[str, dict[str, object]]) -> None:
+    """One line per measure, one column per mode."""
+    modes = list(results)
+    print("\n=== side by side: " + " vs ".join(modes))
+    keys = [k for k in results[modes[0]] if k != "burst"]
+    for key in keys:
+        runs = [results[m].get(key) or {} for m in modes]
+        line = "  ".join(f"{r.get('rate', 0):>9,.0f}" for r in runs)  # type: ignore[union-attr]
+        print(f"  offered {key[5:]:>6} rec/s: delivered rate {line}")
+        delays = runs[0].get("p99", {})  # type: ignore[union-attr]
+        for delay in delays:
+            p99s = "  ".join(f"{r.get('p99', {}).get(delay)!s:>9}" for r in runs)  # type: ignore[union-attr]
+            print(f"    lateness p99 ms, delay {delay:>5}: {p99s}")
+    bursts = [results[m].get("burst") or {} for m in modes]
+    if any(bursts):
+        rates = "  ".join(f"{b.get('drain_rate', 0):>9,.0f}" for b in bursts)  # type: ignore[union-attr]
+        p99s = "  ".join(f"{b.get('p99')!s:>9}" for b in bursts)  # type: ignore[union-attr]
+        print(f"  burst drain rec/s:      {rates}")
+        print(f"  burst lateness p99 ms:  {p99s}")
 
 
 def main() -> None:
@@ -214,6 +279,10 @@ def main() -> None:
     p.add_argument("--rates", default="1000,10000", help="offered rates, records/s")
     p.add_argument("--seconds", type=float, default=5.0, help="length of each offered run")
     p.add_argument("--burst", type=int, default=20000, help="records in the burst run (0: skip)")
+    p.add_argument(
+        "--exactly-once", choices=("off", "on", "both"), default="both",
+        help="forwarders at-least-once, transactional, or one run of each",
+    )  # fmt: skip
     args = p.parse_args()
 
     broker = None
@@ -221,28 +290,16 @@ def main() -> None:
     bootstrap = args.bootstrap
     if bootstrap is None:
         broker, bootstrap = start_broker(tmp.name)
-    tag = uuid.uuid4().hex[:6]
-    tiers = DelayTiers.parse("1s,2s,5s", template=f"bench{tag}.{{tier}}")
-    group = f"bench-{tag}"
-    target = f"bench-target-{tag}"
-    admin.create_topic(bootstrap, target, 3)
-    ensure_tier_topics(bootstrap, tiers)
-    forwarders = start_forwarders(bootstrap, tiers, group)
-    col = Collector(bootstrap, target)
-    col.thread.start()
-    time.sleep(2)  # the collector joins its group
-    print(f"broker {bootstrap}; tiers {tiers.describe()} (1 partition each); target 3 partitions")
+    print(f"broker {bootstrap}")
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.exactly_once]
+    results: dict[str, dict[str, object]] = {}
     try:
-        for rate in (int(r) for r in args.rates.split(",")):
-            offered_run(bootstrap, tiers, target, rate, args.seconds, col)
-            forwarder_view(bootstrap, tiers, group)
-        if args.burst:
-            burst_run(bootstrap, tiers, target, args.burst, col)
+        for exactly_once in modes:
+            name = "exactly_once" if exactly_once else "at-least-once"
+            results[name] = run_mode(bootstrap, args, exactly_once)
+        if len(results) > 1:
+            compare(results)
     finally:
-        col.stop.set()
-        col.thread.join(5)
-        forwarders.terminate()
-        forwarders.wait(30)
         if broker is not None:
             broker.terminate()
             broker.wait(30)
