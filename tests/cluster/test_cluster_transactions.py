@@ -295,8 +295,18 @@ def test_a_transaction_its_dead_coordinator_left_open_is_aborted_after_its_timeo
 @pytest.fixture
 def cluster_rf2(tmp_path: Path) -> Iterator[Cluster]:
     # The state topic on two of the three brokers: a transactional id whose state
-    # partition leaves out a broker can commit while that broker lies dead.
-    cluster = Cluster(tmp_path, config={**CONFIG, "transaction.state.log.replication.factor": "2"})
+    # partition leaves out a broker can commit while that broker lies dead. A dead
+    # broker is fenced two heartbeats after its connection closed: 2 s here, so the
+    # commit's first markers surely find it dead, not yet replaced.
+    cluster = Cluster(
+        tmp_path,
+        config={
+            **CONFIG,
+            "transaction.state.log.replication.factor": "2",
+            "broker.heartbeat.interval.ms": "1000",
+            "broker.session.timeout.ms": "6000",
+        },
+    )
     try:
         cluster.start_all()
         yield cluster
