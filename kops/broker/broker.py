@@ -32,7 +32,7 @@ from kops.broker.config import BrokerConfig, ConfigError, validate_topic_config
 from kops.broker.dispatch import Dispatcher
 from kops.broker.dynamic_config import DynamicConfigError, DynamicConfigStore
 from kops.broker.groups.coordinator import GroupCoordinator
-from kops.broker.groups.storage import OFFSETS_TOPIC, OFFSETS_TOPIC_CONFIGS, partition_for
+from kops.broker.groups.storage import OFFSETS_TOPIC
 from kops.broker.handlers import BrokerEndpoint
 from kops.broker.housekeeping import housekeeping_tasks
 from kops.broker.identity import MAX_NODE_IDS, ProducerIds, load_cluster_id
@@ -47,6 +47,8 @@ from kops.broker.topic_admin import (
     merged_configs,
 )
 from kops.broker.txn.coordinator import TransactionCoordinator
+from kops.broker.txn.log import TRANSACTION_STATE_TOPIC
+from kops.broker.txn.marker_io import MarkerChannel
 
 if TYPE_CHECKING:
     from kops.broker.cluster.control import ClusterControl
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from kops.broker.cluster.member import ClusterMember
     from kops.broker.cluster.member_partitions import MemberPartitions
     from kops.broker.cluster.quorum import QuorumDriver
+    from kops.broker.coordinators import CoordinatorTopics
 
 __all__ = ["DEFAULT_DATA_DIR", "Broker", "TopicError"]
 
@@ -92,7 +95,8 @@ class Broker:
         self.admin: TopicAdmin = LocalTopicAdmin(self)
         # Cluster mode: opens, leads and follows partitions as the metadata says.
         self.hosting: MemberPartitions | None = None
-        self._offsets_topic_task: asyncio.Task[None] | None = None
+        # Cluster mode: FindCoordinator's lookups, creating the internal topics.
+        self._coordinator_topics: CoordinatorTopics | None = None
         self.logs: LogManager
         self._partitions: dict[tuple[str, int], Partition] = {}
         self._server: FrameServer | None = None
@@ -104,7 +108,8 @@ class Broker:
         # Set at start, before groups load, so requests meanwhile get
         # COORDINATOR_LOAD_IN_PROGRESS; None before (COORDINATOR_NOT_AVAILABLE).
         self.groups: GroupCoordinator | None = None
-        # A single broker's transaction coordinator (None in a cluster: not replicated yet).
+        # Set at start; in a cluster it serves the ids of the `__transaction_state`
+        # partitions this broker leads.
         self.transactions: TransactionCoordinator | None = None
         # Always kept (it costs nothing unscraped); served over HTTP only when
         # `metrics` names an address (port 0: a free one, see metrics.url).
@@ -160,6 +165,7 @@ class Broker:
             from kops.broker.cluster.member import ClusterMember
             from kops.broker.cluster.member_partitions import MemberPartitions
             from kops.broker.cluster.topic_changes import ClusterTopicAdmin
+            from kops.broker.coordinators import CoordinatorTopics
 
             self.member = ClusterMember(
                 self.node_id,
@@ -175,14 +181,17 @@ class Broker:
             self.admin = ClusterTopicAdmin(
                 self.node_id, self.config, self.member.control, self._voters
             )
+            self._coordinator_topics = CoordinatorTopics(self.member, self.admin, self.config)
         self._tasks += housekeeping_tasks(self.logs, self.config)
         self.groups = GroupCoordinator(self)
         await self.groups.start(own_all=self.member is None)
-        if self.member is None:
-            self.transactions = TransactionCoordinator(self)
-            await self.transactions.start()
+        channel = (
+            MarkerChannel(self.node_id, self.hosting.endpoint) if self.hosting is not None else None
+        )
+        self.transactions = TransactionCoordinator(self, channel)
+        await self.transactions.start(own_all=self.member is None)
         if self.member is not None and self.hosting is not None:
-            # After the coordinator exists: the first images elect its partitions.
+            # After the coordinators exist: the first images elect their partitions.
             await self.member.start()
             self.hosting.start()
         self.metrics.attach(self, asyncio.get_running_loop())
@@ -201,6 +210,8 @@ class Broker:
             # scrape in progress waits for the loop.
             await asyncio.to_thread(self.metrics.close)
         await cancel_and_wait(self._tasks)
+        if self._coordinator_topics is not None:
+            await cancel_and_wait(self._coordinator_topics.tasks())
         if self.member is not None:
             await self.member.stop()
         if self.hosting is not None:
@@ -309,6 +320,17 @@ class Broker:
             return ErrorCode.not_leader_or_follower
         return await partition.wait_committed(partition.log_end_offset - 1, self.node_id, timeout)
 
+    def leader_of(self, topic: str, index: int) -> int | None:
+        """The partition's leader as this broker knows it (hosted here or not); None
+        while it has none."""
+        if self.member is not None:
+            info = self.member.control.image.partitions.get((topic, index))
+            leader = info.leader if info is not None else -1
+        else:
+            partition = self._partitions.get((topic, index))
+            leader = partition.leader if partition is not None else -1
+        return leader if leader >= 0 else None
+
     def partition_states(self, topic: str) -> list[PartitionInfo]:
         """Leader, epoch, replicas and ISR of every partition of the topic, hosted here or not."""
         if self.member is not None:
@@ -321,41 +343,31 @@ class Broker:
         ]
 
     def group_coordinator(self, key: str) -> BrokerEndpoint | ErrorCode:
-        """FindCoordinator: the leader of the key's `__consumer_offsets` partition.
-
-        In a cluster the topic is created on first use, as Kafka does, and the
-        answer meanwhile is COORDINATOR_NOT_AVAILABLE (the client asks again).
-        """
-        if self.member is None:
-            groups = self.groups
-            if groups is None or not groups.store.partitions:
-                return ErrorCode.coordinator_not_available
-            partition = self._partitions.get((OFFSETS_TOPIC, groups.store.partition_for(key)))
-            if partition is None or partition.leader != self.node_id:
-                return ErrorCode.coordinator_not_available
-            host, port = self.advertised
-            return BrokerEndpoint(self.node_id, host, port)
-        image = self.member.control.image
-        topic = image.topics.get(OFFSETS_TOPIC)
-        if topic is None:
-            self._create_offsets_topic()
+        """FindCoordinator: the leader of the key's `__consumer_offsets` partition (in a
+        cluster, kops.broker.coordinators; the topic is created on first use)."""
+        if self._coordinator_topics is not None:
+            return self._coordinator_topics.find(OFFSETS_TOPIC, key)
+        groups = self.groups
+        if groups is None or not groups.store.partitions:
             return ErrorCode.coordinator_not_available
-        info = image.partitions.get((OFFSETS_TOPIC, partition_for(key, topic.partition_count)))
-        broker = image.brokers.get(info.leader) if info is not None else None
-        if broker is None or broker.fenced:
+        partition = self._partitions.get((OFFSETS_TOPIC, groups.store.partition_for(key)))
+        if partition is None or partition.leader != self.node_id:
             return ErrorCode.coordinator_not_available
-        return BrokerEndpoint(broker.broker_id, broker.host, broker.port)
+        host, port = self.advertised
+        return BrokerEndpoint(self.node_id, host, port)
 
     def _connection_closed(self, peer: Peer) -> None:
         if self.member is not None:
             self.member.control.connection_closed(peer)
 
     def transaction_coordinator(self, key: str) -> BrokerEndpoint | ErrorCode:
-        """FindCoordinator for a transactional id: on a single broker, this one (the state
-        topic is created now, on first use); in a cluster, as for a group (and
-        InitProducerId there refuses the id)."""
+        """FindCoordinator for a transactional id: the leader of its `__transaction_state`
+        partition in a cluster, as for a group; a single broker is the coordinator of
+        every id (the topic is created now, on first use)."""
+        if self._coordinator_topics is not None:
+            return self._coordinator_topics.find(TRANSACTION_STATE_TOPIC, key)
         if self.transactions is None:
-            return self.group_coordinator(key)
+            return ErrorCode.coordinator_not_available
         self.transactions.ensure_topic()
         host, port = self.advertised
         return BrokerEndpoint(self.node_id, host, port)
@@ -364,30 +376,6 @@ class Broker:
         """A transaction's marker is in `__consumer_offsets` partition `index`."""
         if self.groups is not None:
             self.groups.transaction_completed(index, producer_id, commit)
-
-    def _create_offsets_topic(self) -> None:
-        if self._offsets_topic_task is not None and not self._offsets_topic_task.done():
-            return
-
-        async def create() -> None:
-            # offsets.topic.replication.factor, capped by the brokers there are (as
-            # Kafka does for a small cluster, rather than refuse to create it).
-            image = self.member.control.image if self.member is not None else None
-            brokers = len(image.live_brokers()) if image is not None else 1
-            factor = min(self.config.int("offsets.topic.replication.factor"), brokers)
-            try:
-                await self.admin.create_topic(
-                    OFFSETS_TOPIC,
-                    self.config.int("offsets.topic.num.partitions"),
-                    max(1, factor),
-                    OFFSETS_TOPIC_CONFIGS,
-                )
-            except TopicError as exc:
-                if exc.error_code != ErrorCode.topic_already_exists:
-                    log.warning("could not create %s: %s", OFFSETS_TOPIC, exc.message)
-
-        self._offsets_topic_task = asyncio.create_task(create(), name="kops-offsets-topic")
-        self._tasks.append(self._offsets_topic_task)
 
     def effective_topic_config(self, record: TopicRecord) -> dict[str, str]:
         """The topic's settings over the broker's defaults."""

@@ -77,10 +77,12 @@ BROKER_DEFAULTS: dict[str, str] = {
     "message.max.bytes": "1048588",
     "socket.request.max.bytes": str(100 * 1024 * 1024),
     "offsets.topic.num.partitions": "50",
-    # Transactions (Kafka's defaults): the coordinator's state topic, the longest
+    # Transactions (Kafka's defaults): the coordinator's state topic (its replication
+    # factor capped by the live brokers when it is created), the longest
     # transaction.timeout.ms a producer may ask for, and how often timed-out
     # transactions are looked for and aborted.
     "transaction.state.log.num.partitions": "50",
+    "transaction.state.log.replication.factor": "3",
     "transaction.max.timeout.ms": "900000",
     "transaction.abort.timed.out.transaction.cleanup.interval.ms": "10000",
     # kops's own switch (no Kafka name exists): false refuses transactional producers

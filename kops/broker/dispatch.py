@@ -53,6 +53,7 @@ from kops.broker.handlers import (
     quorum,
     sync_group,
     txn_offset_commit,
+    write_txn_markers,
 )
 from kops.broker.metrics import RequestMetrics
 from kops.broker.server import FrameError, Peer
@@ -98,6 +99,7 @@ HANDLERS: tuple[ApiHandler[Any], ...] = (
     add_partitions_to_txn.API,
     add_offsets_to_txn.API,
     end_txn.API,
+    write_txn_markers.API,
     txn_offset_commit.API,
     describe_transactions.API,
     list_transactions.API,

@@ -5,7 +5,8 @@ broker are opened, each takes the leader, leader epoch and ISR the image gives
 it, the ones this broker follows fetch from their leader (ReplicaFetchers), the
 ones it leads send their ISR changes to the controller (AlterPartitionSender),
 and the replicas of deleted topics go. The group coordinator follows the
-leadership of the `__consumer_offsets` partitions. A timer re-checks every led
+leadership of the `__consumer_offsets` partitions, the transaction coordinator
+that of the `__transaction_state` partitions. A timer re-checks every led
 partition's ISR, so a follower that stopped fetching leaves it after
 replica.lag.time.max.ms even when nothing else happens.
 """
@@ -28,10 +29,12 @@ from kops.broker.cluster.replication import IsrProposal
 from kops.broker.cluster.topics import TopicRecord
 from kops.broker.config import BrokerConfig
 from kops.broker.groups.storage import OFFSETS_TOPIC
+from kops.broker.txn.log import TRANSACTION_STATE_TOPIC
 
 if TYPE_CHECKING:
     from kops.broker.cluster.member import ClusterMember
     from kops.broker.groups.coordinator import GroupCoordinator
+    from kops.broker.txn.coordinator import TransactionCoordinator
 
 __all__ = ["MemberPartitions"]
 
@@ -49,11 +52,24 @@ _SUPERSEDED = frozenset(
 log = logging.getLogger("kops.broker.replication")
 
 
+class _PartitionOwner(Protocol):
+    """A coordinator serving the keys of the internal topic's partitions it leads."""
+
+    def set_partition_count(self, n: int) -> None: ...
+
+    def elect(self, index: int) -> int: ...
+
+    def resign(self, index: int) -> int: ...
+
+
 class HostBroker(Protocol):
     """The broker's part: its partitions and logs (kops.broker.broker.Broker)."""
 
     @property
     def groups(self) -> GroupCoordinator | None: ...
+
+    @property
+    def transactions(self) -> TransactionCoordinator | None: ...
 
     def partition(self, topic: str, index: int) -> Partition | None: ...
 
@@ -79,7 +95,7 @@ class MemberPartitions:
         self._orphans_checked = False
         self.fetchers = ReplicaFetchers(
             node_id,
-            self._endpoint,
+            self.endpoint,
             backoff_ms=config.int("replica.fetch.backoff.ms"),
             max_wait_ms=config.int("replica.fetch.wait.max.ms"),
             max_bytes=config.int("replica.fetch.max.bytes"),
@@ -103,7 +119,7 @@ class MemberPartitions:
     def image(self) -> MetadataImage:
         return self._member.control.image
 
-    def _endpoint(self, broker_id: int) -> tuple[str, int] | None:
+    def endpoint(self, broker_id: int) -> tuple[str, int] | None:
         """Where to fetch from another broker: its controller.quorum.voters address, the
         inter-broker address book (as Kafka's inter-broker listener); else what it advertised."""
         if broker_id in self._member.voters:
@@ -169,18 +185,22 @@ class MemberPartitions:
             )
 
     def _move_coordinators(self, image: MetadataImage) -> None:
-        """The group coordinator follows the leadership of `__consumer_offsets` partitions."""
-        topic = image.topics.get(OFFSETS_TOPIC)
-        groups = self._broker.groups
-        if groups is None or topic is None:
-            return
-        groups.set_partition_count(topic.partition_count)
-        for info in image.partitions_of(OFFSETS_TOPIC):
-            hosted = self._broker.partition(OFFSETS_TOPIC, info.partition) is not None
-            if info.leader == self.node_id and hosted:
-                groups.elect(info.partition)
-            else:
-                groups.resign(info.partition)
+        """Each coordinator follows the leadership of its internal topic's partitions."""
+        owners: tuple[tuple[str, _PartitionOwner | None], ...] = (
+            (OFFSETS_TOPIC, self._broker.groups),
+            (TRANSACTION_STATE_TOPIC, self._broker.transactions),
+        )
+        for name, owner in owners:
+            topic = image.topics.get(name)
+            if owner is None or topic is None:
+                continue
+            owner.set_partition_count(topic.partition_count)
+            for info in image.partitions_of(name):
+                hosted = self._broker.partition(name, info.partition) is not None
+                if info.leader == self.node_id and hosted:
+                    owner.elect(info.partition)
+                else:
+                    owner.resign(info.partition)
 
     # ---- the leader's ISR changes -------------------------------------------------------
 

@@ -146,7 +146,13 @@ class BrokerApi(ClusterView, Protocol):
 
     @property
     def transactions(self) -> TransactionCoordinator | None:
-        """The transaction coordinator; None where transactions are not served (a cluster)."""
+        """The transaction coordinator (in a cluster, of the ids whose
+        `__transaction_state` partition this broker leads); None before it starts."""
+        ...
+
+    def transaction_completed(self, index: int, producer_id: int, commit: bool) -> None:
+        """A marker reached `__consumer_offsets` partition `index`: the group
+        coordinator commits or drops the producer's pending offsets there."""
         ...
 
 

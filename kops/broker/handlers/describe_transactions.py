@@ -1,9 +1,11 @@
 """DescribeTransactions (key 65): v0 (KIP-664; `kafka-transactions.sh describe`).
 
 - Per transactional id: state, timeout, start time, producer id and epoch, and
-  the partitions of the open transaction. An id the coordinator does not hold
-  gets TRANSACTIONAL_ID_NOT_FOUND; where transactions are not served (a cluster,
-  for now), COORDINATOR_NOT_AVAILABLE.
+  the partitions of the open transaction. An id whose `__transaction_state`
+  partition another broker leads gets NOT_COORDINATOR (the admin client asks
+  the id's coordinator); one the coordinator does not hold,
+  TRANSACTIONAL_ID_NOT_FOUND; before the coordinator starts,
+  COORDINATOR_NOT_AVAILABLE.
 - A transaction that has not started has start time 0 (the epoch): Kafka sends
   -1, which the schema's timestamp type cannot carry.
 """
@@ -35,6 +37,8 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
         code = (
             ErrorCode.coordinator_not_available
             if transactions is None
+            else ErrorCode.not_coordinator
+            if not transactions.owns(transactional_id)
             else ErrorCode.none
             if meta is not None
             else ErrorCode.transactional_id_not_found

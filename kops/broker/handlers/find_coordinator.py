@@ -5,9 +5,10 @@
   single broker that leader is this broker. In a cluster it is whichever broker
   the metadata names, and the topic is created on first use (the client gets
   COORDINATOR_NOT_AVAILABLE and asks again meanwhile).
-- key_type 1 (transaction): on a single broker, this broker, which creates
-  `__transaction_state` on first use (kops.broker.txn); in a cluster the same
-  placement as a group's (InitProducerId there refuses transactional ids).
+- key_type 1 (transaction): the leader of partition
+  abs(javaStringHashCode(key)) % N of `__transaction_state`, created on first
+  use as `__consumer_offsets` is (kops.broker.coordinators); on a single broker,
+  this broker.
 - v1+: key_type, throttle_time, error_message.
 """
 

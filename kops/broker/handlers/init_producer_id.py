@@ -10,8 +10,10 @@
   transaction.max.timeout.ms gets INVALID_TRANSACTION_TIMEOUT.
 - With kops.transactions.enable=false a transactional id is refused as Kafka
   refuses one its ACLs deny (TRANSACTIONAL_ID_AUTHORIZATION_FAILED, fatal).
-- In a cluster a transactional id is refused (TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-  fatal for the client): the coordinator's state is not replicated yet.
+- In a cluster the request must reach the id's coordinator, the leader of its
+  `__transaction_state` partition (FindCoordinator key_type 1); another broker
+  answers NOT_COORDINATOR and the client looks it up again. The id's producer
+  id and epoch are in that partition, so they survive the coordinator's move.
 - v2+: flexible. v3+: producer_id/producer_epoch the client holds (KIP-360); a
   mismatch is PRODUCER_FENCED. v4+: PRODUCER_FENCED (KIP-588); before, it is
   INVALID_PRODUCER_EPOCH.
@@ -20,7 +22,6 @@
 from __future__ import annotations
 
 import datetime
-import logging
 
 from kio.schema.errors import ErrorCode
 from kio.schema.init_producer_id import v0, v1, v2, v3, v4
@@ -49,8 +50,6 @@ Response = (
 REPLY: Reply[Response] = Reply(API_KEY)
 WITH_PRODUCER = (v3.InitProducerIdRequest, v4.InitProducerIdRequest)
 
-log = logging.getLogger("kops.broker.producers")
-
 
 async def handle(ctx: RequestContext, request: Request) -> Response:
     if request.transactional_id is None:
@@ -62,11 +61,7 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
         )
         code, producer_id, epoch = ErrorCode.transactional_id_authorization_failed, -1, -1
     elif (transactions := ctx.broker.transactions) is None:
-        log.warning(
-            "refusing transactional producer %r: transactions need a single broker for now",
-            request.transactional_id,
-        )
-        code, producer_id, epoch = ErrorCode.transactional_id_authorization_failed, -1, -1
+        code, producer_id, epoch = ErrorCode.coordinator_not_available, -1, -1
     else:
         expected = (
             (int(request.producer_id), int(request.producer_epoch))

@@ -6,7 +6,9 @@
   not know is echoed in unknown_state_filters (Dead and PrepareEpochFence are
   known, and match nothing here).
 - v1+: duration_filter (KIP-994): only transactions open at least that many ms.
-- Where transactions are not served (a cluster, for now): an empty list.
+- In a cluster each broker lists the ids of the `__transaction_state`
+  partitions it leads (the admin client asks every broker); before the
+  coordinator starts, an empty list.
 """
 
 from __future__ import annotations

@@ -6,7 +6,11 @@
   it aborts (kops.broker.groups.txn_offsets).
 - The producer must be the transactional id's current one, else
   INVALID_PRODUCER_ID_MAPPING or PRODUCER_FENCED (v0-2: INVALID_PRODUCER_EPOCH,
-  as KIP-588 maps it for clients that predate the code).
+  as KIP-588 maps it for clients that predate the code). That is checked where
+  this broker also coordinates the transactional id (always on a single broker);
+  elsewhere in a cluster, as in Kafka, the offsets partition refuses a batch of
+  an epoch older than the producer's, and the transaction's abort marker ends
+  whatever a fenced producer still wrote.
 - v2+: committed_leader_epoch. v3+: flexible; generation_id, member_id and
   group_instance_id (KIP-447) are checked as OffsetCommit checks them; generation
   -1 skips the membership check.
