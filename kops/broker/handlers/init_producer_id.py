@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 
 from kio.schema.errors import ErrorCode
 from kio.schema.init_producer_id import v0, v1, v2, v3, v4
@@ -49,6 +50,8 @@ Response = (
 )
 REPLY: Reply[Response] = Reply(API_KEY)
 WITH_PRODUCER = (v3.InitProducerIdRequest, v4.InitProducerIdRequest)
+
+log = logging.getLogger("kops.broker.producers")
 
 
 async def handle(ctx: RequestContext, request: Request) -> Response:
