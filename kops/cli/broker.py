@@ -99,7 +99,8 @@ def start(
 
     With --quorum the brokers elect a controller among themselves by Raft (KRaft's Vote,
     BeginQuorumEpoch, EndQuorumEpoch, Fetch and DescribeQuorum) and re-elect when it dies.
-    Partition data is not replicated yet: each broker serves its own partitions.
+    Partitions are replicated (replication.factor); the controller moves leadership, and
+    the group and transaction coordinators with it, when a broker dies.
     """
     from kops.broker.cluster.voters import QuorumError
     from kops.broker.metrics import MetricsBindError

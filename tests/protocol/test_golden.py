@@ -102,6 +102,11 @@ NOT_SENT_BY_ANY_CLIENT = {
         "kops txn (kops/transactions.py) does, in tests/cli/test_txn_cli.py"
         for pair in ((65, 0), (66, 0), (66, 1))
     },
+    **{
+        (27, v): "write_txn_markers: sent by a transaction coordinator to other leaders: "
+        "tests/cluster/test_cluster_transactions.py"
+        for v in (1, 2)
+    },
     (1, 12): "fetch v12: newer than the captures; tests/broker/test_fetch_versions.py, "
     "and the quorum's Fetch in tests/cluster/test_raft_wire.py",
     **{

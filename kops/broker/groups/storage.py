@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from kio.schema.errors import ErrorCode
 
 from kops.broker.groups.group import Group, GroupState, Member, OffsetEntry
+from kops.broker.log.config import InvalidProducerEpochError
 from kops.protocol.batch import (
     ATTR_TRANSACTIONAL,
     CONTROL_COMMIT,
@@ -83,6 +84,12 @@ def write_error(exc: Exception, what: str) -> ErrorCode:
     if isinstance(exc, NotCoordinatorError):
         log.warning("could not %s: %s", what, exc)
         return ErrorCode.not_coordinator
+    if isinstance(exc, InvalidProducerEpochError):
+        # A transactional write by a fenced producer (TxnOffsetCommit on a broker that is
+        # not the id's coordinator): fatal for the client, as Kafka answers it (older
+        # TxnOffsetCommit versions get INVALID_PRODUCER_EPOCH, see txn.state.for_version).
+        log.warning("could not %s: %s", what, exc)
+        return ErrorCode.producer_fenced
     log.error("could not %s", what, exc_info=exc)
     return ErrorCode.coordinator_not_available
 

@@ -82,6 +82,7 @@ async def handle(ctx: RequestContext, request: Request) -> Response:
         )
         if ErrorCode.none in errors:
             errors = await wait_replicated(ctx, groups, request.group_id, errors)
+        errors = [for_version(code, ctx.api_version, 3) for code in errors]
     codes = iter(errors)
     topics = tuple(
         ctx.make(

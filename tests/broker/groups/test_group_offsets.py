@@ -31,7 +31,14 @@ from kio.schema.offset_fetch.v5.request import OffsetFetchRequest, OffsetFetchRe
 from kio.schema.sync_group.v3.request import SyncGroupRequest, SyncGroupRequestAssignment
 
 from kops.broker.groups.group import now_ms
-from kops.broker.groups.storage import OFFSETS_TOPIC, java_string_hash, partition_for
+from kops.broker.groups.storage import (
+    OFFSETS_TOPIC,
+    NotCoordinatorError,
+    java_string_hash,
+    partition_for,
+    write_error,
+)
+from kops.broker.log.config import InvalidProducerEpochError
 from kops.broker.runner import BrokerThread
 from kops.testing import TEST_CONFIG, BrokerProcess
 from tests.broker.clients import create_topic, produce
@@ -145,6 +152,15 @@ def test_java_string_hash_placement() -> None:
     assert java_string_hash("polygenelubricants") == -(1 << 31)
     assert partition_for("polygenelubricants", 50) == 0
     assert partition_for("hello", 50) == 99162322 % 50
+
+
+def test_a_failed_offsets_write_answers_what_the_client_must_do() -> None:
+    # Look up the coordinator again; fenced for good (a zombie's TxnOffsetCommit on a
+    # broker that is not its transaction coordinator); retry here.
+    assert write_error(NotCoordinatorError("moved"), "commit") == ErrorCode.not_coordinator
+    fenced = InvalidProducerEpochError("epoch 3 older than 4")
+    assert write_error(fenced, "commit") == ErrorCode.producer_fenced
+    assert write_error(OSError("disk"), "commit") == ErrorCode.coordinator_not_available
 
 
 def test_generation_fencing_of_commits_and_heartbeats(kafka_broker: str, topic_name: str) -> None:
