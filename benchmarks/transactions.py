@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/transactions.py
     .venv/bin/python benchmarks/transactions.py --records 200000 --per-txn 1000
+    .venv/bin/python benchmarks/transactions.py --bootstrap HOST:PORT,... --replication-factor 3
 
 The same records (100 B, 6 partitions, linger.ms=5, acks=all) are written twice in
 the same run: by an idempotent producer, then by a transactional one committing
@@ -97,21 +98,32 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--size", type=int, default=100)
     parser.add_argument("--per-txn", type=int, default=1000)
+    parser.add_argument(
+        "--bootstrap", help="an existing cluster (e.g. kops cluster start) instead of a new broker"
+    )
+    parser.add_argument("--replication-factor", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
-        broker = BrokerProcess(Path(root) / "broker", extra_args=["--log-level", "WARNING"])
-        broker.start()
+        broker = None
+        if args.bootstrap is None:
+            broker = BrokerProcess(Path(root) / "broker", extra_args=["--log-level", "WARNING"])
+            broker.start()
         try:
-            bootstrap = broker.bootstrap
-            for topic in ("warm-up", "plain", "txn"):
-                admin.create_topic(bootstrap, topic, PARTITIONS)
+            bootstrap = args.bootstrap or broker.bootstrap  # type: ignore[union-attr]
+            run = uuid.uuid4().hex[:6]
+            warm_up, plain_topic, txn_topic = (f"{t}-{run}" for t in ("warm-up", "plain", "txn"))
+            for topic in (warm_up, plain_topic, txn_topic):
+                admin.create_topic(bootstrap, topic, PARTITIONS, args.replication_factor)
             # The first producer pays for the broker's cold start; it is not measured.
-            _produce(bootstrap, "warm-up", min(args.records, 20_000), args.size, None)
-            plain = _produce(bootstrap, "plain", args.records, args.size, None)
-            txn = _produce(bootstrap, "txn", args.records, args.size, args.per_txn)
-            read_plain = _consume(bootstrap, "plain", args.records, "read_uncommitted")
-            read = _consume(bootstrap, "txn", args.records, "read_committed")
-            print(f"produce {args.records} x {args.size} B, {PARTITIONS} partitions, acks=all:")
+            _produce(bootstrap, warm_up, min(args.records, 20_000), args.size, None)
+            plain = _produce(bootstrap, plain_topic, args.records, args.size, None)
+            txn = _produce(bootstrap, txn_topic, args.records, args.size, args.per_txn)
+            read_plain = _consume(bootstrap, plain_topic, args.records, "read_uncommitted")
+            read = _consume(bootstrap, txn_topic, args.records, "read_committed")
+            print(
+                f"produce {args.records} x {args.size} B, {PARTITIONS} partitions, "
+                f"replication factor {args.replication_factor}, acks=all:"
+            )
             print(f"  idempotent:                     {plain:>10,.0f} records/s")
             print(
                 f"  transactional, {args.per_txn:>5} per commit: {txn:>10,.0f} records/s"
@@ -124,7 +136,8 @@ def main() -> None:
                 f"  (ratio {read / read_plain:.2f})"
             )
         finally:
-            broker.stop()
+            if broker is not None:
+                broker.stop()
 
 
 if __name__ == "__main__":
