@@ -3,9 +3,13 @@
 
 - ``retry-consumer`` (long-running): consume ``topics`` in ``group`` with ``handler``
   (``"package.module:function"``) wrapped in the retry/DLQ policy of its ``[job.retry]``
-  table (:meth:`kops.recipes.retry.RetryPolicy.from_dict`).
+  table (:meth:`kops.recipes.retry.RetryPolicy.from_dict`). ``exactly_once = true``: each
+  batch's retries, dead letters and offsets in one transaction.
 - ``dlq-replay`` (periodic): replay a DLQ, rate-limited, each dead letter at most once; e.g.
   every night, the dead letters of the last day that failed more than an hour ago.
+
+A cluster that refuses transactions stops an ``exactly_once`` job for good (``kops worker
+run`` exits 1 saying so).
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ def retry_consumer_job(options: dict[str, Any], context: JobContext) -> RetryCon
 
     kind = context.kind
     allowed = {"topics", "group", "handler", "python_path", "retry", "batch_size", "consumer"}
-    allowed |= {"tiers", "template", "max_delay", "create_topics"}
+    allowed |= {"tiers", "template", "max_delay", "create_topics", "exactly_once", "instance_id"}
     opts = take_options(options, allowed, kind, required={"topics", "group", "handler"})
     if context.periodic:
         raise RecipeError(f"{kind} is long-running: remove every/cron")
@@ -101,6 +105,8 @@ def retry_consumer_job(options: dict[str, Any], context: JobContext) -> RetryCon
         "batch_size": int(opts.get("batch_size", 100)),
         "create_topics": bool(opts.get("create_topics", True)),
         "consumer_config": {str(k): v for k, v in dict(opts.get("consumer", {})).items()},
+        "exactly_once": bool(opts.get("exactly_once", False)),
+        "instance_id": str(opts["instance_id"]) if opts.get("instance_id") else None,
     }
     return RetryConsumerJob(context, kwargs)
 
