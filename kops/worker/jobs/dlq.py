@@ -7,6 +7,7 @@
   batch's retries, dead letters and offsets in one transaction.
 - ``dlq-replay`` (periodic): replay a DLQ, rate-limited, each dead letter at most once; e.g.
   every night, the dead letters of the last day that failed more than an hour ago.
+  ``exactly_once = true``: each batch's records and their markers in one transaction.
 
 A cluster that refuses transactions stops an ``exactly_once`` job for good (``kops worker
 run`` exits 1 saying so).
@@ -115,9 +116,10 @@ def dlq_replay_job(options: dict[str, Any], context: JobContext) -> Callable[[],
     """``since``/``until`` are durations before each run: ``since = "1d"``, ``until = "1h"``
     replays what failed between a day and an hour before the run."""
     kind = context.kind
+    allowed = {"topic", "to", "exception", "since", "until", "key", "rate", "limit"}
     opts = take_options(
         options,
-        {"topic", "to", "exception", "since", "until", "key", "rate", "limit", "include_in_doubt"},
+        allowed | {"include_in_doubt", "exactly_once"},
         kind,
         required={"topic"},
     )
@@ -140,6 +142,7 @@ def dlq_replay_job(options: dict[str, Any], context: JobContext) -> Callable[[],
             context.settings, str(opts["topic"]), to=opts.get("to"), where=where,
             rate=rate or None, limit=None if limit is None else int(limit),
             include_in_doubt=bool(opts.get("include_in_doubt", False)), stop=context.stop,
+            exactly_once=bool(opts.get("exactly_once", False)),
         )  # fmt: skip
         context.log.info("%s: %s: %s", context.name, report.dlq, report.summary())
         context.note(f"last run: {report.summary()}")
