@@ -24,6 +24,7 @@ from kops.recipes.delay.forwarder import DelayForwarders, ForwarderOptions
 from kops.recipes.exactly_once import TransactionsUnsupported
 from kops.testing import BrokerProcess, wait_until
 from tests.recipes.processes import ForwarderProcess, assert_one_line_error, run_kops
+from tests.recipes.streams import Feeder
 
 
 def read_all_committed(bootstrap: str, topic: str, partitions: int) -> list[tuple[str, int, int]]:
@@ -78,33 +79,18 @@ def assert_exactly_once(delivered: list[tuple[str, int, int]], sent: set[str]) -
     print(f"{len(sent)} records: each delivered once, none early")  # the figure, with -s
 
 
-class Feeder:
+class DelayFeeder(Feeder):
     """Sends delayed records at a steady pace from its own thread until stopped."""
 
     def __init__(self, bootstrap: str, target: str, tiers: DelayTiers, rate: float = 40.0):
-        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-        self.target, self.tiers, self.rate = target, tiers, rate
+        super().__init__(bootstrap, rate)
+        self.target, self.tiers = target, tiers
         self.sent: set[str] = set()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.rng = random.Random(7)
 
-    def _run(self) -> None:
-        rng = random.Random(7)
-        while not self.stop.wait(1 / self.rate):
-            msg_id = send_delayed(
-                self.producer, self.target, b"x", delay=rng.uniform(0.1, 2.5), tiers=self.tiers
-            )
-            self.sent.add(msg_id)
-            self.producer.poll(0)
-
-    def __enter__(self) -> Feeder:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        assert self.producer.flush(30) == 0, "the feeder's records were not all acknowledged"
+    def send(self, i: int) -> None:
+        delay = self.rng.uniform(0.1, 2.5)
+        self.sent.add(send_delayed(self.producer, self.target, b"x", delay=delay, tiers=self.tiers))
 
 
 def test_each_record_is_forwarded_once_in_a_transaction(kafka_broker: str) -> None:
@@ -172,7 +158,7 @@ def _forwarder_kills(kafka_broker: str, kills: int) -> None:
     )
     fwd.start()
     rng = random.Random(kills)
-    with Feeder(kafka_broker, target, tiers) as feeder:
+    with DelayFeeder(kafka_broker, target, tiers) as feeder:
         for _ in range(kills):
             _wait_for_progress(kafka_broker, target, rng, fwd)
             fwd.kill()
@@ -221,7 +207,7 @@ def _broker_kills(broker: BrokerProcess, kills: int) -> None:
     fwd = ForwarderProcess(bootstrap, tiers, "eosb", "inst", "--exactly-once", "--dlq-topic", "")
     fwd.start()
     rng = random.Random(kills + 100)
-    with Feeder(bootstrap, "target", tiers, rate=20) as feeder:
+    with DelayFeeder(bootstrap, "target", tiers, rate=20) as feeder:
         for _ in range(kills):
             _wait_for_progress(bootstrap, "target", rng, fwd)
             broker.kill()

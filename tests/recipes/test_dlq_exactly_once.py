@@ -20,8 +20,8 @@ from kops.recipes.dlq import dead_letter_headers, replay, replay_state_topic
 from kops.recipes.dlq.ops import load_markers
 from kops.recipes.exactly_once import TransactionsUnsupported, read_committed
 from kops.testing import wait_until
-from tests.recipes.logs import end_offsets, read
 from tests.recipes.processes import ChildProcess, assert_one_line_error, run_kops
+from tests.recipes.streams import end_offsets, read
 
 
 def make_dlq(bootstrap: str, count: int, *, big: int = 0) -> tuple[str, str]:
@@ -103,7 +103,7 @@ def test_an_aborted_batch_is_invisible_and_sent_again(kafka_broker: str) -> None
 
 
 def _replay_kills(kafka_broker: str, kills: int) -> None:
-    count = 400
+    count = 200 + 60 * kills  # each run is killed long before it is through them
     source, dlq = make_dlq(kafka_broker, count)
     run = ChildProcess(kafka_broker, ["dlq", "replay", dlq, "--exactly-once", "--rate", "150"])
     rng = random.Random(kills)

@@ -8,7 +8,6 @@ The default run kills the router 3 times; ``-m slow`` kills it 20 times.
 from __future__ import annotations
 
 import random
-import threading
 import time
 import uuid
 from collections import Counter
@@ -23,13 +22,13 @@ from kops.client import UnknownTopic
 from kops.consume import ConsumedRecord
 from kops.recipes import headers as h
 from kops.recipes.delay import DelayTiers
-from kops.recipes.delay.forwarder import DelayForwarders, ForwarderOptions
+from kops.recipes.delay.forwarder import ForwarderOptions
 from kops.recipes.exactly_once import TransactionsUnsupported
 from kops.recipes.retry import Outcome, RetryPolicy, run_retrying_consumer
 from kops.testing import wait_until
 from tests.recipes import eos_handlers
-from tests.recipes.logs import end_offsets, read
 from tests.recipes.processes import ChildProcess, assert_one_line_error, run_kops
+from tests.recipes.streams import Background, Feeder, end_offsets, forwarders_running, read
 
 HERE = Path(__file__).resolve().parent
 POLICY = RetryPolicy(attempts=1, ladder=(1.0,))
@@ -64,37 +63,28 @@ def produce(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes]], 
     assert p.flush(10) == 0
 
 
-class Router:
+class Router(Background):
     """run_retrying_consumer(exactly_once=True) in a thread, outcomes counted per key."""
 
     def __init__(self, bootstrap: str, topic: str, tiers: DelayTiers, **kw: object):
+        super().__init__()
         self.outcomes: Counter[tuple[bytes, Outcome]] = Counter()
-        self.stop = threading.Event()
         self.error: BaseException | None = None
         self.group = f"router-{uuid.uuid4().hex[:6]}"
+        self.args = (bootstrap, [topic], eos_handlers.by_value)
+        self.kw = {"group": self.group, "policy": POLICY, "tiers": tiers, **kw}
 
-        def on_outcome(msg: Message, outcome: Outcome) -> None:
-            self.outcomes[(msg.key() or b"", outcome)] += 1
+    def on_outcome(self, msg: Message, outcome: Outcome) -> None:
+        self.outcomes[(msg.key() or b"", outcome)] += 1
 
-        def run() -> None:
-            try:
-                run_retrying_consumer(
-                    bootstrap, [topic], eos_handlers.by_value, group=self.group, policy=POLICY,
-                    tiers=tiers, stop=self.stop, on_outcome=on_outcome, exactly_once=True, **kw,
-                )  # fmt: skip
-            except BaseException as exc:
-                self.error = exc
-
-        self.thread = threading.Thread(target=run, daemon=True)
-
-    def __enter__(self) -> Router:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "the router did not stop"
+    def run(self) -> None:
+        try:
+            run_retrying_consumer(
+                *self.args, stop=self.stop, on_outcome=self.on_outcome, exactly_once=True,
+                **self.kw,
+            )  # fmt: skip
+        except BaseException as exc:
+            self.error = exc
 
     def running(self) -> bool:
         assert self.error is None, f"router failed: {self.error!r}"
@@ -110,14 +100,8 @@ def eos_tiers(kafka_broker: str) -> Iterator[DelayTiers]:
         tiers=tiers, group=f"fwd-{tag}", cancel_topic=None, stats_topic=None, dlq_topic=None,
         stats_interval=0, exactly_once=True,
     )  # fmt: skip
-    forwarders = DelayForwarders(kafka_broker, opts)
-    stop = threading.Event()
-    thread = threading.Thread(target=forwarders.run, args=(stop,), daemon=True)
-    thread.start()
-    assert forwarders.wait_assigned(30)
-    yield tiers
-    stop.set()
-    thread.join(30)
+    with forwarders_running(kafka_broker, opts):
+        yield tiers
 
 
 def test_each_retry_and_dead_letter_once_and_offsets_advance(
@@ -247,38 +231,23 @@ def test_the_worker_command_exits_1_with_one_line(
     assert_one_line_error(result, "TRANSACTIONAL_ID_AUTHORIZATION_FAILED")
 
 
-class Feeder:
-    """Produces records of every kind to the source topic at a steady pace until stopped."""
+class SourceFeeder(Feeder):
+    """Records of every kind to the source topic at a steady pace until stopped."""
 
     KINDS = (b"ok", b"retry", b"dead")
 
     def __init__(self, bootstrap: str, topic: str, rate: float = 60.0):
-        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-        self.topic, self.rate = topic, rate
+        super().__init__(bootstrap, rate)
+        self.topic = topic
         self.sent: dict[bytes, bytes] = {}
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        i = 0
-        while not self.stop.wait(1 / self.rate):
-            key, kind = f"k{i:05d}".encode(), self.KINDS[i % len(self.KINDS)]
-            self.producer.produce(self.topic, kind, key=key)
-            self.sent[key] = kind
-            self.producer.poll(0)
-            i += 1
+    def send(self, i: int) -> None:
+        key, kind = f"k{i:05d}".encode(), self.KINDS[i % len(self.KINDS)]
+        self.producer.produce(self.topic, kind, key=key)
+        self.sent[key] = kind
 
     def expected(self, kind: bytes) -> set[bytes]:
         return {k for k, v in self.sent.items() if v == kind}
-
-    def __enter__(self) -> Feeder:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        assert self.producer.flush(30) == 0, "the feeder's records were not all acknowledged"
 
 
 def _router_kills(kafka_broker: str, tmp_path: Path, kills: int) -> None:
@@ -301,7 +270,7 @@ def _router_kills(kafka_broker: str, tmp_path: Path, kills: int) -> None:
         except UnknownTopic:  # the router creates them when it starts
             return 0
 
-    with Feeder(kafka_broker, topic) as feeder:
+    with SourceFeeder(kafka_broker, topic) as feeder:
         for _ in range(kills):
             want = outputs() + rng.randint(2, 25)
             wait_until(
