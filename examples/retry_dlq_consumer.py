@@ -17,6 +17,10 @@ runs in the worker.
 
 ``--run-forwarders`` runs the delay-tier forwarders in this process; without it, run them
 elsewhere (``kops delay worker`` or ``kops up``).
+
+``--exactly-once`` puts each batch's retries, dead letters and offsets in one transaction
+(read them with ``isolation.level=read_committed``); ``--instance-id`` makes its
+transactional id stable, so a restart after a crash takes over at once.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from confluent_kafka import Message, Producer
 
 from kops.admin import create_topic
 from kops.client import ClientSettings, TopicAlreadyExists
+from kops.errors import KopsError
 from kops.recipes import headers as h
 from kops.recipes.delay import DelayTiers
 from kops.recipes.retry import (
@@ -104,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-forwarders", action="store_true", help="run the delay forwarders here")
     ap.add_argument("--expect", type=int, default=None, help="stop after N records finished")
     ap.add_argument("--idle-timeout", type=float, default=None, help="stop after N idle seconds")
+    ap.add_argument(
+        "--exactly-once", action="store_true", help="each batch's outputs in one transaction"
+    )
+    ap.add_argument("--instance-id", default=None, help="stable name of this consumer")
     args = ap.parse_args(argv)
 
     settings = ClientSettings(args.bootstrap)
@@ -144,9 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         stats = run_retrying_consumer(
             settings, [args.topic], handle, group=args.group, policy=policy, tiers=tiers,
             stop=stop, idle_timeout=args.idle_timeout, on_outcome=on_outcome,
+            exactly_once=args.exactly_once, instance_id=args.instance_id,
         )  # fmt: skip
     except KeyboardInterrupt:
         return 130
+    except KopsError as exc:  # e.g. a cluster that refuses transactions: one line, exit 1
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         stop.set()
         if forwarders is not None:

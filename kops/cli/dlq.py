@@ -153,6 +153,12 @@ def inspect(*, topic: str, samples: int, settings: ClientSettings, as_json: bool
     is_flag=True,
     help="Also replay records an interrupted run marked but may not have sent.",
 )
+@click.option(
+    "--exactly-once",
+    is_flag=True,
+    help="Send each batch and its markers in one transaction (read_committed): a killed "
+    "run leaves nothing in doubt and the next one resumes (needs brokers with transactions).",
+)
 @kafka_options()
 def replay(
     *,
@@ -166,6 +172,7 @@ def replay(
     limit: int | None,
     dry_run: bool,
     include_in_doubt: bool,
+    exactly_once: bool,
     settings: ClientSettings,
     as_json: bool,
 ) -> None:
@@ -173,7 +180,8 @@ def replay(
 
     Rate-limited; keys, values and original headers are kept. Each dead letter is replayed
     at most once, even across runs: replayed records are marked in the compacted topic
-    TOPIC.replayed.
+    TOPIC.replayed. With --exactly-once the records and their markers are written in
+    transactions: exactly once for read_committed readers, even when a run is killed.
     """
     where = lib.ReplayFilter(exception=exception, since_ms=since, until_ms=until, key=key)
     with progress_bar() as bar:
@@ -192,6 +200,7 @@ def replay(
             dry_run=dry_run,
             include_in_doubt=include_in_doubt,
             progress=on_progress,
+            exactly_once=exactly_once,
         )
     if as_json:
         print_json(report.to_dict())

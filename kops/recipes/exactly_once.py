@@ -41,9 +41,12 @@ from kops.errors import Unsupported
 
 __all__ = [
     "DEFAULT_TRANSACTION_TIMEOUT_MS",
+    "MAX_ABORTS",
+    "AbortBackoff",
     "ProducerFenced",
     "TransactionalSender",
     "TransactionsUnsupported",
+    "fatal_error",
     "read_committed",
     "transactional_id",
     "transactional_producer",
@@ -54,6 +57,10 @@ log = logging.getLogger("kops.exactly_once")
 #: ``transaction.timeout.ms`` of the recipes' producers: a round's transaction lasts
 #: milliseconds, and this bounds how long a killed process's open one holds readers back.
 DEFAULT_TRANSACTION_TIMEOUT_MS = 10_000
+
+#: Aborted transactions in a row after which a recipe stops redoing its batch (a record
+#: its destination refuses for good would otherwise be tried forever).
+MAX_ABORTS = 8
 
 T = TypeVar("T")
 
@@ -144,6 +151,15 @@ def _kafka_error(exc: BaseException) -> KafkaError | None:
     return None
 
 
+def fatal_error(exc: BaseException, what: str) -> ProducerFenced | None:
+    """The :class:`ProducerFenced` to raise for ``exc`` when librdkafka is done with the
+    producer (fenced by a newer one of its id, or another fatal error); None otherwise."""
+    err = _kafka_error(exc)
+    if err is None or not err.fatal():
+        return None
+    return ProducerFenced(f"{what}: {err.name()}: {err.str()}")
+
+
 def _retriable(exc: BaseException) -> bool:
     err = _kafka_error(exc)
     return err is not None and err.retriable() and not err.fatal() and not err.txn_requires_abort()
@@ -154,13 +170,14 @@ class TransactionalSender:
 
     ``commit`` and ``abort`` retry what librdkafka calls retriable (a timeout, the broker
     away) until ``stop`` is set; an abortable error aborts and ``commit`` returns False; a
-    fatal one (fenced) raises :class:`ProducerFenced`.
+    fatal one (fenced) raises :class:`ProducerFenced`. ``consumer`` may be None for a
+    producer whose transactions carry no consumer offsets (``commit([])``).
     """
 
     def __init__(
         self,
         producer: Producer,
-        consumer: Consumer,
+        consumer: Consumer | None,
         *,
         what: str,
         stop: threading.Event | None = None,
@@ -191,7 +208,10 @@ class TransactionalSender:
         return retrying(fn)
 
     def begin(self) -> None:
-        self._call("begin", self.producer.begin_transaction)
+        try:
+            self._call("begin", self.producer.begin_transaction)
+        except KafkaException as exc:
+            raise (fatal_error(exc, self.what) or exc) from None
         self.open = True
 
     def commit(self, offsets: Sequence[TopicPartition]) -> bool:
@@ -199,6 +219,7 @@ class TransactionalSender:
         commit it. True: committed. False: aborted, nothing of it is visible."""
         try:
             if offsets:
+                assert self.consumer is not None, "offsets need the consumer they are of"
                 metadata = self.consumer.consumer_group_metadata()
                 self._call(
                     "send offsets",
@@ -208,10 +229,9 @@ class TransactionalSender:
                 )
             self._call("commit", lambda: self.producer.commit_transaction(self.timeout))
         except KafkaException as exc:
-            err = _kafka_error(exc)
-            if err is not None and err.fatal():
+            if fenced := fatal_error(exc, self.what):
                 self.open = False
-                raise ProducerFenced(f"{self.what}: {err.name()}: {err.str()}") from None
+                raise fenced from None
             log.warning("%s: transaction aborted: %s", self.what, exc)
             self.abort()
             return False
@@ -226,10 +246,9 @@ class TransactionalSender:
         try:
             self._call("abort", lambda: self.producer.abort_transaction(self.timeout))
         except KafkaException as exc:
-            err = _kafka_error(exc)
-            if err is not None and err.fatal():
+            if fenced := fatal_error(exc, self.what):
                 self.open = False
-                raise ProducerFenced(f"{self.what}: {err.name()}: {err.str()}") from None
+                raise fenced from None
             if not self.stop.is_set():
                 raise
             # Stopping with the broker away: the coordinator aborts it when its timeout
@@ -244,3 +263,29 @@ class TransactionalSender:
             self.abort()
         except (KopsClientError, KafkaException) as exc:
             log.warning("%s: %s", self.what, exc)
+
+
+class AbortBackoff:
+    """Aborted transactions of the same work in a row: a growing wait before each attempt
+    again, and an error once ``limit`` of them aborted (a worker restarts the job later)."""
+
+    def __init__(self, what: str, stop: threading.Event, limit: int = MAX_ABORTS):
+        self.what = what
+        self.stop = stop
+        self.limit = limit
+        self.aborts = 0
+
+    def committed(self) -> None:
+        self.aborts = 0
+
+    def aborted(self, problem: str, again: str) -> None:
+        """Wait before doing ``again`` (what the log says is redone); raises
+        :class:`KopsClientError` at the ``limit``-th abort in a row."""
+        self.aborts += 1
+        if self.aborts >= self.limit:
+            raise KopsClientError(
+                f"{self.what}: {self.aborts} transactions in a row aborted; last: {problem}"
+            )
+        backoff = min(0.2 * 2 ** (self.aborts - 1), 5.0)
+        log.warning("%s: %s aborted (%s); again in %.1fs", self.what, again, problem, backoff)
+        self.stop.wait(backoff)

@@ -19,7 +19,9 @@ consumers of *other* groups skip it, since they handled the original already.
 
 :func:`run_retrying_consumer` is the matching consumer loop: subscribe, poll, handle, and
 commit only once every record of the batch is handled or its retry/dead letter is
-acknowledged by the broker (at least once: a crash re-delivers, never loses).
+acknowledged by the broker (at least once: a crash re-delivers, never loses). With
+``exactly_once`` each batch's retries, dead letters and offsets go in one transaction
+instead (:mod:`kops.recipes.retry_exactly_once`): no retry or dead letter twice.
 
 Example::
 
@@ -55,7 +57,6 @@ from kops.client import (
     AdminSession,
     ClientSettings,
     ErrorWatch,
-    IdleClock,
     KopsClientError,
     fetch_metadata,
     translate_error,
@@ -66,6 +67,7 @@ from kops.recipes.delay import DelayTiers, ensure_tier_topics, send_delayed
 from kops.recipes.dlq import dead_letter_headers, exception_name
 from kops.recipes.loader import import_object
 from kops.recipes.metrics import DLQ_DEAD_LETTERED, RETRY_ATTEMPTS, cause_of
+from kops.recipes.retry_loop import ConsumerLoop
 
 __all__ = [
     "DEFAULT_FATAL",
@@ -437,9 +439,6 @@ _REBALANCE_CODES = frozenset(
 )
 
 
-_MISSING_TOPIC_CODES = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_TOPIC})
-
-
 def _commit(consumer: Consumer, offsets: dict[tuple[str, int], int]) -> None:
     if not offsets:
         return
@@ -469,63 +468,67 @@ def run_retrying_consumer(
     create_topics: bool = True,
     consumer_config: Mapping[str, Any] | None = None,
     on_outcome: Callable[[Message, Outcome], None] | None = None,
+    exactly_once: bool = False,
+    instance_id: str | None = None,
 ) -> RetryStats:
     """Consume ``topics`` (and their retry topics) in ``group`` with ``handler`` wrapped in the
     retry/DLQ policy, until ``stop`` is set, ``max_records`` records were processed, or no
     record arrived for ``idle_timeout`` seconds. Offsets are committed after each batch, once
-    its retries and dead letters are acknowledged. Returns the counts."""
+    its retries and dead letters are acknowledged. Returns the counts.
+
+    ``exactly_once``: read with ``isolation.level=read_committed`` and put each batch's
+    retries, dead letters and consumer offsets in one transaction
+    (:mod:`kops.recipes.retry_exactly_once`): read_committed readers of the retry, tier and
+    DLQ topics see each retry and dead letter once, through crashes. The handler's own side
+    effects stay at-least-once: after an aborted batch or a crash it runs again for those
+    records. A cluster without transactions raises
+    :class:`~kops.recipes.exactly_once.TransactionsUnsupported`; another process taking the
+    transactional id raises :class:`~kops.recipes.exactly_once.ProducerFenced`.
+
+    ``instance_id`` names this consumer: static group membership (``group.instance.id``: a
+    restarted process takes its partitions back at once) and, with ``exactly_once``, a
+    stable transactional id (a restarted process aborts what its predecessor left open at
+    once; without it a killed process's open transaction holds read_committed readers back
+    until ``transaction.timeout.ms``). Two running consumers must not share one.
+    """
     settings = ClientSettings.of(target)
     policy = policy or (handler.policy if isinstance(handler, RetryingHandler) else RetryPolicy())
     if create_topics:
         ensure_retry_topics(settings, topics, policy=policy, tiers=tiers)
     watch = ErrorWatch(settings.bootstrap)
+    # A subscribed topic created later is noticed at the next metadata refresh: 10 s, not
+    # librdkafka's 5 minutes.
+    extra: dict[str, Any] = {"topic.metadata.refresh.interval.ms": 10000}
+    if instance_id:
+        extra["group.instance.id"] = instance_id
+    extra.update(consumer_config or {})
+    config = settings.consumer_config(group, watch, **extra)
+    subscribed = list(dict.fromkeys([*topics, *(policy.retry_target(t) for t in topics)]))
+    loop = ConsumerLoop(stop, max_records, idle_timeout, batch_size, on_outcome)
+    if exactly_once:
+        from kops.recipes.retry_exactly_once import run_in_transactions
+
+        return run_in_transactions(
+            settings, config, subscribed, handler, loop, watch=watch, group=group,
+            policy=policy, tiers=tiers, instance_id=instance_id,
+        )  # fmt: skip
     if isinstance(handler, RetryingHandler):
         wrapped = handler
     else:
         producer = Producer(settings.producer_config(watch, **{"enable.idempotence": True}))
         wrapped = RetryingHandler(handler, producer, group=group, policy=policy, tiers=tiers)
-    # A subscribed topic created later is noticed at the next metadata refresh: 10 s, not
-    # librdkafka's 5 minutes.
-    extra = {"topic.metadata.refresh.interval.ms": 10000, **dict(consumer_config or {})}
-    consumer = Consumer(settings.consumer_config(group, watch, **extra))
-    subscribed = list(dict.fromkeys([*topics, *(policy.retry_target(t) for t in topics)]))
-    processed = 0
+    consumer = Consumer(config)
     offsets: dict[tuple[str, int], int] = {}
-    missing: set[str | None] = set()
     try:
         fetch_metadata(consumer, watch, settings.timeout)
         consumer.subscribe(subscribed)
-        idle = IdleClock(idle_timeout)
-        while not (stop is not None and stop.is_set()):
-            if max_records is not None and processed >= max_records:
-                break
-            if idle.expired(consumer):
-                break
-            want = batch_size if max_records is None else min(batch_size, max_records - processed)
-            batch = consumer.consume(want, timeout=0.2)
-            for msg in batch:
-                err = msg.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF or err.retriable():
-                        continue
-                    if err.code() in _MISSING_TOPIC_CODES:
-                        # A long-running consumer outlives a missing topic: librdkafka
-                        # picks the topic up once it is created.
-                        if msg.topic() not in missing:
-                            log.warning(
-                                "topic %s does not exist (yet): waiting for it; create it with "
-                                "`kops topic create %s`", msg.topic(), msg.topic(),
-                            )  # fmt: skip
-                            missing.add(msg.topic())
-                        continue
-                    raise translate_error(KafkaException(err), "consume", msg.topic())
+        for batch in loop.batches(consumer):
+            for msg in loop.records(batch):
                 outcome = wrapped(msg)
                 offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
-                processed += 1
+                loop.processed += 1
                 if on_outcome is not None:
                     on_outcome(msg, outcome)
-            if batch:
-                idle.touch()
             if offsets:
                 # Cleared first: if a retry or dead letter fails to send, these offsets
                 # must never be committed (the finally below would otherwise do it).

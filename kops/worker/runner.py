@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -234,15 +235,28 @@ class Worker:
             self._periodic_running += 1
         state.status = "running"
         state.last_run_at = time.time()
+        failed_for_good = False
         try:
             state.instance()
             state.last_error = None
+        except Unsupported as exc:
+            # Later runs would fail the same way (the cluster lacks what the job needs).
+            state.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("job %s stopped: %s", state.spec.name, exc)
+            failed_for_good = True
+            state.next_run_at = None
+            if self._scheduler is not None:
+                with contextlib.suppress(JobLookupError):
+                    self._scheduler.remove_job(state.spec.name)
         except Exception as exc:
             state.last_error = f"{type(exc).__name__}: {exc}"
             log.exception("job %s failed", state.spec.name)
         finally:
             state.runs += 1
-            state.status = "stopped" if self.stop_event.is_set() else "scheduled"
+            if failed_for_good:
+                state.status = "failed"
+            else:
+                state.status = "stopped" if self.stop_event.is_set() else "scheduled"
             if not self.stop_event.is_set():
                 self._refresh_next_runs()
             with self._periodic_done:

@@ -6,10 +6,7 @@ The default run kills a few times; ``-m slow`` runs the issue's 20 kills of each
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -25,8 +22,9 @@ from kops.recipes import headers as h
 from kops.recipes.delay import DelayTiers, ensure_tier_topics, send_delayed
 from kops.recipes.delay.forwarder import DelayForwarders, ForwarderOptions
 from kops.recipes.exactly_once import TransactionsUnsupported
-from kops.testing import BrokerProcess, run_broker, wait_until
-from tests.recipes.processes import ForwarderProcess
+from kops.testing import BrokerProcess, wait_until
+from tests.recipes.processes import ForwarderProcess, assert_one_line_error, run_kops
+from tests.recipes.streams import Feeder
 
 
 def read_all_committed(bootstrap: str, topic: str, partitions: int) -> list[tuple[str, int, int]]:
@@ -81,33 +79,18 @@ def assert_exactly_once(delivered: list[tuple[str, int, int]], sent: set[str]) -
     print(f"{len(sent)} records: each delivered once, none early")  # the figure, with -s
 
 
-class Feeder:
+class DelayFeeder(Feeder):
     """Sends delayed records at a steady pace from its own thread until stopped."""
 
     def __init__(self, bootstrap: str, target: str, tiers: DelayTiers, rate: float = 40.0):
-        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
-        self.target, self.tiers, self.rate = target, tiers, rate
+        super().__init__(bootstrap, rate)
+        self.target, self.tiers = target, tiers
         self.sent: set[str] = set()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.rng = random.Random(7)
 
-    def _run(self) -> None:
-        rng = random.Random(7)
-        while not self.stop.wait(1 / self.rate):
-            msg_id = send_delayed(
-                self.producer, self.target, b"x", delay=rng.uniform(0.1, 2.5), tiers=self.tiers
-            )
-            self.sent.add(msg_id)
-            self.producer.poll(0)
-
-    def __enter__(self) -> Feeder:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        assert self.producer.flush(30) == 0, "the feeder's records were not all acknowledged"
+    def send(self, i: int) -> None:
+        delay = self.rng.uniform(0.1, 2.5)
+        self.sent.add(send_delayed(self.producer, self.target, b"x", delay=delay, tiers=self.tiers))
 
 
 def test_each_record_is_forwarded_once_in_a_transaction(kafka_broker: str) -> None:
@@ -175,7 +158,7 @@ def _forwarder_kills(kafka_broker: str, kills: int) -> None:
     )
     fwd.start()
     rng = random.Random(kills)
-    with Feeder(kafka_broker, target, tiers) as feeder:
+    with DelayFeeder(kafka_broker, target, tiers) as feeder:
         for _ in range(kills):
             _wait_for_progress(kafka_broker, target, rng, fwd)
             fwd.kill()
@@ -224,7 +207,7 @@ def _broker_kills(broker: BrokerProcess, kills: int) -> None:
     fwd = ForwarderProcess(bootstrap, tiers, "eosb", "inst", "--exactly-once", "--dlq-topic", "")
     fwd.start()
     rng = random.Random(kills + 100)
-    with Feeder(bootstrap, "target", tiers, rate=20) as feeder:
+    with DelayFeeder(bootstrap, "target", tiers, rate=20) as feeder:
         for _ in range(kills):
             _wait_for_progress(bootstrap, "target", rng, fwd)
             broker.kill()
@@ -250,13 +233,6 @@ def test_twenty_broker_sigkills_under_exactly_once_forwarders(
     _broker_kills(broker_process, kills=20)
 
 
-@pytest.fixture
-def no_transactions_broker(tmp_path: Path) -> Iterator[str]:
-    """A broker that refuses transactional producers, as a cluster whose ACLs deny them."""
-    with run_broker(tmp_path / "broker", config={"kops.transactions.enable": "false"}) as b:
-        yield b
-
-
 def test_exactly_once_on_a_cluster_without_transactions_stops_and_says_so(
     no_transactions_broker: str,
 ) -> None:
@@ -267,12 +243,5 @@ def test_exactly_once_on_a_cluster_without_transactions_stops_and_says_so(
 
 
 def test_the_worker_command_exits_1_with_one_line(no_transactions_broker: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "kops", "delay", "worker", "--tiers", "1s", "--exactly-once"],
-        env={**os.environ, "KOPS_BOOTSTRAP": no_transactions_broker},
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert result.returncode == 1, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "TRANSACTIONAL_ID_AUTHORIZATION_FAILED" in errors[0], result.stderr
-    assert "Traceback" not in result.stderr
+    result = run_kops(no_transactions_broker, "delay", "worker", "--tiers", "1s", "--exactly-once")
+    assert_one_line_error(result, "TRANSACTIONAL_ID_AUTHORIZATION_FAILED")

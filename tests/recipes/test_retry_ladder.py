@@ -20,9 +20,10 @@ from confluent_kafka import Producer
 from kops.admin import create_topic
 from kops.recipes import headers as h
 from kops.recipes.delay import DelayTiers
-from kops.recipes.delay.forwarder import DelayForwarders, ForwarderOptions
+from kops.recipes.delay.forwarder import ForwarderOptions
 from kops.recipes.dlq import read_dead_letters
 from kops.recipes.retry import DeserializationError, Outcome, RetryPolicy, run_retrying_consumer
+from tests.recipes.streams import forwarders_running
 
 
 @pytest.fixture
@@ -33,14 +34,8 @@ def tiers(kafka_broker: str) -> Iterator[DelayTiers]:
     opts = ForwarderOptions(
         tiers=tiers, group=f"fwd-{tag}", cancel_topic=None, stats_topic=None, stats_interval=0
     )
-    forwarders = DelayForwarders(kafka_broker, opts)
-    stop = threading.Event()
-    thread = threading.Thread(target=forwarders.run, args=(stop,), daemon=True)
-    thread.start()
-    assert forwarders.wait_assigned(30)
-    yield tiers
-    stop.set()
-    thread.join(30)
+    with forwarders_running(kafka_broker, opts):
+        yield tiers
 
 
 def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:

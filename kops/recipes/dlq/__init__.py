@@ -30,7 +30,9 @@ keyed by ``partition:offset:timestamp``. Per-record markers (unlike a consumer g
 single committed offset per partition) survive filters: replaying ``--exception A`` today
 and ``--exception B`` tomorrow replays each record once. A marker is written *before* the
 record is re-sent (state ``started``) and completed after delivery (``done``), so a crash in
-between never replays twice; such records are reported as in doubt instead.
+between never replays twice; such records are reported as in doubt instead. With
+``exactly_once`` a batch's records and their ``done`` markers are one transaction: nothing
+is ever in doubt, and a run killed midway is resumed by the next, each record once.
 
 Retry headers (``kops.retry.*``), the Spring/Connect mapping and the worker job kinds
 (``retry-consumer``, ``dlq-replay`` in :mod:`kops.worker.jobs.dlq`): ``recipes/dlq.md``.

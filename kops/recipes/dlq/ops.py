@@ -101,8 +101,11 @@ def list_dlq_topics(
 # --------------------------------------------------------------------------- replay state
 
 
-def load_markers(settings: ClientSettings, dlq_topic: str) -> dict[str, str]:
-    """marker key -> state ("started" or "done"); empty when nothing was replayed yet."""
+def load_markers(
+    settings: ClientSettings, dlq_topic: str, *, config: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """marker key -> state ("started" or "done"); empty when nothing was replayed yet.
+    ``config``: extra consumer properties (``isolation.level``)."""
     state: dict[str, str] = {}
     try:
         for rec in consume(
@@ -110,7 +113,7 @@ def load_markers(settings: ClientSettings, dlq_topic: str) -> dict[str, str]:
             replay_state_topic(dlq_topic),
             start=StartAt.beginning(),
             stop_at_end=True,
-            config=SCAN_CONFIG,
+            config={**SCAN_CONFIG, **(config or {})},
         ):
             if rec.key is None:
                 continue

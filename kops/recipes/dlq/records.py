@@ -372,9 +372,13 @@ class DeadLetter:
         }
 
 
-def read_dead_letters(settings: ClientSettings, topic: str) -> Iterator[DeadLetter]:
-    """Every record of ``topic`` (start to the current end) as a :class:`DeadLetter`."""
+def read_dead_letters(
+    settings: ClientSettings, topic: str, *, config: dict[str, Any] | None = None
+) -> Iterator[DeadLetter]:
+    """Every record of ``topic`` (start to the current end) as a :class:`DeadLetter`.
+    ``config``: extra consumer properties (``isolation.level``)."""
     for record in consume(
-        settings, topic, start=StartAt.beginning(), stop_at_end=True, config=SCAN_CONFIG
-    ):
+        settings, topic, start=StartAt.beginning(), stop_at_end=True,
+        config={**SCAN_CONFIG, **(config or {})},
+    ):  # fmt: skip
         yield DeadLetter.from_record(record)

@@ -1,5 +1,13 @@
 """``dlq replay``: re-send dead letters, rate-limited, each at most once (see
-:mod:`kops.recipes.dlq` for how replay-once works)."""
+:mod:`kops.recipes.dlq` for how replay-once works).
+
+With ``exactly_once`` a batch's replayed records and their ``done`` markers go in one
+transaction (:mod:`kops.recipes.exactly_once`), and the DLQ and the markers are read with
+``isolation.level=read_committed``: a run killed at any point leaves no record in doubt,
+and the next run replays exactly what the killed one did not commit. The transactional id
+is the DLQ's (``kops.dlq-replay.<dlq>``): a new run aborts what a killed one left open
+before reading the markers, and fences a replay of the same DLQ still running.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +38,14 @@ from kops.recipes.dlq.records import (
     DeadLetter,
     read_dead_letters,
     replay_state_topic,
+)
+from kops.recipes.exactly_once import (
+    AbortBackoff,
+    TransactionalSender,
+    fatal_error,
+    read_committed,
+    transactional_id,
+    transactional_producer,
 )
 from kops.recipes.metrics import DLQ_REPLAYED
 from kops.recipes.pacing import Pacer
@@ -127,24 +143,42 @@ def _replay_headers(dl: DeadLetter, dlq_topic: str, to_original: bool) -> list:
 
 class _Replayer:
     """Sends replays in batches: markers for the batch first (flushed), then the records,
-    each at its paced time. A crash leaves at most one batch in doubt, never a duplicate."""
+    each at its paced time. A crash leaves at most one batch in doubt, never a duplicate.
+
+    ``exactly_once``: each batch's records and their ``done`` markers in one transaction
+    instead (no ``started`` markers, nothing in doubt)."""
 
     def __init__(
-        self, admin: AdminSession, dlq_topic: str, rate: float | None, stop: threading.Event
+        self,
+        admin: AdminSession,
+        dlq_topic: str,
+        rate: float | None,
+        stop: threading.Event,
+        *,
+        exactly_once: bool = False,
     ):
         self.admin = admin
         self.settings = settings = admin.settings
         self.dlq_topic = dlq_topic
         self.state_topic = replay_state_topic(dlq_topic)
+        self.stop = stop
         self.pacer = Pacer(rate, stop=stop)
         self.batch_size = max(1, math.ceil(rate / 10)) if rate else 500
         self.batch: list[tuple[DeadLetter, str]] = []
         self.partitions: dict[str, int] = {}
         self.errors: list[str] = []
-        self.producer = Producer(
-            settings.producer_config(**{"enable.idempotence": True, "linger.ms": 0})
-        )
         self.replayed_metric = DLQ_REPLAYED.labels(dlq=dlq_topic)
+        self.txn: TransactionalSender | None = None
+        if exactly_once:
+            txn_id = transactional_id("dlq-replay", dlq_topic)
+            self.producer = transactional_producer(settings, txn_id, **{"linger.ms": 5})
+            self.txn = TransactionalSender(
+                self.producer, None, what=f"replay {dlq_topic} ({txn_id})", stop=stop
+            )
+        else:
+            self.producer = Producer(
+                settings.producer_config(**{"enable.idempotence": True, "linger.ms": 0})
+            )
 
     def check_target(self, topic: str) -> None:
         if topic in self.partitions:
@@ -178,23 +212,30 @@ class _Replayer:
         if err is not None:
             self.errors.append(f"marker: {err}")
 
+    def _produce(self, dl: DeadLetter, target: str, on_delivery: Callable[..., None]) -> None:
+        to_original = target == dl.original_topic
+        kwargs: dict[str, Any] = {"headers": _replay_headers(dl, self.dlq_topic, to_original)}
+        if dl.record.key is not None:
+            kwargs["key"] = dl.record.key
+        p = dl.original_partition
+        # Same partition as the original (the same key order, whatever partitioner the
+        # original producer used) when the partition still exists.
+        if to_original and p is not None and 0 <= p < self.partitions[target]:
+            kwargs["partition"] = p
+        self.producer.produce(target, dl.record.value, on_delivery=on_delivery, **kwargs)
+        self.producer.poll(0)
+
     def send_batch(self) -> None:
         if not self.batch:
+            return
+        if self.txn is not None:
+            self._send_in_transaction()
             return
         for dl, target in self.batch:
             self._mark(dl.marker_key, "started", target)
         self._flush()
         for dl, target in self.batch:
             self.pacer.pace()
-            to_original = target == dl.original_topic
-            kwargs: dict[str, Any] = {"headers": _replay_headers(dl, self.dlq_topic, to_original)}
-            if dl.record.key is not None:
-                kwargs["key"] = dl.record.key
-            p = dl.original_partition
-            # Same partition as the original (the same key order, whatever partitioner the
-            # original producer used) when the partition still exists.
-            if to_original and p is not None and 0 <= p < self.partitions[target]:
-                kwargs["partition"] = p
             key = dl.marker_key
 
             def done(err: Any, msg: Any, key: str = key, target: str = target) -> None:
@@ -204,11 +245,51 @@ class _Replayer:
                     self.replayed_metric.inc()
                     self._mark(key, "done", target)
 
-            self.producer.produce(target, dl.record.value, on_delivery=done, **kwargs)
-            self.producer.poll(0)
+            self._produce(dl, target, done)
         self.batch.clear()
         self._flush()
         self._flush()  # the "done" markers enqueued by delivery callbacks
+
+    def _send_in_transaction(self) -> None:
+        """The batch and its ``done`` markers in one transaction; an aborted one is sent
+        again (nothing of it is visible)."""
+        assert self.txn is not None
+
+        def failed(err: Any, msg: Any) -> None:
+            if err is not None:
+                self.errors.append(f"{msg.topic()}: {err}")
+
+        backoff = AbortBackoff(self.txn.what, self.stop)
+        while True:
+            self.errors.clear()
+            self.txn.begin()
+            problem = None
+            try:
+                for dl, target in self.batch:
+                    self.pacer.pace()
+                    self._produce(dl, target, failed)
+                    self._mark(dl.marker_key, "done", target)
+                self._flush()
+            except KafkaException as exc:  # a produce refused: the transaction must abort
+                if fenced := fatal_error(exc, self.txn.what):
+                    raise fenced from None
+                problem = str(exc)
+            except KopsClientError as exc:
+                problem = str(exc)
+            if problem is None and self.txn.commit([]):
+                self.replayed_metric.inc(len(self.batch))
+                self.batch.clear()
+                return
+            if problem is not None:
+                self.txn.abort()
+            self.producer.flush(5)  # the purged records' reports, before the next attempt
+            if self.stop.is_set():
+                raise KopsClientError(f"{self.txn.what}: stopped with a batch aborted")
+            backoff.aborted(problem or "commit aborted", f"batch of {len(self.batch)} records")
+
+    def close(self) -> None:
+        if self.txn is not None:
+            self.txn.close()
 
 
 def replay(
@@ -223,6 +304,7 @@ def replay(
     include_in_doubt: bool = False,
     progress: Callable[[int, int], None] | None = None,
     stop: threading.Event | None = None,
+    exactly_once: bool = False,
 ) -> ReplayReport:
     """Re-send dead letters to their original topic (or ``to``), at most ``rate`` per second.
 
@@ -231,6 +313,13 @@ def replay(
     its original topic. Records already replayed (or in doubt after a crash, unless
     ``include_in_doubt``) are skipped. ``progress(done, total)`` is called per scanned record.
     Setting ``stop`` ends the run early, after the current batch (``report.stopped``).
+
+    ``exactly_once``: each batch's records and their markers go in one transaction, and the
+    DLQ and markers are read with read_committed: a killed run leaves nothing in doubt and
+    the next one resumes where it stopped, each record in the target once for read_committed
+    readers. Raises :class:`~kops.recipes.exactly_once.TransactionsUnsupported` on a
+    cluster without transactions, :class:`~kops.recipes.exactly_once.ProducerFenced` when a
+    newer replay of the same DLQ took over.
     """
     stop = stop or threading.Event()
     settings = ClientSettings.of(target)
@@ -241,13 +330,16 @@ def replay(
     md = admin.metadata(dlq_topic)
     starts, ends = watermarks(admin, [(dlq_topic, p) for p in md.topics[dlq_topic].partitions])
     total = sum(ends.values()) - sum(starts.values())
-    markers = load_markers(settings, dlq_topic)
     replayer = None
     if not dry_run:
         ensure_state_topic(admin, dlq_topic)
-        replayer = _Replayer(admin, dlq_topic, rate, stop)
+        # With exactly_once, before the markers are read: starting the transactional
+        # producer settles what a killed run left open (committed or aborted).
+        replayer = _Replayer(admin, dlq_topic, rate, stop, exactly_once=exactly_once)
+    isolation = read_committed({}) if exactly_once else {}
+    markers = load_markers(settings, dlq_topic, config=isolation)
     try:
-        for dl in read_dead_letters(settings, dlq_topic):
+        for dl in read_dead_letters(settings, dlq_topic, config=isolation):
             if stop.is_set():
                 report.stopped = True
                 break
@@ -282,5 +374,8 @@ def replay(
             replayer.send_batch()
     except KafkaException as exc:
         raise translate_error(exc, "replay", dlq_topic) from exc
+    finally:
+        if replayer is not None:
+            replayer.close()
     report.seconds = round(time.monotonic() - started, 3)
     return report

@@ -3,9 +3,14 @@
 
 - ``retry-consumer`` (long-running): consume ``topics`` in ``group`` with ``handler``
   (``"package.module:function"``) wrapped in the retry/DLQ policy of its ``[job.retry]``
-  table (:meth:`kops.recipes.retry.RetryPolicy.from_dict`).
+  table (:meth:`kops.recipes.retry.RetryPolicy.from_dict`). ``exactly_once = true``: each
+  batch's retries, dead letters and offsets in one transaction.
 - ``dlq-replay`` (periodic): replay a DLQ, rate-limited, each dead letter at most once; e.g.
   every night, the dead letters of the last day that failed more than an hour ago.
+  ``exactly_once = true``: each batch's records and their markers in one transaction.
+
+A cluster that refuses transactions stops an ``exactly_once`` job for good (``kops worker
+run`` exits 1 saying so).
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ def retry_consumer_job(options: dict[str, Any], context: JobContext) -> RetryCon
 
     kind = context.kind
     allowed = {"topics", "group", "handler", "python_path", "retry", "batch_size", "consumer"}
-    allowed |= {"tiers", "template", "max_delay", "create_topics"}
+    allowed |= {"tiers", "template", "max_delay", "create_topics", "exactly_once", "instance_id"}
     opts = take_options(options, allowed, kind, required={"topics", "group", "handler"})
     if context.periodic:
         raise RecipeError(f"{kind} is long-running: remove every/cron")
@@ -101,6 +106,8 @@ def retry_consumer_job(options: dict[str, Any], context: JobContext) -> RetryCon
         "batch_size": int(opts.get("batch_size", 100)),
         "create_topics": bool(opts.get("create_topics", True)),
         "consumer_config": {str(k): v for k, v in dict(opts.get("consumer", {})).items()},
+        "exactly_once": bool(opts.get("exactly_once", False)),
+        "instance_id": str(opts["instance_id"]) if opts.get("instance_id") else None,
     }
     return RetryConsumerJob(context, kwargs)
 
@@ -109,9 +116,10 @@ def dlq_replay_job(options: dict[str, Any], context: JobContext) -> Callable[[],
     """``since``/``until`` are durations before each run: ``since = "1d"``, ``until = "1h"``
     replays what failed between a day and an hour before the run."""
     kind = context.kind
+    allowed = {"topic", "to", "exception", "since", "until", "key", "rate", "limit"}
     opts = take_options(
         options,
-        {"topic", "to", "exception", "since", "until", "key", "rate", "limit", "include_in_doubt"},
+        allowed | {"include_in_doubt", "exactly_once"},
         kind,
         required={"topic"},
     )
@@ -134,6 +142,7 @@ def dlq_replay_job(options: dict[str, Any], context: JobContext) -> Callable[[],
             context.settings, str(opts["topic"]), to=opts.get("to"), where=where,
             rate=rate or None, limit=None if limit is None else int(limit),
             include_in_doubt=bool(opts.get("include_in_doubt", False)), stop=context.stop,
+            exactly_once=bool(opts.get("exactly_once", False)),
         )  # fmt: skip
         context.log.info("%s: %s: %s", context.name, report.dlq, report.summary())
         context.note(f"last run: {report.summary()}")
