@@ -43,18 +43,9 @@ refuses it unless given a ``start`` (``"earliest"``: the whole topic, ``"latest"
 records, or a time), rather than silently forwarding the whole topic.
 """
 
-from kops.recipes.fanout.forward import (
-    METADATA_PREFIX,
-    BacklogFanout,
-    FanoutProgress,
-    FanoutReport,
-    fanout,
-    murmur2,
-    parse_metadata,
-    parse_start,
-    partition_for_key,
-    print_record,
-)
+from kops.recipes.fanout.forward import BacklogFanout, fanout, parse_start, print_record
+from kops.recipes.fanout.partitioner import murmur2, partition_for_key
+from kops.recipes.fanout.report import METADATA_PREFIX, FanoutProgress, FanoutReport, parse_metadata
 from kops.recipes.fanout.status import BacklogStatus, Side, backlog_status
 
 __all__ = [

@@ -1,5 +1,5 @@
-"""The fan-out forwarder: :class:`BacklogFanout` and the murmur2 partitioner (see the package
-docstring for the guarantees)."""
+"""The fan-out forwarder, :class:`BacklogFanout` (see the package docstring for the
+guarantees); with ``exactly_once`` its rounds are transactions (:mod:`.transactional`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -27,6 +26,13 @@ from kops.client import (
 )
 from kops.produce import produce_with_room
 from kops.recipes import headers as h
+from kops.recipes.fanout.partitioner import murmur2, partition_for_key
+from kops.recipes.fanout.report import (
+    METADATA_PREFIX,
+    FanoutProgress,
+    FanoutReport,
+    parse_metadata,
+)
 from kops.recipes.metrics import FANOUT_ETA, FANOUT_FORWARDED, FANOUT_REMAINING
 from kops.recipes.offsets import committed_offsets, describe_group
 from kops.recipes.pacing import Pacer
@@ -46,10 +52,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: Commit metadata of a fan-out's source group starts with this, then JSON.
-METADATA_PREFIX = "kops-fanout:"
-
 TP = tuple[str, int]
 
 #: Where partitions without a committed offset start: "earliest", "latest" or epoch ms.
@@ -75,101 +77,6 @@ def parse_start(start: Start | None) -> Start | None:
         return parse_timestamp(str(start))
     except ValueError as exc:
         raise KopsClientError(f"start: {exc}; or 'earliest' or 'latest'") from None
-
-
-# --------------------------------------------------------------------------- partitioning
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's ``Utils.murmur2`` (seed 0x9747b28c), as a signed 32-bit int like Java's."""
-    m = 0x5BD1E995
-    mask = 0xFFFFFFFF
-    length = len(data)
-    h_ = (0x9747B28C ^ length) & mask
-    n4 = length - length % 4
-    for i in range(0, n4, 4):
-        k = data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24)
-        k = (k * m) & mask
-        k ^= k >> 24
-        k = (k * m) & mask
-        h_ = ((h_ * m) & mask) ^ k
-    rest = length % 4
-    if rest == 3:
-        h_ ^= data[n4 + 2] << 16
-    if rest >= 2:
-        h_ ^= data[n4 + 1] << 8
-    if rest >= 1:
-        h_ ^= data[n4]
-        h_ = (h_ * m) & mask
-    h_ ^= h_ >> 13
-    h_ = (h_ * m) & mask
-    h_ ^= h_ >> 15
-    return h_ - (1 << 32) if h_ & 0x80000000 else h_
-
-
-def partition_for_key(key: bytes, partitions: int) -> int:
-    """The partition the Java client's default partitioner picks for a non-null key."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class FanoutProgress:
-    #: Records acknowledged by the target since this run started.
-    forwarded: int
-    #: Backlog at assignment time (None until the first assignment).
-    total: int | None
-    elapsed: float
-    #: Records per second over the run.
-    rate: float
-
-
-@dataclass
-class FanoutReport:
-    source: str
-    group: str
-    target: str
-    partitions: int
-    forwarded: int = 0
-    #: Backlog (records) found at assignment, from the committed offsets.
-    backlog: int = 0
-    created_target: bool = False
-    caught_up: bool = False
-    elapsed: float = 0.0
-    #: Source group commit positions at the end, per source partition.
-    committed: dict[int, int] = field(default_factory=dict)
-
-    @property
-    def rate(self) -> float:
-        return self.forwarded / self.elapsed if self.elapsed > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "group": self.group,
-            "target": self.target,
-            "partitions": self.partitions,
-            "forwarded": self.forwarded,
-            "backlog": self.backlog,
-            "created_target": self.created_target,
-            "caught_up": self.caught_up,
-            "elapsed_s": round(self.elapsed, 3),
-            "records_per_s": round(self.rate, 1),
-            "committed": {str(p): o for p, o in sorted(self.committed.items())},
-        }
-
-
-def parse_metadata(text: str | None) -> dict[str, Any] | None:
-    """The fan-out settings stored in a commit's metadata, or None if it is not a fan-out's."""
-    if not text or not text.startswith(METADATA_PREFIX):
-        return None
-    try:
-        data = json.loads(text[len(METADATA_PREFIX) :])
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
 
 
 # --------------------------------------------------------------------------- the forwarder
