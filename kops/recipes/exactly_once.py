@@ -44,6 +44,7 @@ __all__ = [
     "ProducerFenced",
     "TransactionalSender",
     "TransactionsUnsupported",
+    "fenced",
     "read_committed",
     "transactional_id",
     "transactional_producer",
@@ -144,6 +145,15 @@ def _kafka_error(exc: BaseException) -> KafkaError | None:
     return None
 
 
+def fenced(error: BaseException | KafkaError, what: str) -> ProducerFenced | None:
+    """``error`` (from ``produce()``, a transaction call or a delivery report) as
+    :class:`ProducerFenced` when it is fatal for the producer; None for any other error."""
+    err = error if isinstance(error, KafkaError) else _kafka_error(error)
+    if err is None or not err.fatal():
+        return None
+    return ProducerFenced(f"{what}: {err.name()}: {err.str()}")
+
+
 def _retriable(exc: BaseException) -> bool:
     err = _kafka_error(exc)
     return err is not None and err.retriable() and not err.fatal() and not err.txn_requires_abort()
@@ -208,10 +218,9 @@ class TransactionalSender:
                 )
             self._call("commit", lambda: self.producer.commit_transaction(self.timeout))
         except KafkaException as exc:
-            err = _kafka_error(exc)
-            if err is not None and err.fatal():
+            if (gone := fenced(exc, self.what)) is not None:
                 self.open = False
-                raise ProducerFenced(f"{self.what}: {err.name()}: {err.str()}") from None
+                raise gone from None
             log.warning("%s: transaction aborted: %s", self.what, exc)
             self.abort()
             return False
@@ -226,10 +235,9 @@ class TransactionalSender:
         try:
             self._call("abort", lambda: self.producer.abort_transaction(self.timeout))
         except KafkaException as exc:
-            err = _kafka_error(exc)
-            if err is not None and err.fatal():
+            if (gone := fenced(exc, self.what)) is not None:
                 self.open = False
-                raise ProducerFenced(f"{self.what}: {err.name()}: {err.str()}") from None
+                raise gone from None
             if not self.stop.is_set():
                 raise
             # Stopping with the broker away: the coordinator aborts it when its timeout

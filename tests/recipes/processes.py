@@ -12,6 +12,14 @@ from kops.recipes.delay import DelayTiers
 from kops.testing import wait_until
 
 
+def assert_one_error_line(result: subprocess.CompletedProcess[str], text: str) -> None:
+    """The command failed as kops commands do: exit 1, one ``error:`` line saying ``text``."""
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and text in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
 class KopsProcess:
     """``python -m kops ARGS`` in a child process against ``bootstrap``; its stderr lines are
     collected (``lines``) for assertions and failure messages."""

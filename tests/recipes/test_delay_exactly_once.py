@@ -24,8 +24,8 @@ from kops.recipes import headers as h
 from kops.recipes.delay import DelayTiers, ensure_tier_topics, send_delayed
 from kops.recipes.delay.forwarder import DelayForwarders, ForwarderOptions
 from kops.recipes.exactly_once import TransactionsUnsupported
-from kops.testing import BrokerProcess, run_broker, wait_until
-from tests.recipes.processes import ForwarderProcess
+from kops.testing import BrokerProcess, wait_until
+from tests.recipes.processes import ForwarderProcess, assert_one_error_line
 from tests.recipes.readers import read_committed
 
 
@@ -222,13 +222,6 @@ def test_twenty_broker_sigkills_under_exactly_once_forwarders(
     _broker_kills(broker_process, kills=20)
 
 
-@pytest.fixture
-def no_transactions_broker(tmp_path: Path) -> Iterator[str]:
-    """A broker that refuses transactional producers, as a cluster whose ACLs deny them."""
-    with run_broker(tmp_path / "broker", config={"kops.transactions.enable": "false"}) as b:
-        yield b
-
-
 def test_exactly_once_on_a_cluster_without_transactions_stops_and_says_so(
     no_transactions_broker: str,
 ) -> None:
@@ -244,7 +237,4 @@ def test_the_worker_command_exits_1_with_one_line(no_transactions_broker: str) -
         env={**os.environ, "KOPS_BOOTSTRAP": no_transactions_broker},
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert result.returncode == 1, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "TRANSACTIONAL_ID_AUTHORIZATION_FAILED" in errors[0], result.stderr
-    assert "Traceback" not in result.stderr
+    assert_one_error_line(result, "TRANSACTIONAL_ID_AUTHORIZATION_FAILED")

@@ -11,18 +11,19 @@ import random
 import threading
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kops import admin
 from kops.client import ClientSettings
-from kops.recipes.exactly_once import ProducerFenced
+from kops.recipes.exactly_once import ProducerFenced, TransactionsUnsupported
 from kops.recipes.fanout import BacklogFanout, backlog_status, fanout, partition_for_key
 from kops.recipes.fanout.transactional import FanoutTransactions
 from kops.testing import wait_until
 from kops.transactions import abort_transaction, describe_transaction
-from tests.recipes.processes import KopsProcess
+from tests.recipes.processes import KopsProcess, assert_one_error_line
 from tests.recipes.readers import read_committed
 from tests.recipes.test_fanout import (
     SOURCE_PARTITIONS,
@@ -214,3 +215,31 @@ def test_fanout_sigkills_duplicate_and_lose_nothing(kafka_broker: str) -> None:
 @pytest.mark.slow
 def test_twenty_fanout_sigkills_duplicate_and_lose_nothing(kafka_broker: str) -> None:
     _fanout_kills(kafka_broker, kills=20)
+
+
+# --------------------------------------------------------------------------- no transactions
+
+
+def test_on_a_cluster_without_transactions_the_fanout_stops_and_says_so(
+    no_transactions_broker: str, tmp_path: Path
+) -> None:
+    source, target, group = _topics()
+    _produce_backlog(no_transactions_broker, source, 100)
+    job = BacklogFanout(no_transactions_broker, source, group, target, 4, start="earliest",
+                        exactly_once=True)  # fmt: skip
+    with pytest.raises(TransactionsUnsupported, match="refused a transactional producer"):
+        job.run(until_caught_up=True)
+    assert not _committed(no_transactions_broker, group, source)  # nothing fell back
+
+    args = ["backlog", "fanout", "--from", source, "--group", group, "--to", target, "-p", "4"]
+    cli = KopsProcess(no_transactions_broker, *args, "--start", "earliest", "--exactly-once")
+    assert_one_error_line(cli.run(60), "TRANSACTIONAL_ID_AUTHORIZATION_FAILED")
+
+    recipe = tmp_path / "fanout.toml"
+    recipe.write_text(
+        f'[[job]]\nkind = "backlog-fanout"\nfrom = "{source}"\ngroup = "{group}"\n'
+        f'to = "{target}"\npartitions = 4\nstart = "earliest"\nexactly_once = true\n'
+    )
+    worker = KopsProcess(no_transactions_broker, "worker", "run", str(recipe)).run(60)
+    assert_one_error_line(worker, "TRANSACTIONAL_ID_AUTHORIZATION_FAILED")
+    assert "job backlog-fanout stopped" in worker.stderr

@@ -22,6 +22,7 @@ from kops.client import ClientSettings, ErrorWatch, translate_error
 from kops.recipes.exactly_once import (
     ProducerFenced,
     TransactionalSender,
+    fenced,
     transactional_id,
     transactional_producer,
 )
@@ -78,11 +79,11 @@ class FanoutTransactions:
     def fenced(self, exc: KafkaException | KafkaError) -> ProducerFenced | None:
         """A fatal producer error (from produce or a delivery) as :class:`ProducerFenced`;
         None for any other error."""
-        err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else exc
-        if not isinstance(err, KafkaError) or not err.fatal():
+        gone = fenced(exc, self.sender.what)
+        if gone is None:
             return None
         self.sender.open = False  # a fenced producer can abort nothing
-        return self._fenced(f"{self.sender.what}: {err.name()}: {err.str()}")
+        return self._fenced(str(gone))
 
     def _fenced(self, detail: str) -> ProducerFenced:
         return ProducerFenced(
