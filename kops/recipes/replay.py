@@ -63,7 +63,7 @@ from kops.client import (
     translate_error,
 )
 from kops.consume import format_timestamp
-from kops.produce import DeliveryTracker, OutgoingRecord, produce_records, send_record
+from kops.produce import OutgoingRecord, produce_records, send_record
 from kops.recipes.exactly_once import (
     ProducerFenced,
     TransactionalSender,
@@ -87,6 +87,8 @@ ROUND_SECONDS = 0.5
 
 #: Commit metadata of an exactly-once replay's group starts with this, then JSON.
 METADATA_PREFIX = "kops-replay:"
+
+_PURGED = frozenset({KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT})
 
 
 @dataclass(frozen=True)
@@ -525,22 +527,8 @@ class _Resumable:
         ]
         if not held and not offsets:
             return True
-        while True:
-            deliveries = DeliveryTracker()
-            try:
-                self.sender.begin()
-                for rec in held:
-                    send_record(self.producer, self.into, rec, deliveries)
-                committed = self.sender.commit(offsets)
-            except KafkaException as exc:  # produce() refuses once the producer is fenced
-                if (gone := fenced(exc, self.what)) is not None:
-                    raise self._fenced(gone) from None
-                raise translate_error(exc, "replay into", self.into) from exc
-            except ProducerFenced as exc:
-                raise self._fenced(exc) from None
-            if committed:
-                break
-            err = deliveries.first_error
+        while (failures := self._try_round(held, offsets)) is not None:
+            err = failures[0] if failures else None
             if err is not None and (gone := fenced(err, self.what)) is not None:
                 raise self._fenced(gone)
             if err is not None and not err.retriable():
@@ -551,6 +539,30 @@ class _Resumable:
         self.report.copied += len(held)
         self.committed.update({tp.partition: tp.offset for tp in offsets})
         return True
+
+    def _try_round(
+        self, held: list[OutgoingRecord], offsets: list[TopicPartition]
+    ) -> list[KafkaError] | None:
+        """One transaction of the round. None: committed; else it aborted, and these
+        deliveries failed in it."""
+        failures: list[KafkaError] = []
+
+        def delivered(err: KafkaError | None, _msg: Any) -> None:
+            # An abort purges what was not delivered yet: that is its effect, no cause.
+            if err is not None and err.code() not in _PURGED:
+                failures.append(err)
+
+        try:
+            self.sender.begin()
+            for rec in held:
+                send_record(self.producer, self.into, rec, delivered)
+            return None if self.sender.commit(offsets) else failures
+        except KafkaException as exc:  # produce() refuses once the producer is fenced
+            if (gone := fenced(exc, self.what)) is not None:
+                raise self._fenced(gone) from None
+            raise translate_error(exc, "replay into", self.into) from exc
+        except ProducerFenced as exc:
+            raise self._fenced(exc) from None
 
     def _fenced(self, exc: ProducerFenced) -> ProducerFenced:
         return ProducerFenced(

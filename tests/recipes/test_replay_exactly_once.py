@@ -7,13 +7,14 @@ import json
 import random
 import uuid
 from collections import Counter
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from kops import admin
 from kops.client import ClientSettings, KopsClientError
-from kops.recipes.exactly_once import TransactionsUnsupported
+from kops.recipes.exactly_once import TransactionalSender, TransactionsUnsupported
 from kops.recipes.replay import replay, replay_group
 from kops.testing import wait_until
 from tests.recipes.processes import KopsProcess, assert_one_error_line
@@ -80,6 +81,26 @@ def test_a_group_holding_another_replay_is_refused(kafka_broker: str) -> None:
         replay(kafka_broker, src, dst, BASE_MS, BASE_MS + 60_000, exactly_once=True, group=group)
     with pytest.raises(KopsClientError, match="exactly_once"):
         replay(kafka_broker, src, dst, BASE_MS, BASE_MS + 60_000, group=group)
+
+
+def test_aborted_rounds_are_sent_again(kafka_broker: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    src, dst = _topics(kafka_broker, 1200)
+    commit = TransactionalSender.commit
+    aborted: list[int] = []
+
+    def abort_every_other(self: TransactionalSender, offsets: Any) -> bool:
+        if len(aborted) < 3 and self.committed % 2 == 0:
+            self.abort()  # a real abort: the broker writes the markers
+            aborted.append(len(offsets))
+            return False
+        return commit(self, offsets)
+
+    monkeypatch.setattr(TransactionalSender, "commit", abort_every_other)
+    monkeypatch.setattr("kops.recipes.replay.ROUND_RECORDS", 200)
+    report = replay(kafka_broker, src, dst, BASE_MS, BASE_MS + 1_200_000, exactly_once=True)
+    assert len(aborted) == 3 and report.done and report.copied == 1200
+    assert_window_once(kafka_broker, dst, 0, 1199)
+    assert _ends(kafka_broker, dst) > 1200  # the aborted copies are in the log, unread
 
 
 @pytest.mark.parametrize("seed", [1, 2])
