@@ -179,14 +179,24 @@ def _target_end(bootstrap: str, target: str) -> int:
 
 def _fanout_kills(bootstrap: str, kills: int) -> None:
     source, target, group = _topics()
-    _produce_backlog(bootstrap, source, 2000 + 800 * kills)
+    records = 2000 + 1500 * kills  # outlasts the kills at --rate 1500
+    _produce_backlog(bootstrap, source, records)
     args = ["backlog", "fanout", "--from", source, "--group", group, "--to", target]
     args += ["--partitions", "8", "--start", "earliest", "--exactly-once"]
     fan = KopsProcess(bootstrap, *args, "--rate", "1500")
     rng = random.Random(kills)
     admin.create_topic(bootstrap, target, 8)  # the first kill may come before it would
     fan.start()
-    for _ in range(kills):
+
+    def resumed_from() -> int:
+        return sum(_committed(bootstrap, group, source).values())
+
+    for i in range(kills):
+        if i % 2:
+            # Every other run commits a round first, so the next one resumes from it (the
+            # others may be killed in their first round, with nothing committed).
+            start = resumed_from()
+            wait_until(lambda start=start: resumed_from() > start, 30, message=fan.tail)
         # Until the target grew by a random few records: the kill falls at a random point
         # of a running round (mid-produce, mid-commit, just after one).
         want = _target_end(bootstrap, target) + rng.randint(5, 1200)
@@ -198,6 +208,7 @@ def _fanout_kills(bootstrap: str, kills: int) -> None:
         fan.kill()
         fan.start()
     fan.kill()
+    assert resumed_from() < records, "killed while draining, not after"
     finish = KopsProcess(bootstrap, *args, "--until-caught-up", "--json")
     finished = finish.run()
     assert finished.returncode == 0, finished.stderr
