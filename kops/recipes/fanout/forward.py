@@ -301,8 +301,10 @@ class BacklogFanout:
             tp.offset = start
         # Commit where ``start`` put the uncommitted partitions, so a restart resumes
         # there (a "latest" fan-out restarted later must not skip what came meanwhile).
-        while chosen and not self._store(consumer, chosen) and not self._stop.is_set():
-            pass  # an aborted transaction of offsets alone: nothing to read again
+        while chosen and not self._store(consumer, chosen):
+            # An aborted transaction of offsets alone: nothing to read again, just retry.
+            if self._stop.wait(0.2):
+                break
         consumer.incremental_assign(committed)
         self._backlog = (self._backlog or 0) + backlog
         log.debug(
