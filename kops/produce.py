@@ -39,6 +39,7 @@ __all__ = [
     "produce_records",
     "produce_with_room",
     "records_from_lines",
+    "send_record",
 ]
 
 _MAX_ERRORS_KEPT = 5
@@ -247,16 +248,7 @@ def produce_records(
                     f"{n_partitions} partition{'s' if n_partitions != 1 else ''}",
                     code="UNKNOWN_TOPIC_OR_PART",
                 )
-            kwargs: dict[str, object] = {"on_delivery": tracker}
-            if rec.key is not None:
-                kwargs["key"] = rec.key
-            if rec.headers:
-                kwargs["headers"] = list(rec.headers)
-            if rec.partition is not None:
-                kwargs["partition"] = rec.partition
-            if rec.timestamp is not None:
-                kwargs["timestamp"] = rec.timestamp
-            produce_with_room(producer, topic, rec.value, **kwargs)
+            send_record(producer, topic, rec, tracker)
             tracker.sent()
             producer.poll(0)
     except InputError as exc:
@@ -270,6 +262,25 @@ def produce_records(
         report.errors = list(tracker.errors)
         report.partitions = Counter(tracker.partitions)
     return report
+
+
+def send_record(
+    producer: Producer,
+    topic: str,
+    rec: OutgoingRecord,
+    on_delivery: Callable[[KafkaError | None, Message], None],
+) -> None:
+    """Hand ``rec`` to ``producer`` (:func:`produce_with_room`: never dropped)."""
+    kwargs: dict[str, object] = {"on_delivery": on_delivery}
+    if rec.key is not None:
+        kwargs["key"] = rec.key
+    if rec.headers:
+        kwargs["headers"] = list(rec.headers)
+    if rec.partition is not None:
+        kwargs["partition"] = rec.partition
+    if rec.timestamp is not None:
+        kwargs["timestamp"] = rec.timestamp
+    produce_with_room(producer, topic, rec.value, **kwargs)
 
 
 def producer_timeout_ms(settings: ClientSettings, config: dict[str, object] | None) -> int:

@@ -84,6 +84,13 @@ def backlog() -> None:
     help="For a created target [default: the broker's].",
 )
 @click.option("--no-create", is_flag=True, help="Fail if the target topic does not exist.")
+@click.option(
+    "--exactly-once",
+    is_flag=True,
+    help="Read --from with read_committed and forward and commit each round in one "
+    "transaction: read_committed readers of --to see every record once, also after a "
+    "crash (needs brokers with transactions).",
+)
 @kafka_options()
 def fanout(
     *,
@@ -97,6 +104,7 @@ def fanout(
     drain_group: str | None,
     replication_factor: int | None,
     no_create: bool,
+    exactly_once: bool,
     settings: ClientSettings,
     as_json: bool,
 ) -> None:
@@ -107,6 +115,10 @@ def fanout(
     committed on GROUP only after the target acknowledged the records: stop it (Ctrl-C) or
     kill it at any time and run it again to resume. Records forwarded twice after a crash
     carry the same kops.message.id header, for idempotent drain consumers.
+
+    With --exactly-once nothing is forwarded twice: each round's records and GROUP's offsets
+    are one transaction, so drain consumers with isolation.level=read_committed see every
+    record once. A cluster that refuses transactions stops it with an error.
     """
     job = BacklogFanout(
         settings,
@@ -119,6 +131,7 @@ def fanout(
         drain_group=drain_group,
         create=not no_create,
         replication_factor=replication_factor,
+        exactly_once=exactly_once,
     )
     try:
         job.check_start()

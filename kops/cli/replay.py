@@ -56,6 +56,19 @@ from kops.recipes.replay import replay as replay_window
     is_flag=True,
     help="Create the destination (same partition count) if it does not exist.",
 )
+@click.option(
+    "--exactly-once",
+    is_flag=True,
+    help="Copy in transactions, resumable: every record of the window once for "
+    "read_committed readers; a re-run with the same arguments goes on where a stopped or "
+    "killed one left off (needs brokers with transactions).",
+)
+@click.option(
+    "--group",
+    default=None,
+    help="With --exactly-once: the consumer group keeping the progress "
+    "[default: kops.replay.TOPIC.INTO.FROM-TO].",
+)
 @kafka_options()
 def replay(
     *,
@@ -67,6 +80,8 @@ def replay(
     partitions: list[int] | None,
     keep_partition: bool,
     create: bool,
+    exactly_once: bool,
+    group: str | None,
     settings: ClientSettings,
     as_json: bool,
 ) -> None:
@@ -74,7 +89,19 @@ def replay(
 
     A non-destructive rewind: no consumer group's offsets change; point a consumer at the
     copy to process the window again. Keys, values, headers and timestamps are kept.
+
+    With --exactly-once the copy goes in transactions, its progress committed on a group of
+    the replay's own (source groups are still untouched): stop or kill it, run it again with
+    the same arguments (--to as a time, not the default now) and it resumes; once the window
+    is done a re-run copies nothing.
     """
+    if group is not None and not exactly_once:
+        raise click.UsageError("--group keeps the progress of an --exactly-once replay")
+    ctx = click.get_current_context()
+    if exactly_once and ctx.get_parameter_source("to_ms") == click.core.ParameterSource.DEFAULT:
+        echo_err(
+            f"note: --to is now ({format_timestamp(to_ms)}); to resume, re-run with --to {to_ms}"
+        )
     # SIGTERM/Ctrl-C set the stop event: the reader stops (at once, also while waiting for
     # records), the producer flushes what was read into --into, and the partial report is
     # printed before the command exits 143/130.
@@ -96,6 +123,8 @@ def replay(
             create=create,
             progress=on_progress,
             stop=stop.event,
+            exactly_once=exactly_once,
+            group=group,
         )
     if as_json:
         print_json(report.to_dict())
@@ -105,6 +134,17 @@ def replay(
         f"into {into} in {report.elapsed:.1f}s"
         + (f" ({report.outside_window} read outside the window)" if report.outside_window else "")
     )
+    if report.done:
+        echo_err(
+            f"window done (group {report.group})"
+            + (
+                ": copied by an earlier run, nothing copied now"
+                if report.resumed and not report.copied
+                else ""
+            )
+        )
+    elif report.group is not None:
+        echo_err(f"progress committed on group {report.group}: re-run to go on")
     if report.partial:
         echo_err(
             f"{stop.signal_name or 'stop'}: replay stopped after reading {report.read} "

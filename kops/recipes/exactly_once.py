@@ -46,7 +46,7 @@ __all__ = [
     "ProducerFenced",
     "TransactionalSender",
     "TransactionsUnsupported",
-    "fatal_error",
+    "fenced",
     "read_committed",
     "transactional_id",
     "transactional_producer",
@@ -151,10 +151,10 @@ def _kafka_error(exc: BaseException) -> KafkaError | None:
     return None
 
 
-def fatal_error(exc: BaseException, what: str) -> ProducerFenced | None:
-    """The :class:`ProducerFenced` to raise for ``exc`` when librdkafka is done with the
-    producer (fenced by a newer one of its id, or another fatal error); None otherwise."""
-    err = _kafka_error(exc)
+def fenced(error: BaseException | KafkaError, what: str) -> ProducerFenced | None:
+    """``error`` (from ``produce()``, a transaction call or a delivery report) as
+    :class:`ProducerFenced` when it is fatal for the producer; None for any other error."""
+    err = error if isinstance(error, KafkaError) else _kafka_error(error)
     if err is None or not err.fatal():
         return None
     return ProducerFenced(f"{what}: {err.name()}: {err.str()}")
@@ -211,7 +211,7 @@ class TransactionalSender:
         try:
             self._call("begin", self.producer.begin_transaction)
         except KafkaException as exc:
-            raise (fatal_error(exc, self.what) or exc) from None
+            raise (fenced(exc, self.what) or exc) from None
         self.open = True
 
     def commit(self, offsets: Sequence[TopicPartition]) -> bool:
@@ -229,9 +229,9 @@ class TransactionalSender:
                 )
             self._call("commit", lambda: self.producer.commit_transaction(self.timeout))
         except KafkaException as exc:
-            if fenced := fatal_error(exc, self.what):
+            if (gone := fenced(exc, self.what)) is not None:
                 self.open = False
-                raise fenced from None
+                raise gone from None
             log.warning("%s: transaction aborted: %s", self.what, exc)
             self.abort()
             return False
@@ -246,9 +246,9 @@ class TransactionalSender:
         try:
             self._call("abort", lambda: self.producer.abort_transaction(self.timeout))
         except KafkaException as exc:
-            if fenced := fatal_error(exc, self.what):
+            if (gone := fenced(exc, self.what)) is not None:
                 self.open = False
-                raise fenced from None
+                raise gone from None
             if not self.stop.is_set():
                 raise
             # Stopping with the broker away: the coordinator aborts it when its timeout
@@ -261,6 +261,8 @@ class TransactionalSender:
         """Abort what is still open (on stop or after an error), flush nothing more."""
         try:
             self.abort()
+        except ProducerFenced as exc:  # its message names what already
+            log.warning("%s", exc)
         except (KopsClientError, KafkaException) as exc:
             log.warning("%s: %s", self.what, exc)
 

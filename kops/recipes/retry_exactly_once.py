@@ -39,7 +39,7 @@ from kops.recipes.delay.forwarder import default_instance
 from kops.recipes.exactly_once import (
     AbortBackoff,
     TransactionalSender,
-    fatal_error,
+    fenced,
     read_committed,
     transactional_id,
     transactional_producer,
@@ -133,8 +133,8 @@ class _Batches:
             self.wrapped.flush()
             problem = None
         except KafkaException as exc:  # a produce refused: the transaction must abort
-            if fenced := fatal_error(exc, self.sender.what):
-                raise fenced from None
+            if (gone := fenced(exc, self.sender.what)) is not None:
+                raise gone from None
             problem = str(exc)
         except KopsClientError as exc:  # a retry or dead letter not acknowledged
             problem = str(exc)

@@ -19,6 +19,7 @@ class ChildProcess:
     def __init__(self, bootstrap: str, args: Sequence[str]):
         self.command = [sys.executable, "-m", "kops", *args]
         self.env = {**os.environ, "KOPS_BOOTSTRAP": bootstrap}
+        self.env.pop("KOPS_DEBUG", None)  # a failing child's one-line error, not a traceback
         self.process: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
 
@@ -33,6 +34,12 @@ class ChildProcess:
         assert process.stderr is not None
         for line in process.stderr:
             self.lines.append(line)
+
+    def run(self, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run to the end (not killable): its exit status, stdout and stderr."""
+        return subprocess.run(
+            self.command, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
 
     def alive(self) -> bool:
         """True while it runs; fails the test, with its last log lines, once it died."""
@@ -82,7 +89,7 @@ def run_kops(bootstrap: str, *args: str, timeout: float = 60) -> subprocess.Comp
     """``python -m kops ARGS...`` to its end."""
     return subprocess.run(
         [sys.executable, "-m", "kops", *args],
-        env={**os.environ, "KOPS_BOOTSTRAP": bootstrap},
+        env={k: v for k, v in {**os.environ, "KOPS_BOOTSTRAP": bootstrap}.items() if k != "KOPS_DEBUG"},
         capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 

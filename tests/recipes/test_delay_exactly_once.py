@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from kops import admin
 from kops.recipes import headers as h
@@ -24,47 +23,19 @@ from kops.recipes.delay.forwarder import DelayForwarders, ForwarderOptions
 from kops.recipes.exactly_once import TransactionsUnsupported
 from kops.testing import BrokerProcess, wait_until
 from tests.recipes.processes import ForwarderProcess, assert_one_line_error, run_kops
-from tests.recipes.streams import Feeder
+from tests.recipes.streams import Feeder, read
 
 
 def read_all_committed(bootstrap: str, topic: str, partitions: int) -> list[tuple[str, int, int]]:
-    """(message id, timestamp, due) of every committed record of ``topic``, read up to the
-    end of each partition with read_committed."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex[:6]}",
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    out: list[tuple[str, int, int]] = []
-    at_end: set[int] = set()
-    deadline = time.monotonic() + 30
-    try:
-        while len(at_end) < partitions:
-            assert time.monotonic() < deadline, f"read {len(out)} records, not to the end"
-            m = consumer.poll(0.2)
-            if m is None:
-                continue
-            if m.error() is not None:
-                if m.error().code() == KafkaError._PARTITION_EOF:
-                    at_end.add(m.partition())
-                continue
-            at_end.discard(m.partition())
-            hs = m.headers()
-            out.append(
-                (
-                    h.get(hs, h.MESSAGE_ID) or "",
-                    m.timestamp()[1],
-                    int(h.get(hs, h.DELAY_DUE_MS) or 0),
-                )
-            )
-    finally:
-        consumer.close()
-    return out
+    """(message id, timestamp, due) of every committed record of ``topic``."""
+    return [
+        (
+            h.get(m.headers, h.MESSAGE_ID) or "",
+            m.timestamp or 0,
+            int(h.get(m.headers, h.DELAY_DUE_MS) or 0),
+        )
+        for m in read(bootstrap, topic)
+    ]
 
 
 def assert_exactly_once(delivered: list[tuple[str, int, int]], sent: set[str]) -> None:

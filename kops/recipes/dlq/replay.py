@@ -42,7 +42,7 @@ from kops.recipes.dlq.records import (
 from kops.recipes.exactly_once import (
     AbortBackoff,
     TransactionalSender,
-    fatal_error,
+    fenced,
     read_committed,
     transactional_id,
     transactional_producer,
@@ -271,8 +271,8 @@ class _Replayer:
                     self._mark(dl.marker_key, "done", target)
                 self._flush()
             except KafkaException as exc:  # a produce refused: the transaction must abort
-                if fenced := fatal_error(exc, self.txn.what):
-                    raise fenced from None
+                if (gone := fenced(exc, self.txn.what)) is not None:
+                    raise gone from None
                 problem = str(exc)
             except KopsClientError as exc:
                 problem = str(exc)

@@ -27,6 +27,16 @@ Guarantees:
   but not yet committed) carry the same ``kops.message.id`` header: the record's own if it had
   one, else ``<topic>/<partition>/<offset>`` of the source record. Drain consumers wrapped in
   :class:`kops.recipes.idempotent.Idempotent` apply each exactly once.
+- **Or no duplicates at all**, with ``exactly_once`` (``--exactly-once``, job option
+  ``exactly_once = true``): the source is read with read_committed, and each round (what was
+  forwarded in ``commit_interval``, with the source offsets it advances and their metadata)
+  is one transaction (:mod:`kops.recipes.fanout.transactional`). Drain consumers with
+  ``isolation.level=read_committed`` see every source record once, however often the
+  fan-out is killed; an aborted round is read and forwarded again. It needs a cluster that
+  serves transactions (one that refuses them stops the fan-out with
+  :class:`~kops.recipes.exactly_once.TransactionsUnsupported`), and two fan-outs of one
+  group fence each other (the older stops with
+  :class:`~kops.recipes.exactly_once.ProducerFenced`).
 
 ``until_caught_up`` stops once everything up to the source's end offsets *at start* is
 forwarded and committed; without it the fan-out keeps following the source (and picks up
@@ -43,18 +53,9 @@ refuses it unless given a ``start`` (``"earliest"``: the whole topic, ``"latest"
 records, or a time), rather than silently forwarding the whole topic.
 """
 
-from kops.recipes.fanout.forward import (
-    METADATA_PREFIX,
-    BacklogFanout,
-    FanoutProgress,
-    FanoutReport,
-    fanout,
-    murmur2,
-    parse_metadata,
-    parse_start,
-    partition_for_key,
-    print_record,
-)
+from kops.recipes.fanout.forward import BacklogFanout, fanout, parse_start, print_record
+from kops.recipes.fanout.partitioner import murmur2, partition_for_key
+from kops.recipes.fanout.report import METADATA_PREFIX, FanoutProgress, FanoutReport, parse_metadata
 from kops.recipes.fanout.status import BacklogStatus, Side, backlog_status
 
 __all__ = [

@@ -1,5 +1,5 @@
-"""The fan-out forwarder: :class:`BacklogFanout` and the murmur2 partitioner (see the package
-docstring for the guarantees)."""
+"""The fan-out forwarder, :class:`BacklogFanout` (see the package docstring for the
+guarantees); with ``exactly_once`` its rounds are transactions (:mod:`.transactional`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -27,6 +26,15 @@ from kops.client import (
 )
 from kops.produce import produce_with_room
 from kops.recipes import headers as h
+from kops.recipes.exactly_once import read_committed
+from kops.recipes.fanout.partitioner import murmur2, partition_for_key
+from kops.recipes.fanout.report import (
+    METADATA_PREFIX,
+    FanoutProgress,
+    FanoutReport,
+    parse_metadata,
+)
+from kops.recipes.fanout.transactional import FanoutTransactions
 from kops.recipes.metrics import FANOUT_ETA, FANOUT_FORWARDED, FANOUT_REMAINING
 from kops.recipes.offsets import committed_offsets, describe_group
 from kops.recipes.pacing import Pacer
@@ -46,11 +54,14 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: Commit metadata of a fan-out's source group starts with this, then JSON.
-METADATA_PREFIX = "kops-fanout:"
-
 TP = tuple[str, int]
+
+#: Producer settings of the forwarding (plain or transactional): batches, not latency.
+_TUNING: dict[str, Any] = {
+    "linger.ms": 20,
+    "compression.type": "lz4",
+    "queue.buffering.max.messages": 200_000,
+}
 
 #: Where partitions without a committed offset start: "earliest", "latest" or epoch ms.
 Start = str | int
@@ -77,101 +88,6 @@ def parse_start(start: Start | None) -> Start | None:
         raise KopsClientError(f"start: {exc}; or 'earliest' or 'latest'") from None
 
 
-# --------------------------------------------------------------------------- partitioning
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's ``Utils.murmur2`` (seed 0x9747b28c), as a signed 32-bit int like Java's."""
-    m = 0x5BD1E995
-    mask = 0xFFFFFFFF
-    length = len(data)
-    h_ = (0x9747B28C ^ length) & mask
-    n4 = length - length % 4
-    for i in range(0, n4, 4):
-        k = data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24)
-        k = (k * m) & mask
-        k ^= k >> 24
-        k = (k * m) & mask
-        h_ = ((h_ * m) & mask) ^ k
-    rest = length % 4
-    if rest == 3:
-        h_ ^= data[n4 + 2] << 16
-    if rest >= 2:
-        h_ ^= data[n4 + 1] << 8
-    if rest >= 1:
-        h_ ^= data[n4]
-        h_ = (h_ * m) & mask
-    h_ ^= h_ >> 13
-    h_ = (h_ * m) & mask
-    h_ ^= h_ >> 15
-    return h_ - (1 << 32) if h_ & 0x80000000 else h_
-
-
-def partition_for_key(key: bytes, partitions: int) -> int:
-    """The partition the Java client's default partitioner picks for a non-null key."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class FanoutProgress:
-    #: Records acknowledged by the target since this run started.
-    forwarded: int
-    #: Backlog at assignment time (None until the first assignment).
-    total: int | None
-    elapsed: float
-    #: Records per second over the run.
-    rate: float
-
-
-@dataclass
-class FanoutReport:
-    source: str
-    group: str
-    target: str
-    partitions: int
-    forwarded: int = 0
-    #: Backlog (records) found at assignment, from the committed offsets.
-    backlog: int = 0
-    created_target: bool = False
-    caught_up: bool = False
-    elapsed: float = 0.0
-    #: Source group commit positions at the end, per source partition.
-    committed: dict[int, int] = field(default_factory=dict)
-
-    @property
-    def rate(self) -> float:
-        return self.forwarded / self.elapsed if self.elapsed > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "source": self.source,
-            "group": self.group,
-            "target": self.target,
-            "partitions": self.partitions,
-            "forwarded": self.forwarded,
-            "backlog": self.backlog,
-            "created_target": self.created_target,
-            "caught_up": self.caught_up,
-            "elapsed_s": round(self.elapsed, 3),
-            "records_per_s": round(self.rate, 1),
-            "committed": {str(p): o for p, o in sorted(self.committed.items())},
-        }
-
-
-def parse_metadata(text: str | None) -> dict[str, Any] | None:
-    """The fan-out settings stored in a commit's metadata, or None if it is not a fan-out's."""
-    if not text or not text.startswith(METADATA_PREFIX):
-        return None
-    try:
-        data = json.loads(text[len(METADATA_PREFIX) :])
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
 # --------------------------------------------------------------------------- the forwarder
 
 
@@ -189,6 +105,14 @@ class BacklogFanout:
     always resume from it. Without ``start``, a group with no committed offset on the source
     is refused: the fan-out would otherwise forward the whole topic, which is rarely the
     backlog meant.
+
+    ``exactly_once``: read the source with ``isolation.level=read_committed`` and make each
+    round (``commit_interval``: what was forwarded since the last commit, and the source
+    offsets it advances, commit metadata included) one transaction
+    (:mod:`kops.recipes.fanout.transactional`). Target readers with read_committed then see
+    every source record once, through crashes; an aborted round is read and forwarded
+    again. Raises :class:`kops.recipes.exactly_once.TransactionsUnsupported` on a cluster
+    without transactions.
     """
 
     def __init__(
@@ -207,6 +131,7 @@ class BacklogFanout:
         commit_interval: float = 1.0,
         batch: int = 1000,
         partition_check_interval: float = 30.0,
+        exactly_once: bool = False,
     ) -> None:
         if source == target:
             raise KopsClientError("source and target topics must differ")
@@ -229,6 +154,8 @@ class BacklogFanout:
         self.commit_interval = commit_interval
         self.batch = batch
         self.partition_check_interval = partition_check_interval
+        self.exactly_once = exactly_once
+        self._txn: FanoutTransactions | None = None
         self._stop = threading.Event()
         self._metadata = METADATA_PREFIX + json.dumps(
             {"to": target, "partitions": partitions, "drain_group": drain_group},
@@ -372,14 +299,12 @@ class BacklogFanout:
             elif initial and self.start is not None:
                 chosen.append(TopicPartition(tp.topic, tp.partition, start, self._metadata))
             tp.offset = start
-        if chosen:
-            # Commit where ``start`` put the uncommitted partitions, so a restart resumes
-            # there (a "latest" fan-out restarted later must not skip what came meanwhile).
-            try:
-                consumer.commit(offsets=chosen, asynchronous=False)
-            except KafkaException as exc:
-                raise translate_error(exc, "commit", self.group) from exc
-            self._committed.update({(t.topic, t.partition): t.offset for t in chosen})
+        # Commit where ``start`` put the uncommitted partitions, so a restart resumes
+        # there (a "latest" fan-out restarted later must not skip what came meanwhile).
+        while chosen and not self._store(consumer, chosen):
+            # An aborted transaction of offsets alone: nothing to read again, just retry.
+            if self._stop.wait(0.2):
+                break
         consumer.incremental_assign(committed)
         self._backlog = (self._backlog or 0) + backlog
         log.debug(
@@ -407,6 +332,9 @@ class BacklogFanout:
         tracker = self._trackers.get(key)
         if tracker is not None:
             tracker.done(offset)
+        if self._txn is not None:
+            self._txn.acked += 1  # counted once its transaction commits
+            return
         self._acked += 1
         self._forwarded_metric.inc()
 
@@ -418,6 +346,8 @@ class BacklogFanout:
 
     def _raise_failure(self) -> None:
         if self._failure is not None:
+            if self._txn is not None and (fenced := self._txn.fenced(self._failure)):
+                raise fenced
             raise translate_error(KafkaException(self._failure), "forward", self.target)
 
     def _positions(self, consumer: Consumer, keys: list[TP]) -> dict[TP, int]:
@@ -440,21 +370,40 @@ class BacklogFanout:
                 out[key] = pos
         return out
 
-    def _commit(self, consumer: Consumer, keys: list[TP] | None = None) -> None:
-        keys = list(self._ends) if keys is None else keys
+    def _commit(self, consumer: Consumer, producer: Producer) -> None:
+        if self._txn is not None:
+            # The round's offsets go with its records: every one of them acknowledged first
+            # (a failed delivery raises, and the open transaction is aborted on the way out).
+            self._flush(producer)
         todo = [
             TopicPartition(t, p, off, self._metadata)
-            for (t, p), off in self._positions(consumer, keys).items()
+            for (t, p), off in self._positions(consumer, list(self._ends)).items()
             if self._committed.get((t, p)) != off
         ]
-        if not todo:
-            return
-        try:
-            consumer.commit(offsets=todo, asynchronous=False)
-        except KafkaException as exc:
-            raise translate_error(exc, "commit", self.group) from exc
-        for tp in todo:
-            self._committed[(tp.topic, tp.partition)] = tp.offset
+        if (todo or self._txn is not None) and not self._store(consumer, todo):
+            # Aborted: nothing of the round is visible; read it again from the last commits.
+            positions = {k: self._committed.get(k, self._starts[k]) for k in self._ends}
+            assert self._txn is not None
+            self._txn.rewind(consumer, positions)
+            for key in positions:
+                self._trackers.pop(key, None)  # or the re-read records count as re-fetches
+
+    def _store(self, consumer: Consumer, offsets: list[TopicPartition]) -> bool:
+        """Commit ``offsets`` on the group: plainly, or with the open round in its
+        transaction (exactly_once). False: the transaction aborted."""
+        if self._txn is not None:
+            forwarded = self._txn.commit(offsets)
+            if forwarded is None:
+                return False
+            self._acked += forwarded
+            self._forwarded_metric.inc(forwarded)
+        else:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                raise translate_error(exc, "commit", self.group) from exc
+        self._committed.update({(tp.topic, tp.partition): tp.offset for tp in offsets})
+        return True
 
     def _caught_up(self) -> bool:
         if not self._ends:
@@ -484,18 +433,7 @@ class BacklogFanout:
         report = FanoutReport(self.source, self.group, self.target, self.partitions)
         report.created_target = self.ensure_target()
         watch = ErrorWatch(self.settings.bootstrap)
-        producer = Producer(
-            self.settings.producer_config(
-                watch,
-                **{
-                    "enable.idempotence": True,
-                    "linger.ms": 20,
-                    "compression.type": "lz4",
-                    "queue.buffering.max.messages": 200_000,
-                },
-            )
-        )
-        consumer = Consumer(self.settings.consumer_config(self.group, watch))
+        consumer, producer = self._clients(watch)
         # Delivery callbacks keep running while the pacer waits (it polls the producer).
         pacer = Pacer(self.rate, wait=producer.poll, stop=self._stop)
         started = time.monotonic()
@@ -526,14 +464,18 @@ class BacklogFanout:
                     self._assign_new(consumer, watch)  # partitions added to the source
                     next_partition_check = now + self.partition_check_interval
                 if now >= next_commit or (until_caught_up and not msgs):
-                    self._commit(consumer)
+                    self._commit(consumer, producer)
                     next_commit = now + self.commit_interval
                     if until_caught_up and self._caught_up():
                         report.caught_up = True
                         break
             self._flush(producer)
-            self._commit(consumer)
+            self._commit(consumer, producer)
             report.caught_up = report.caught_up or self._caught_up()
+        except KafkaException as exc:  # produce() refuses once the producer is fenced
+            if self._txn is not None and (fenced := self._txn.fenced(exc)):
+                raise fenced from None
+            raise
         finally:
             report.forwarded = self._acked
             report.backlog = self._backlog or 0
@@ -542,10 +484,32 @@ class BacklogFanout:
             snapshot = self._progress(started)
             if progress is not None:
                 progress(snapshot)
-            # Undelivered records are not committed: a restart forwards them again.
-            producer.flush(5)
+            if self._txn is not None:
+                self._txn.close()  # what is left open (an error) stays invisible
+                self._txn = None
+            else:
+                # Undelivered records are not committed: a restart forwards them again.
+                producer.flush(5)
             consumer.close()
         return report
+
+    def _clients(self, watch: ErrorWatch) -> tuple[Consumer, Producer]:
+        config = self.settings.consumer_config(self.group, watch)
+        if not self.exactly_once:
+            consumer = Consumer(config)
+            return consumer, Producer(
+                self.settings.producer_config(watch, **{"enable.idempotence": True, **_TUNING})
+            )
+        consumer = Consumer(read_committed(config))
+        try:
+            self._txn = FanoutTransactions(
+                self.settings, self.group, self.source, consumer, watch=watch, stop=self._stop,
+                **_TUNING,
+            )  # fmt: skip
+        except BaseException:
+            consumer.close()
+            raise
+        return consumer, self._txn.producer
 
     def _forward(self, producer: Producer, msg: Any) -> None:
         key = (msg.topic(), msg.partition())
@@ -568,6 +532,8 @@ class BacklogFanout:
         }
         if ts_type and ts >= 0:
             kwargs["timestamp"] = ts  # keep the original time (lag-in-seconds stays true)
+        if self._txn is not None:
+            self._txn.ensure_open()
         # Local queue full: serve deliveries until there is room (never drops the record).
         produce_with_room(producer, self.target, on_full=self._raise_failure, **kwargs)
         self._sent += 1

@@ -17,7 +17,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions
 
 from kops.admin import watermarks
 from kops.client import AdminSession, ClientSettings, KopsClientError, UnknownTopic
-from kops.recipes.fanout.forward import parse_metadata
+from kops.recipes.fanout.report import parse_metadata
 from kops.recipes.lag import GroupLag, LagMonitor
 from kops.recipes.offsets import topic_partitions
 

@@ -14,7 +14,11 @@ Options of its ``[[job]]`` table (``recipes/backlog-fanout.toml`` documents them
   drain consumers), ``python_path`` (where to import it from, relative to the recipe);
 - ``dedup``: a SQLite path (relative to the recipe) or ``redis://`` URL; the drain handler is
   then wrapped in :class:`kops.recipes.idempotent.Idempotent`, so records the fan-out forwarded
-  twice (after a crash) are applied once.
+  twice (after a crash) are applied once;
+- ``exactly_once`` (false): forward each round and commit its source offsets in one
+  transaction (:mod:`kops.recipes.fanout.transactional`); the drain consumers then read
+  with read_committed, so each source record reaches the handler once without ``dedup``.
+  A cluster that refuses transactions stops the job for good (the worker exits 1).
 
 Wired as ``"backlog-fanout": "kops.worker.jobs.fanout:backlog_fanout_job"`` in
 :data:`kops.worker.registry.BUILTIN_KINDS`.
@@ -30,6 +34,7 @@ from typing import Any
 from confluent_kafka import Consumer
 
 from kops.client import KopsClientError, close_consumer
+from kops.recipes.exactly_once import read_committed
 from kops.recipes.fanout.forward import BacklogFanout
 from kops.worker.jobs.call import load_callable
 from kops.worker.registry import JobContext, RecipeError, take_options
@@ -52,6 +57,7 @@ _ALLOWED = {
     "drain_handler",
     "python_path",
     "dedup",
+    "exactly_once",
 }
 
 
@@ -102,7 +108,9 @@ class BacklogFanoutJob:
         failed = threading.Event()
         drains = []
         for _ in range(self.drain_consumers):
-            consumer = Consumer(self.context.settings.consumer_config(self.drain_group))
+            config = self.context.settings.consumer_config(self.drain_group)
+            # Aborted rounds of an exactly-once fan-out are in the target too: skip them.
+            consumer = Consumer(read_committed(config) if self.fanout.exactly_once else config)
             assert self.handler is not None
             pc = ParallelConsumer(consumer, self.handler, workers=self.drain_workers)
             pc.subscribe([self.fanout.target])
@@ -188,6 +196,7 @@ def backlog_fanout_job(options: dict[str, Any], context: JobContext) -> BacklogF
             drain_group=drain_group,
             create=bool(opts.get("create", True)),
             replication_factor=opts.get("replication_factor"),
+            exactly_once=bool(opts.get("exactly_once", False)),
         )
     except (ValueError, TypeError, KopsClientError) as exc:
         raise RecipeError(f"{kind}: {exc}") from None
