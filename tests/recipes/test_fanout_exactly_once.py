@@ -195,7 +195,7 @@ def _fanout_kills(bootstrap: str, kills: int) -> None:
             # Every other run commits a round first, so the next one resumes from it (the
             # others may be killed in their first round, with nothing committed).
             start = resumed_from()
-            wait_until(lambda start=start: resumed_from() > start, 30, message=fan.tail)
+            wait_until(lambda start=start: resumed_from() > start, 30, message=fan.log)
         # Until the target grew by a random few records: the kill falls at a random point
         # of a running round (mid-produce, mid-commit, just after one).
         want = _target_end(bootstrap, target) + rng.randint(5, 1200)
