@@ -139,6 +139,31 @@ def test_replay_killed_midway_resumes_and_copies_each_record_once(
     assert_window_once(kafka_broker, dst, first, last)
 
 
+@pytest.mark.slow
+def test_twenty_replay_sigkills_copy_each_record_once(kafka_broker: str) -> None:
+    src, dst = _topics(kafka_broker, 6000)
+    first, last = 0, 5999
+    args = ["replay", src, "--into", dst, "--exactly-once", "--keep-partition"]
+    args += ["--from", str(BASE_MS + first * 1000), "--to", str(BASE_MS + (last + 1) * 1000)]
+    rng = random.Random(20)
+    for kill in range(20):
+        # Slow enough that every kill lands before the window is done.
+        run = ChildProcess(kafka_broker, [*args, "--rate", "200"])
+        run.start()
+        want = _ends(kafka_broker, dst) + rng.randint(10, 120)
+        wait_until(
+            lambda run=run, want=want: _ends(kafka_broker, dst) >= want,  # type: ignore[misc]
+            30,
+            message=lambda run=run: "the replay to copy; its log:\n" + run.log(),  # type: ignore[misc]
+        )
+        run.kill()
+        assert _ends(kafka_broker, dst) < 5900, f"the window was done by kill {kill}"
+    final = ChildProcess(kafka_broker, [*args, "--json"]).run()
+    assert final.returncode == 0, final.stderr
+    assert json.loads(final.stdout)["done"]
+    assert_window_once(kafka_broker, dst, first, last)
+
+
 def test_on_a_cluster_without_transactions_the_replay_says_so(no_transactions_broker: str) -> None:
     src, dst = _topics(no_transactions_broker, 50)
     with pytest.raises(TransactionsUnsupported, match="refused a transactional producer"):
