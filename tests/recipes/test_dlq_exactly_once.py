@@ -169,7 +169,7 @@ def _replay_under_broker_kills(broker: BrokerProcess, kills: int) -> None:
     """One replay rides out broker SIGKILLs (transactions the kills abort are redone) to
     its end, each dead letter once; a re-run finds them all replayed, none in doubt."""
     bootstrap = broker.bootstrap
-    count = 100 + 80 * kills  # more than the run gets through before the last kill
+    count = 100 + 200 * kills  # more than the run gets through before the last kill
     source, dlq, run = _replay_run(bootstrap, count, 40)
     rng = random.Random(kills + 100)
     started = time.monotonic()
