@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from kops.recipes.delay import DelayTiers
 from kops.testing import wait_until
@@ -55,6 +56,11 @@ class ChildProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
 
+    def wait(self, timeout: float) -> int:
+        """Its exit status, once it ended on its own."""
+        assert self.process is not None
+        return self.process.wait(timeout)
+
     def terminate(self) -> int:
         assert self.process is not None
         self.process.terminate()
@@ -83,6 +89,21 @@ class ForwarderProcess(ChildProcess):
             return self.alive() and all(any(w in line for line in self.lines) for w in want)
 
         wait_until(assigned, timeout, message=lambda: "partitions for every tier:\n" + self.log(20))
+
+
+def wait_for_progress(
+    count: Callable[[], int],
+    rng: random.Random,
+    log: Callable[[], str],
+    *,
+    what: str = "progress",
+    timeout: float = 30,
+) -> None:
+    """Until ``count()`` (what a recipe has written so far) has grown by a random few: the
+    next kill falls at a random point of a stream that is moving (mid-batch, mid-commit or
+    between batches). ``log()`` is in the message when it does not."""
+    want = count() + rng.randint(2, 25)
+    wait_until(lambda: count() >= want, timeout, message=lambda: f"{what}; log:\n{log()}")
 
 
 def run_kops(bootstrap: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -10,8 +10,6 @@ import random
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
@@ -22,7 +20,12 @@ from kops.recipes.delay import DelayTiers, ensure_tier_topics, send_delayed
 from kops.recipes.delay.forwarder import DelayForwarders, ForwarderOptions
 from kops.recipes.exactly_once import TransactionsUnsupported
 from kops.testing import BrokerProcess, wait_until
-from tests.recipes.processes import ForwarderProcess, assert_one_line_error, run_kops
+from tests.recipes.processes import (
+    ForwarderProcess,
+    assert_one_line_error,
+    run_kops,
+    wait_for_progress,
+)
 from tests.recipes.streams import Feeder, read
 
 
@@ -108,14 +111,7 @@ def _delivered(bootstrap: str, topic: str) -> int:
 def _wait_for_progress(
     bootstrap: str, topic: str, rng: random.Random, fwd: ForwarderProcess
 ) -> None:
-    """Until the target has grown by a random few records: the next kill falls at a random
-    point of a stream that is moving (mid-round, mid-commit or between rounds)."""
-    want = _delivered(bootstrap, topic) + rng.randint(2, 25)
-    wait_until(
-        lambda: _delivered(bootstrap, topic) >= want,
-        30,
-        message=lambda: "forwarding resumed; forwarder log:\n" + "".join(fwd.lines[-30:]),
-    )
+    wait_for_progress(lambda: _delivered(bootstrap, topic), rng, fwd.log, what="forwarding")
 
 
 def _forwarder_kills(kafka_broker: str, kills: int) -> None:
@@ -151,23 +147,6 @@ def test_forwarder_sigkills_duplicate_and_lose_nothing(kafka_broker: str) -> Non
 @pytest.mark.slow
 def test_twenty_forwarder_sigkills_duplicate_and_lose_nothing(kafka_broker: str) -> None:
     _forwarder_kills(kafka_broker, kills=20)
-
-
-@pytest.fixture
-def broker_process(tmp_path: Path) -> Iterator[BrokerProcess]:
-    # Transactions a dead broker left open are aborted within a second of their timeout.
-    broker = BrokerProcess(
-        tmp_path / "broker",
-        config={"transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000"},
-    )
-    log_path = tmp_path / "broker.log"
-    with log_path.open("w") as log_file:
-        broker.stderr = log_file.fileno()  # read when a test fails: why it did not resume
-        broker.start()
-        try:
-            yield broker
-        finally:
-            broker.stop()
 
 
 def _broker_kills(broker: BrokerProcess, kills: int) -> None:

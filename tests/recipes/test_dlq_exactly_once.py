@@ -1,5 +1,6 @@
 """DLQ replay with exactly_once: each dead letter lands in its target once for read_committed
-readers, through aborted transactions and SIGKILLs of the replay (the next run resumes)."""
+readers, through aborted transactions, SIGKILLs of the replay (the next run resumes) and
+SIGKILLs of the broker (the replay rides them out)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,13 @@ from kops.recipes import headers as h
 from kops.recipes.dlq import dead_letter_headers, replay, replay_state_topic
 from kops.recipes.dlq.ops import load_markers
 from kops.recipes.exactly_once import TransactionsUnsupported, read_committed
-from kops.testing import wait_until
-from tests.recipes.processes import ChildProcess, assert_one_line_error, run_kops
+from kops.testing import BrokerProcess, wait_until
+from tests.recipes.processes import (
+    ChildProcess,
+    assert_one_line_error,
+    run_kops,
+    wait_for_progress,
+)
 from tests.recipes.streams import end_offsets, read
 
 
@@ -102,32 +108,47 @@ def test_an_aborted_batch_is_invisible_and_sent_again(kafka_broker: str) -> None
     assert replays(kafka_broker, source, committed=False).total() > 20
 
 
+def _replay_run(bootstrap: str, count: int, rate: int) -> tuple[str, str, ChildProcess]:
+    """A DLQ of ``count`` dead letters and ``kops dlq replay --exactly-once`` of it at
+    ``rate`` per second, not started yet: (source, dlq, the run)."""
+    source, dlq = make_dlq(bootstrap, count)
+    args = ["dlq", "replay", dlq, "--exactly-once", "--rate", str(rate)]
+    return source, dlq, ChildProcess(bootstrap, args)
+
+
+def _wait_for_replay(run: ChildProcess, bootstrap: str, source: str, rng: random.Random) -> None:
+    wait_for_progress(
+        lambda: run.alive() and sum(end_offsets(bootstrap, source).values()),
+        rng,
+        run.log,
+        what="the replay made progress",
+    )
+
+
+def _rerun_finishes(bootstrap: str, source: str, dlq: str, count: int, before: int) -> None:
+    """A re-run (``--json``) finds the ``before`` dead letters replayed before it, replays
+    the rest: nothing in doubt, each dead letter in the target once."""
+    result = run_kops(bootstrap, "dlq", "replay", dlq, "--exactly-once", "--rate", "0", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["in_doubt"] == 0, report
+    assert report["already_replayed"] == before, report
+    assert report["replayed"] + report["already_replayed"] == count, report
+    assert_each_once(replays(bootstrap, source), count)
+
+
 def _replay_kills(kafka_broker: str, kills: int) -> None:
     count = 200 + 60 * kills  # each run is killed long before it is through them
-    source, dlq = make_dlq(kafka_broker, count)
-    run = ChildProcess(kafka_broker, ["dlq", "replay", dlq, "--exactly-once", "--rate", "150"])
+    source, dlq, run = _replay_run(kafka_broker, count, 150)
     rng = random.Random(kills)
     started = time.monotonic()
     for _ in range(kills):
         run.start()
-        want = sum(end_offsets(kafka_broker, source).values()) + rng.randint(2, 25)
-        wait_until(
-            lambda want=want: (
-                run.alive() and sum(end_offsets(kafka_broker, source).values()) >= want
-            ),
-            30,
-            message=lambda: "the replay made progress; its log:\n" + run.log(),
-        )
+        _wait_for_replay(run, kafka_broker, source, rng)
         run.kill()
     interrupted = replays(kafka_broker, source).total()
-    result = run_kops(kafka_broker, "dlq", "replay", dlq, "--exactly-once", "--rate", "0", "--json")
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
     # Resumed where the killed runs stopped: nothing in doubt, nothing sent twice.
-    assert report["in_doubt"] == 0, report
-    assert report["already_replayed"] == interrupted, report
-    assert report["replayed"] + report["already_replayed"] == count, report
-    assert_each_once(replays(kafka_broker, source), count)
+    _rerun_finishes(kafka_broker, source, dlq, count, before=interrupted)
     print(
         f"{kills} kills, {count} dead letters ({interrupted} replayed before the last run): "
         f"each once, in {time.monotonic() - started:.1f}s"
@@ -142,6 +163,39 @@ def test_replay_sigkills_duplicate_and_lose_nothing(kafka_broker: str) -> None:
 @pytest.mark.timeout(600)
 def test_twenty_replay_sigkills_duplicate_and_lose_nothing(kafka_broker: str) -> None:
     _replay_kills(kafka_broker, kills=20)
+
+
+def _replay_under_broker_kills(broker: BrokerProcess, kills: int) -> None:
+    """One replay rides out broker SIGKILLs (transactions the kills abort are redone) to
+    its end, each dead letter once; a re-run finds them all replayed, none in doubt."""
+    bootstrap = broker.bootstrap
+    count = 100 + 200 * kills  # more than the run gets through before the last kill
+    source, dlq, run = _replay_run(bootstrap, count, 40)
+    rng = random.Random(kills + 100)
+    started = time.monotonic()
+    run.start()
+    for _ in range(kills):
+        _wait_for_replay(run, bootstrap, source, rng)
+        broker.kill()
+        broker.start()  # same port and data directory
+    assert run.wait(120) == 0, run.log()
+    assert f"replayed {count} of {count} matching" in run.log(), run.log()
+    assert_each_once(replays(bootstrap, source), count)
+    _rerun_finishes(bootstrap, source, dlq, count, before=count)
+    print(
+        f"{kills} broker kills, {count} dead letters: each once, in "
+        f"{time.monotonic() - started:.1f}s"
+    )
+
+
+def test_replay_rides_out_broker_sigkills(broker_process: BrokerProcess) -> None:
+    _replay_under_broker_kills(broker_process, kills=2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_replay_rides_out_twenty_broker_sigkills(broker_process: BrokerProcess) -> None:
+    _replay_under_broker_kills(broker_process, kills=20)
 
 
 def test_exactly_once_on_a_cluster_without_transactions(no_transactions_broker: str) -> None:

@@ -1,8 +1,9 @@
 """The retry router with exactly_once: read_committed readers of the tier, retry and DLQ
 topics see each failed record's retry and dead letter once, through aborted transactions
-and SIGKILLs of the router at random points under load.
+and SIGKILLs of the router, or of the broker, at random points under load.
 
-The default run kills the router 3 times; ``-m slow`` kills it 20 times.
+The default run kills the router 3 times and the broker twice; ``-m slow`` kills each 20
+times.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,14 @@ from kops.recipes.delay import DelayTiers
 from kops.recipes.delay.forwarder import ForwarderOptions
 from kops.recipes.exactly_once import TransactionsUnsupported
 from kops.recipes.retry import Outcome, RetryPolicy, run_retrying_consumer
-from kops.testing import wait_until
+from kops.testing import BrokerProcess, wait_until
 from tests.recipes import eos_handlers
-from tests.recipes.processes import ChildProcess, assert_one_line_error, run_kops
+from tests.recipes.processes import (
+    ChildProcess,
+    assert_one_line_error,
+    run_kops,
+    wait_for_progress,
+)
 from tests.recipes.streams import Background, Feeder, end_offsets, forwarders_running, read
 
 HERE = Path(__file__).resolve().parent
@@ -250,13 +256,18 @@ class SourceFeeder(Feeder):
         return {k for k, v in self.sent.items() if v == kind}
 
 
-def _router_kills(kafka_broker: str, tmp_path: Path, kills: int) -> None:
+def _router_under_kills(
+    bootstrap: str, tmp_path: Path, kills: int, kill: Callable[[ChildProcess], None]
+) -> None:
+    """The router as ``kops worker run`` under a steady feeder; ``kill(router)`` (SIGKILL
+    of the router or of the broker, then a restart) ``kills`` times at random points; then
+    each retry and dead letter once, and the group's offsets at the source's end."""
     tag = uuid.uuid4().hex[:8]
     topic = f"eosk-orders-{tag}"
-    admin.create_topic(kafka_broker, topic, 2)
+    admin.create_topic(bootstrap, topic, 2)
     tier, dlq = f"{tag}.1s", f"{topic}.dlq"
     recipe = router_recipe(tmp_path / "router.toml", topic, tag, f"router-{tag}")
-    router = ChildProcess(kafka_broker, ["worker", "run", str(recipe)])
+    router = ChildProcess(bootstrap, ["worker", "run", str(recipe)])
     started = time.monotonic()
     router.start()
     rng = random.Random(kills)
@@ -264,45 +275,44 @@ def _router_kills(kafka_broker: str, tmp_path: Path, kills: int) -> None:
     def outputs() -> int:
         router.alive()
         try:
-            return sum(end_offsets(kafka_broker, tier).values()) + sum(
-                end_offsets(kafka_broker, dlq).values()
+            return sum(end_offsets(bootstrap, tier).values()) + sum(
+                end_offsets(bootstrap, dlq).values()
             )
         except UnknownTopic:  # the router creates them when it starts
             return 0
 
-    with SourceFeeder(kafka_broker, topic) as feeder:
+    with SourceFeeder(bootstrap, topic) as feeder:
         for _ in range(kills):
-            want = outputs() + rng.randint(2, 25)
-            wait_until(
-                lambda want=want: outputs() >= want,
-                30,
-                message=lambda: "the router made progress; its log:\n" + router.log(),
-            )
-            router.kill()
-            router.start()
+            wait_for_progress(outputs, rng, router.log, what="the router made progress")
+            kill(router)
     retries, dead = feeder.expected(b"retry"), feeder.expected(b"dead")
     wait_until(
         lambda: (
             router.alive()
-            and set(keys(read(kafka_broker, tier))) >= retries
-            and set(keys(read(kafka_broker, dlq))) >= dead
+            and set(keys(read(bootstrap, tier))) >= retries
+            and set(keys(read(bootstrap, dlq))) >= dead
         ),
         60,
         message=lambda: "every retry and dead letter after the kills; log:\n" + router.log(),
     )
     assert router.terminate() == 143
-    assert_once(keys(read(kafka_broker, tier)), retries, "retries")
-    assert_once(keys(read(kafka_broker, dlq)), dead, "dead letters")
-    ends = end_offsets(kafka_broker, topic)
-    assert committed(kafka_broker, f"router-{tag}", topic, ends) == ends
+    assert_once(keys(read(bootstrap, tier)), retries, "retries")
+    assert_once(keys(read(bootstrap, dlq)), dead, "dead letters")
+    ends = end_offsets(bootstrap, topic)
+    assert committed(bootstrap, f"router-{tag}", topic, ends) == ends
     print(
         f"{kills} kills, {len(feeder.sent)} records ({len(retries)} retries, {len(dead)} dead "
         f"letters): each once, in {time.monotonic() - started:.1f}s"
     )
 
 
+def _restart_router(router: ChildProcess) -> None:
+    router.kill()
+    router.start()
+
+
 def test_router_sigkills_duplicate_and_lose_nothing(kafka_broker: str, tmp_path: Path) -> None:
-    _router_kills(kafka_broker, tmp_path, kills=3)
+    _router_under_kills(kafka_broker, tmp_path, 3, _restart_router)
 
 
 @pytest.mark.slow
@@ -310,4 +320,26 @@ def test_router_sigkills_duplicate_and_lose_nothing(kafka_broker: str, tmp_path:
 def test_twenty_router_sigkills_duplicate_and_lose_nothing(
     kafka_broker: str, tmp_path: Path
 ) -> None:
-    _router_kills(kafka_broker, tmp_path, kills=20)
+    _router_under_kills(kafka_broker, tmp_path, 20, _restart_router)
+
+
+def _broker_kills(broker: BrokerProcess, tmp_path: Path, kills: int) -> None:
+    def restart_broker(_router: ChildProcess) -> None:
+        broker.kill()
+        broker.start()  # same port and data directory; the router runs on
+
+    _router_under_kills(broker.bootstrap, tmp_path, kills, restart_broker)
+
+
+def test_broker_sigkills_under_the_exactly_once_router(
+    broker_process: BrokerProcess, tmp_path: Path
+) -> None:
+    _broker_kills(broker_process, tmp_path, kills=2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_twenty_broker_sigkills_under_the_exactly_once_router(
+    broker_process: BrokerProcess, tmp_path: Path
+) -> None:
+    _broker_kills(broker_process, tmp_path, kills=20)
