@@ -22,6 +22,7 @@ from kops.recipes.delay import DelayTiers, ensure_tier_topics, send_delayed
 from kops.recipes.delay.forwarder import DelayForwarders, ForwarderOptions
 from kops.recipes.exactly_once import TransactionsUnsupported
 from kops.testing import BrokerProcess, wait_until
+from tests.recipes.broker_kills import killable_broker
 from tests.recipes.processes import ForwarderProcess, assert_one_line_error, run_kops
 from tests.recipes.streams import Feeder, read
 
@@ -155,19 +156,8 @@ def test_twenty_forwarder_sigkills_duplicate_and_lose_nothing(kafka_broker: str)
 
 @pytest.fixture
 def broker_process(tmp_path: Path) -> Iterator[BrokerProcess]:
-    # Transactions a dead broker left open are aborted within a second of their timeout.
-    broker = BrokerProcess(
-        tmp_path / "broker",
-        config={"transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000"},
-    )
-    log_path = tmp_path / "broker.log"
-    with log_path.open("w") as log_file:
-        broker.stderr = log_file.fileno()  # read when a test fails: why it did not resume
-        broker.start()
-        try:
-            yield broker
-        finally:
-            broker.stop()
+    with killable_broker(tmp_path) as broker:
+        yield broker
 
 
 def _broker_kills(broker: BrokerProcess, kills: int) -> None:
