@@ -172,7 +172,7 @@ def _replay_broker_kills(tmp_path: Path, kills: int) -> None:
     seconds is an outage the replay waits out, as every Kafka client does (an operator
     should not have to babysit a one-shot copy through a broker restart): the same run
     finishes the window, and a re-run with the same arguments copies nothing."""
-    records = 2000 + 400 * kills
+    records = 1500 + 1000 * kills  # still copying at the last kill, at --rate 200
     with killable_broker(tmp_path) as broker:
         bootstrap = broker.bootstrap
         src, dst = _topics(bootstrap, records)
