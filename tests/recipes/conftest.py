@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from kops.testing import BrokerProcess, run_broker
+from tests.recipes.broker_kills import killable_broker
 
 
 @pytest.fixture
@@ -20,17 +21,6 @@ def no_transactions_broker(tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def broker_process(tmp_path: Path) -> Iterator[BrokerProcess]:
     """A broker in a child process of this test's own, to SIGKILL and restart (same port and
-    data directory); its stderr in ``broker.log``, read when a test fails: why it did not
-    resume."""
-    # Transactions a dead broker left open are aborted within a second of their timeout.
-    broker = BrokerProcess(
-        tmp_path / "broker",
-        config={"transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000"},
-    )
-    with (tmp_path / "broker.log").open("w") as log_file:
-        broker.stderr = log_file.fileno()
-        broker.start()
-        try:
-            yield broker
-        finally:
-            broker.stop()
+    data directory); its stderr in ``broker.log`` (see tests.recipes.broker_kills)."""
+    with killable_broker(tmp_path) as broker:
+        yield broker

@@ -1,7 +1,8 @@
 """Backlog fan-out with exactly_once: every source record once in the target (read with
-read_committed), keys on their partition, through aborted rounds and SIGKILLs.
+read_committed), keys on their partition, through aborted rounds, SIGKILLs of the fan-out and SIGKILLs of the broker.
 
-The default run kills the fan-out 3 times; ``-m slow`` kills it 20 times.
+The default run kills the fan-out 3 times and the broker twice; ``-m slow`` kills each 20
+times.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from kops.recipes.fanout import BacklogFanout, backlog_status, fanout, partition
 from kops.recipes.fanout.transactional import FanoutTransactions
 from kops.testing import wait_until
 from kops.transactions import abort_transaction, describe_transaction
+from tests.recipes.broker_kills import kill_at_progress, killable_broker, records_in
 from tests.recipes.processes import ChildProcess, assert_one_line_error
-from tests.recipes.streams import read
+from tests.recipes.streams import Feeder, read
 from tests.recipes.test_fanout import (
     _assert_key_order,
     _committed,
@@ -225,6 +227,68 @@ def test_fanout_sigkills_duplicate_and_lose_nothing(kafka_broker: str) -> None:
 @pytest.mark.slow
 def test_twenty_fanout_sigkills_duplicate_and_lose_nothing(kafka_broker: str) -> None:
     _fanout_kills(kafka_broker, kills=20)
+
+
+# --------------------------------------------------------------------------- broker SIGKILL
+
+
+class SourceFeeder(Feeder):
+    """New source records while the fan-out runs: value ``feed-<k>|<seq>`` over 7 keys of
+    their own, so the key-order check holds for them too."""
+
+    def __init__(self, bootstrap: str, source: str, rate: float = 50.0):
+        super().__init__(bootstrap, rate)
+        self.source = source
+
+    def send(self, i: int) -> None:
+        key = f"feed-{i % 7}"
+        self.producer.produce(self.source, key=key.encode(), value=f"{key}|{i // 7}".encode())
+
+
+def _fanout_broker_kills(tmp_path: Path, kills: int) -> None:
+    with killable_broker(tmp_path) as broker:
+        bootstrap = broker.bootstrap
+        source, target, group = _topics()
+        backlog = 3000 + 3000 * kills  # still draining at the last kill, at --rate 1000
+        _produce_backlog(bootstrap, source, backlog)
+        admin.create_topic(bootstrap, target, 8)
+        fan = ChildProcess(
+            bootstrap,
+            ["backlog", "fanout", "--from", source, "--group", group, "--to", target,
+             "--partitions", "8", "--start", "earliest", "--exactly-once", "--rate", "1000"],
+        )  # fmt: skip
+        fan.start()
+
+        def committed() -> int:
+            return sum(_committed(bootstrap, group, source).values())
+
+        with SourceFeeder(bootstrap, source):
+            kill_at_progress(
+                broker, kills, lambda: records_in(bootstrap, target), random.Random(kills),
+                step=(5, 800), log=fan.log,
+            )  # fmt: skip
+            assert committed() < backlog, "the backlog was drained before the last kill"
+        # The same process rode out every restart: it forwards the rest and commits the
+        # source's end (the feeder has stopped).
+        end = records_in(bootstrap, source)
+        wait_until(
+            lambda: fan.alive() and committed() >= end,
+            (end - committed()) / 1000 + 60,
+            message=lambda: f"committed {committed()} of {end}; fan-out log:\n{fan.log()}",
+        )
+        assert fan.terminate() == 143
+        assert committed() == end
+        assert_each_source_record_once(bootstrap, source, target, 8)
+
+
+def test_broker_sigkills_under_an_exactly_once_fanout(tmp_path: Path) -> None:
+    _fanout_broker_kills(tmp_path, kills=2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_twenty_broker_sigkills_under_an_exactly_once_fanout(tmp_path: Path) -> None:
+    _fanout_broker_kills(tmp_path, kills=20)
 
 
 # --------------------------------------------------------------------------- no transactions

@@ -1,5 +1,6 @@
 """Window replay with exactly_once: every record of the window once in the destination
-(read_committed), resumable after SIGKILL, and a finished window replays nothing."""
+(read_committed), resumable after SIGKILL, riding out broker SIGKILLs, and a finished
+window replays nothing."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import random
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from kops.client import ClientSettings, KopsClientError
 from kops.recipes.exactly_once import TransactionalSender, TransactionsUnsupported
 from kops.recipes.replay import replay, replay_group
 from kops.testing import wait_until
+from tests.recipes.broker_kills import kill_at_progress, killable_broker
 from tests.recipes.processes import ChildProcess, assert_one_line_error
 from tests.recipes.streams import read
 from tests.recipes.test_replay import BASE_MS, _produce_batched
@@ -162,6 +165,53 @@ def test_twenty_replay_sigkills_copy_each_record_once(kafka_broker: str) -> None
     assert final.returncode == 0, final.stderr
     assert json.loads(final.stdout)["done"]
     assert_window_once(kafka_broker, dst, first, last)
+
+
+def _replay_broker_kills(tmp_path: Path, kills: int) -> None:
+    """A broker that dies under ``kops replay --exactly-once`` and comes back within
+    seconds is an outage the replay waits out, as every Kafka client does (an operator
+    should not have to babysit a one-shot copy through a broker restart): the same run
+    finishes the window, and a re-run with the same arguments copies nothing."""
+    records = 1500 + 1000 * kills  # still copying at the last kill, at --rate 200
+    with killable_broker(tmp_path) as broker:
+        bootstrap = broker.bootstrap
+        src, dst = _topics(bootstrap, records)
+        args = ["replay", src, "--into", dst, "--exactly-once", "--keep-partition"]
+        args += ["--from", str(BASE_MS), "--to", str(BASE_MS + records * 1000)]
+        run = ChildProcess(bootstrap, [*args, "--rate", "200"])
+        run.start()
+        kill_at_progress(
+            broker, kills, lambda: _ends(bootstrap, dst), random.Random(kills), step=(10, 300),
+            log=run.log,
+        )  # fmt: skip
+        assert _ends(bootstrap, dst) < records, "the window was done before the last kill"
+        process = run.process
+        assert process is not None
+        wait_until(
+            lambda: process.poll() is not None,
+            records / 200 + 60,
+            message=lambda: "the replay to finish; its log:\n" + run.log(),
+        )
+        assert process.returncode == 0, run.log()
+        assert "window done" in run.log()
+        assert_window_once(bootstrap, dst, 0, records - 1)
+
+        ends = _ends(bootstrap, dst)
+        again = ChildProcess(bootstrap, [*args, "--json"]).run()
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["done"] and json.loads(again.stdout)["copied"] == 0
+        assert _ends(bootstrap, dst) == ends
+        assert_window_once(bootstrap, dst, 0, records - 1)
+
+
+def test_replay_rides_out_broker_sigkills_copying_each_record_once(tmp_path: Path) -> None:
+    _replay_broker_kills(tmp_path, kills=2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_replay_rides_out_twenty_broker_sigkills(tmp_path: Path) -> None:
+    _replay_broker_kills(tmp_path, kills=20)
 
 
 def test_on_a_cluster_without_transactions_the_replay_says_so(no_transactions_broker: str) -> None:

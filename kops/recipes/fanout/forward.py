@@ -17,6 +17,7 @@ from kops import admin
 from kops.admin import offsets_for_time, watermarks
 from kops.client import (
     AdminSession,
+    BrokerUnavailable,
     ClientSettings,
     ErrorWatch,
     KopsClientError,
@@ -314,6 +315,18 @@ class BacklogFanout:
             backlog,
         )
 
+    def _recheck_partitions(self, consumer: Consumer, watch: ErrorWatch) -> None:
+        """Partitions added to the source since the last look. A broker away at that moment
+        (restarting) does not stop a long-running fan-out: its clients reconnect, and the
+        next check looks again."""
+        try:
+            self._assign_new(consumer, watch)
+        except BrokerUnavailable as exc:
+            watch.all_down = False  # reported by this check; the next one asks afresh
+            log.warning(
+                "fan-out of %s: partition check: %s (looking again later)", self.source, exc
+            )
+
     def _start_by_time(self, uncommitted: list[TopicPartition]) -> dict[TP, int | None]:
         """For a time ``start``: the first offset at or after it per uncommitted partition."""
         if not isinstance(self.start, int) or not uncommitted:
@@ -461,7 +474,7 @@ class BacklogFanout:
                         progress(snapshot)
                     next_progress = now + progress_interval
                 if not until_caught_up and now >= next_partition_check:
-                    self._assign_new(consumer, watch)  # partitions added to the source
+                    self._recheck_partitions(consumer, watch)
                     next_partition_check = now + self.partition_check_interval
                 if now >= next_commit or (until_caught_up and not msgs):
                     self._commit(consumer, producer)
