@@ -168,6 +168,10 @@ class BacklogFanout:
 
     def _reset(self) -> None:
         self._trackers: dict[TP, OffsetTracker] = {}
+        # Partitions sought back after an aborted round that have not handed out a record
+        # since: their consumer position may still be the one before the seek (seek() is
+        # asynchronous), which would commit past records about to be read again.
+        self._rewound: set[TP] = set()
         self._ends: dict[TP, int] = {}
         self._starts: dict[TP, int] = {}
         self._committed: dict[TP, int] = {}
@@ -366,7 +370,11 @@ class BacklogFanout:
     def _positions(self, consumer: Consumer, keys: list[TP]) -> dict[TP, int]:
         """Offsets safe to commit: below them, every record's forward is acknowledged."""
         out: dict[TP, int] = {}
-        idle = [k for k in keys if (t := self._trackers.get(k)) is None or t.in_flight == 0]
+        idle = [
+            k
+            for k in keys
+            if ((t := self._trackers.get(k)) is None or t.in_flight == 0) and k not in self._rewound
+        ]
         fetched = {}
         if idle:
             # With nothing in flight, the consumer's own position also skips offsets that hold
@@ -400,6 +408,7 @@ class BacklogFanout:
             self._txn.rewind(consumer, positions)
             for key in positions:
                 self._trackers.pop(key, None)  # or the re-read records count as re-fetches
+            self._rewound.update(positions)
 
     def _store(self, consumer: Consumer, offsets: list[TopicPartition]) -> bool:
         """Commit ``offsets`` on the group: plainly, or with the open round in its
@@ -527,6 +536,7 @@ class BacklogFanout:
     def _forward(self, producer: Producer, msg: Any) -> None:
         key = (msg.topic(), msg.partition())
         offset = msg.offset()
+        self._rewound.discard(key)
         tracker = self._trackers.get(key)
         if tracker is None:
             tracker = self._trackers[key] = OffsetTracker()
