@@ -155,6 +155,7 @@ def _replay_kills(kafka_broker: str, kills: int) -> None:
     )
 
 
+@pytest.mark.slow  # the delay recipe's kill tests cover the family by default
 def test_replay_sigkills_duplicate_and_lose_nothing(kafka_broker: str) -> None:
     _replay_kills(kafka_broker, kills=3)
 
@@ -188,6 +189,7 @@ def _replay_under_broker_kills(broker: BrokerProcess, kills: int) -> None:
     )
 
 
+@pytest.mark.slow  # the delay recipe's kill tests cover the family by default
 def test_replay_rides_out_broker_sigkills(broker_process: BrokerProcess) -> None:
     _replay_under_broker_kills(broker_process, kills=2)
 

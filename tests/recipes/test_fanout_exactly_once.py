@@ -220,6 +220,7 @@ def _fanout_kills(bootstrap: str, kills: int) -> None:
     assert json.loads(again.stdout)["forwarded"] == 0  # nothing left, nothing sent again
 
 
+@pytest.mark.slow  # the delay recipe's kill tests cover the family by default
 def test_fanout_sigkills_duplicate_and_lose_nothing(kafka_broker: str) -> None:
     _fanout_kills(kafka_broker, kills=3)
 
@@ -281,6 +282,7 @@ def _fanout_broker_kills(tmp_path: Path, kills: int) -> None:
         assert_each_source_record_once(bootstrap, source, target, 8)
 
 
+@pytest.mark.slow  # the delay recipe's kill tests cover the family by default
 def test_broker_sigkills_under_an_exactly_once_fanout(tmp_path: Path) -> None:
     _fanout_broker_kills(tmp_path, kills=2)
 

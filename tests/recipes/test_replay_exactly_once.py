@@ -106,6 +106,7 @@ def test_aborted_rounds_are_sent_again(kafka_broker: str, monkeypatch: pytest.Mo
     assert _ends(kafka_broker, dst) > 1200  # the aborted copies are in the log, unread
 
 
+@pytest.mark.slow  # the delay recipe's kill tests cover the family by default
 @pytest.mark.parametrize("seed", [1, 2])
 def test_replay_killed_midway_resumes_and_copies_each_record_once(
     kafka_broker: str, seed: int
@@ -204,6 +205,7 @@ def _replay_broker_kills(tmp_path: Path, kills: int) -> None:
         assert_window_once(bootstrap, dst, 0, records - 1)
 
 
+@pytest.mark.slow  # the delay recipe's kill tests cover the family by default
 def test_replay_rides_out_broker_sigkills_copying_each_record_once(tmp_path: Path) -> None:
     _replay_broker_kills(tmp_path, kills=2)
 

@@ -311,6 +311,7 @@ def _restart_router(router: ChildProcess) -> None:
     router.start()
 
 
+@pytest.mark.slow  # the delay recipe's kill tests cover the family by default
 def test_router_sigkills_duplicate_and_lose_nothing(kafka_broker: str, tmp_path: Path) -> None:
     _router_under_kills(kafka_broker, tmp_path, 3, _restart_router)
 
@@ -331,6 +332,7 @@ def _broker_kills(broker: BrokerProcess, tmp_path: Path, kills: int) -> None:
     _router_under_kills(broker.bootstrap, tmp_path, kills, restart_broker)
 
 
+@pytest.mark.slow  # the delay recipe's kill tests cover the family by default
 def test_broker_sigkills_under_the_exactly_once_router(
     broker_process: BrokerProcess, tmp_path: Path
 ) -> None:
