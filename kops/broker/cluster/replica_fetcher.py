@@ -40,6 +40,7 @@ from kops.broker.cluster.follower import (
     TruncateTo,
 )
 from kops.broker.cluster.partition import Partition, TopicPartition, monotonic_ms
+from kops.broker.cluster.peer_clients import PeerClients
 from kops.broker.log import LogError
 from kops.protocol.async_client import AsyncBrokerClient
 from kops.protocol.batch import iter_batches
@@ -91,7 +92,7 @@ class ReplicaFetchers:
         self._followed: dict[TopicPartition, _Followed] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._wakes: dict[int, asyncio.Event] = {}
-        self._clients: dict[int, AsyncBrokerClient] = {}
+        self._clients = PeerClients(endpoint, f"kops-replica-fetcher-{node_id}")
 
     @property
     def followed(self) -> list[TopicPartition]:
@@ -129,9 +130,7 @@ class ReplicaFetchers:
     async def close(self) -> None:
         await cancel_and_wait(list(self._tasks.values()))
         self._tasks.clear()
-        for client in self._clients.values():
-            await client.close()
-        self._clients.clear()
+        await self._clients.close()
 
     def _new_fetcher(
         self, partition: Partition, leader: int | None, leader_epoch: int
@@ -230,24 +229,6 @@ class ReplicaFetchers:
                 continue
             await self._fetch(leader, ready)
 
-    def _client(self, leader: int) -> AsyncBrokerClient | None:
-        client = self._clients.get(leader)
-        address = self._endpoint(leader)
-        if address is None:
-            return None
-        if client is not None and (client.host, client.port) != address:
-            asyncio.get_running_loop().create_task(client.close())
-            client = None
-        if client is None:
-            client = AsyncBrokerClient(
-                *address,
-                client_id=f"kops-replica-fetcher-{self._node_id}",
-                connect_timeout=1.0,
-                backoff_max=0.2,
-            )
-            self._clients[leader] = client
-        return client
-
     async def _fetch(self, leader: int, ready: list[tuple[TopicPartition, _Followed]]) -> None:
         by_topic: dict[str, list[fetch_v12.request.FetchPartition]] = {}
         for (topic, index), f in ready:
@@ -274,7 +255,7 @@ class ReplicaFetchers:
             ),
             forgotten_topics_data=(),
         )
-        client = self._client(leader)
+        client = self._clients.get(leader)
         try:
             if client is None:
                 raise RequestError(f"broker {leader} has no known address")

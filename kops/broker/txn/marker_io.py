@@ -22,12 +22,11 @@ from typing import Protocol
 from kio.schema.errors import ErrorCode
 from kio.schema.write_txn_markers.v1 import response as markers_response
 
-from kops.broker.aio import cancel_and_wait
 from kops.broker.cluster.partition import Partition
+from kops.broker.cluster.peer_clients import PeerClients
 from kops.broker.groups.storage import OFFSETS_TOPIC
 from kops.broker.txn.markers import TopicPartition, marker_request, marker_results
 from kops.errors import ApiError
-from kops.protocol.async_client import AsyncBrokerClient
 from kops.protocol.errors import RequestError
 
 __all__ = ["MARKER_TIMEOUT_S", "MarkerChannel", "write_here"]
@@ -100,10 +99,7 @@ class MarkerChannel:
     """WriteTxnMarkers to the leaders on other brokers."""
 
     def __init__(self, node_id: int, endpoint: Callable[[int], tuple[str, int] | None]) -> None:
-        self._node_id = node_id
-        self._endpoint = endpoint
-        self._clients: dict[int, AsyncBrokerClient] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        self._clients = PeerClients(endpoint, f"kops-txn-markers-{node_id}")
 
     async def send(
         self,
@@ -116,7 +112,7 @@ class MarkerChannel:
     ) -> dict[TopicPartition, ErrorCode]:
         """Each partition's answer from broker `broker_id`; NETWORK_EXCEPTION for all of
         them when it could not be asked or did not answer."""
-        client = self._client(broker_id)
+        client = self._clients.get(broker_id)
         if client is None:
             return dict.fromkeys(partitions, ErrorCode.broker_not_available)
         request = marker_request(producer_id, producer_epoch, commit, coordinator_epoch, partitions)
@@ -131,29 +127,5 @@ class MarkerChannel:
             return dict.fromkeys(partitions, ErrorCode.network_exception)
         return marker_results(response, partitions)
 
-    def _client(self, broker_id: int) -> AsyncBrokerClient | None:
-        address = self._endpoint(broker_id)
-        if address is None:
-            return None
-        client = self._clients.get(broker_id)
-        if client is not None and (client.host, client.port) != address:
-            # The broker came back elsewhere: the old connection is no use.
-            task = asyncio.get_running_loop().create_task(client.close())
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-            client = None
-        if client is None:
-            client = AsyncBrokerClient(
-                *address,
-                client_id=f"kops-txn-markers-{self._node_id}",
-                connect_timeout=1.0,
-                backoff_max=0.2,
-            )
-            self._clients[broker_id] = client
-        return client
-
     async def close(self) -> None:
-        await cancel_and_wait(list(self._closing))
-        for client in self._clients.values():
-            await client.close()
-        self._clients.clear()
+        await self._clients.close()
