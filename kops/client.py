@@ -490,6 +490,21 @@ class AdminSession:
         return fetch_metadata(self.client, self.watch, self.settings.timeout, topic)
 
 
+def _serve_callbacks(client: AdminClient | Producer | Consumer) -> None:
+    """Serve ``client``'s pending callbacks (its ErrorWatch learns of an unreachable
+    cluster) without consuming anything.
+
+    A consumer is polled only while it holds no partitions: its poll() hands out the next
+    record, which a caller serving callbacks would drop. That record was skipped for good:
+    the consumer's position moved past it, and a recipe committing that position (the
+    fan-out does, once nothing is in flight) lost it. An assigned consumer's callbacks are
+    served by its own consume loop instead.
+    """
+    if isinstance(client, Consumer) and client.assignment():
+        return
+    client.poll(0)
+
+
 def fetch_metadata(
     client: AdminClient | Producer | Consumer,
     watch: ErrorWatch,
@@ -510,7 +525,7 @@ def fetch_metadata(
             md = client.list_topics(topic, timeout=min(0.5, remaining))
         except KafkaException as exc:
             last_exc = exc
-            client.poll(0)
+            _serve_callbacks(client)
             watch.check()
             continue
         if topic is not None:

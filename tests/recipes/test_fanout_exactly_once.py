@@ -42,7 +42,9 @@ def assert_each_source_record_once(bootstrap: str, source: str, target: str, par
     expected = {m.value.decode() for m in read(bootstrap, source)}
     twice = {v: n for v, n in values.items() if n > 1}
     missing = expected - set(values)
-    assert not missing, f"{len(missing)} of {len(expected)} source records lost"
+    assert not missing, (
+        f"{len(missing)} of {len(expected)} source records lost: {sorted(missing)[:5]}"
+    )
     assert not twice, f"{len(twice)} source records forwarded more than once"
     assert set(values) == expected
     for m in copies:
