@@ -53,29 +53,24 @@ def test_kafka_python_transactions(kafka_broker: str, topic_name: str) -> None:
     producer.close()
     assert _committed_offset(kafka_broker, group, source) == 7
 
-    consumer = kafka.KafkaConsumer(
-        topic_name,
-        bootstrap_servers=kafka_broker,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        consumer_timeout_ms=5000,
-    )
-    seen = sorted(m.value.decode() for m in consumer)
-    consumer.close()
-    assert seen == sorted(f"committed-{i}" for i in range(10))
+    def values(isolation_level: str) -> list[str]:
+        """Every value in the topic, as a kafka-python reader with this isolation sees it."""
+        consumer = kafka.KafkaConsumer(
+            topic_name,
+            bootstrap_servers=kafka_broker,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            isolation_level=isolation_level,
+            consumer_timeout_ms=5000,
+        )
+        try:
+            return [m.value.decode() for m in consumer]
+        finally:
+            consumer.close()
+
+    assert sorted(values("read_committed")) == sorted(f"committed-{i}" for i in range(10))
     # The aborted records are in the log: the reader's isolation level kept them out.
-    uncommitted = kafka.KafkaConsumer(
-        topic_name,
-        bootstrap_servers=kafka_broker,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        isolation_level="read_uncommitted",
-        consumer_timeout_ms=5000,
-    )
-    everything = {m.value.decode() for m in uncommitted}
-    uncommitted.close()
-    assert {f"aborted-{i}" for i in range(10)} <= everything
+    assert {f"aborted-{i}" for i in range(10)} <= set(values("read_uncommitted"))
 
 
 def test_aiokafka_transactions(kafka_broker: str, topic_name: str) -> None:
