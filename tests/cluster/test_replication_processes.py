@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from kops.pytest_plugin import requires_bundled_broker
 from kops.testing import wait_until
@@ -109,12 +109,31 @@ class _Ledger:
         return len(self.acked)
 
 
+#: Answers while a partition's leadership moves (confluent-kafka does not mark them retriable
+#: on a watermark query).
+_LEADER_MOVING = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+
+
 def _read_all(bootstrap: str, topic: str) -> list[int]:
     consumer = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": "audit", "enable.auto.commit": False}
     )
     consumer.assign([TopicPartition(topic, 0, 0)])
-    low, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)
+    marks: list[int] = []
+
+    def watermarks() -> bool:
+        # Leadership may still move (the preferred leader returns after a heal): the
+        # query answers NOT_LEADER_FOR_PARTITION until the client's metadata catches up.
+        try:
+            marks[:] = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        except KafkaException as exc:
+            if exc.args[0].code() not in _LEADER_MOVING:
+                raise
+            return False
+        return True
+
+    wait_until(watermarks, 60)
+    low, high = marks
     values: list[int] = []
     try:
 
